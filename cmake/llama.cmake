@@ -1,0 +1,76 @@
+# Locates (and if needed builds) llama.cpp, then offers it as imported targets imx::llama and imx::ggml.
+#
+# Default: scripts/llama.sh fetches the pinned commit from npm and builds static libraries into a cache outside
+# the source tree (~/.cache/imx), reused by every later configure. Overrides:
+#   -DIMX_LLAMA_SOURCE=/path/to/llama.cpp   build a checkout of yours instead (same API expected; your risk)
+#   -DIMX_LLAMA_BUILD_DIR=/path/to/build    use an existing static build of llama.cpp as it is
+#   -DIMX_CUDA=ON                           build ggml's CUDA backend too (separate cache)
+
+if(NOT IMX_LLAMA_BUILD_DIR)
+    set(_args)
+    if(IMX_CUDA)
+        list(APPEND _args --cuda)
+    endif()
+    if(IMX_LLAMA_SOURCE)
+        list(APPEND _args --source ${IMX_LLAMA_SOURCE})
+    endif()
+    message(STATUS "imx: preparing llama.cpp with scripts/llama.sh ${_args} (cold build: several minutes)")
+    execute_process(COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/scripts/llama.sh ${_args}
+                    OUTPUT_VARIABLE _out RESULT_VARIABLE _rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(NOT _rc EQUAL 0)
+        message(FATAL_ERROR "imx: scripts/llama.sh failed (${_rc}); see the messages above")
+    endif()
+    string(REGEX REPLACE ".*\n" "" _dir "${_out}")
+    set(IMX_LLAMA_BUILD_DIR ${_dir} CACHE PATH "llama.cpp build directory" FORCE)
+endif()
+
+if(NOT EXISTS ${IMX_LLAMA_BUILD_DIR}/CMakeCache.txt)
+    message(FATAL_ERROR "imx: ${IMX_LLAMA_BUILD_DIR} is not a llama.cpp build directory")
+endif()
+# The source tree that build came from (its CMakeCache knows).
+load_cache(${IMX_LLAMA_BUILD_DIR} READ_WITH_PREFIX _llama_ CMAKE_HOME_DIRECTORY GGML_CUDA GGML_OPENMP)
+set(IMX_LLAMA_SOURCE_DIR ${_llama_CMAKE_HOME_DIRECTORY})
+message(STATUS "imx: llama.cpp source ${IMX_LLAMA_SOURCE_DIR}, build ${IMX_LLAMA_BUILD_DIR}")
+
+set(_b ${IMX_LLAMA_BUILD_DIR})
+foreach(_lib ${_b}/src/libllama.a ${_b}/ggml/src/libggml.a ${_b}/ggml/src/libggml-base.a
+             ${_b}/ggml/src/libggml-cpu.a)
+    if(NOT EXISTS ${_lib})
+        message(FATAL_ERROR "imx: ${_lib} is missing: llama.cpp must be built static (BUILD_SHARED_LIBS=OFF)")
+    endif()
+endforeach()
+
+find_package(Threads REQUIRED)
+add_library(imx_ggml INTERFACE)
+target_include_directories(imx_ggml INTERFACE ${IMX_LLAMA_SOURCE_DIR}/ggml/include)
+set(_ggml_libs ${_b}/ggml/src/libggml.a ${_b}/ggml/src/libggml-cpu.a)
+if(_llama_GGML_CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    list(APPEND _ggml_libs ${_b}/ggml/src/ggml-cuda/libggml-cuda.a CUDA::cudart_static CUDA::cublas_static
+                           CUDA::cublasLt_static CUDA::cuda_driver)
+    target_compile_definitions(imx_ggml INTERFACE IMX_HAVE_CUDA=1)
+endif()
+list(APPEND _ggml_libs ${_b}/ggml/src/libggml-base.a Threads::Threads ${CMAKE_DL_LIBS} m)
+if(_llama_GGML_OPENMP)
+    find_package(OpenMP REQUIRED)
+    list(APPEND _ggml_libs OpenMP::OpenMP_CXX)
+endif()
+# static archives reference each other: let the linker revisit them
+target_link_libraries(imx_ggml INTERFACE "$<LINK_GROUP:RESCAN,${_ggml_libs}>")
+
+add_library(imx_llama INTERFACE)
+target_include_directories(imx_llama INTERFACE ${IMX_LLAMA_SOURCE_DIR}/include)
+target_link_libraries(imx_llama INTERFACE ${_b}/src/libllama.a imx_ggml)
+add_library(imx::llama ALIAS imx_llama)
+add_library(imx::ggml ALIAS imx_ggml)
+
+# Upstream's tools: the reference in tests and benchmarks. Copied next to our binary so both run side by side.
+set(IMX_UPSTREAM_BIN_DIR ${CMAKE_BINARY_DIR}/upstream)
+file(MAKE_DIRECTORY ${IMX_UPSTREAM_BIN_DIR})
+foreach(_tool llama-imatrix llama-quantize llama-perplexity)
+    if(EXISTS ${_b}/bin/${_tool})
+        file(COPY ${_b}/bin/${_tool} DESTINATION ${IMX_UPSTREAM_BIN_DIR})
+    else()
+        message(WARNING "imx: upstream ${_tool} not found in ${_b}/bin; tests that compare with it will fail")
+    endif()
+endforeach()

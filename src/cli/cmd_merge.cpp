@@ -1,0 +1,46 @@
+// imx merge A B ... -o OUT: sums and per-expert token counts add up exactly, whatever the chunk sizes.
+#include "commands.h"
+#include "format_option.h"
+
+#include <cstdio>
+
+namespace imx::cli {
+
+namespace {
+struct Options {
+    std::vector<std::string> inputs;
+    std::string              out, format;
+    uint32_t                 legacy_chunk_size = kDefaultLegacyChunkSize;
+};
+}  // namespace
+
+Run add_merge(CLI::App & app) {
+    auto o = std::make_shared<Options>();
+    app.add_option("inputs", o->inputs, "imatrix files to add together (GGUF or legacy .dat)")->required();
+    app.add_option("-o,--output", o->out, "file to write")->required();
+    add_format_option(app, o->format);
+    app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for legacy .dat inputs")
+        ->capture_default_str();
+    return [o] {
+        Imatrix merged;
+        for (size_t i = 0; i < o->inputs.size(); ++i) {
+            const Imatrix im = load_imatrix(o->inputs[i], o->legacy_chunk_size);
+            if (!im.counts_per_expert_known) {
+                std::fprintf(stderr,
+                             "imx: warning: %s is a legacy imatrix.dat: its per-expert token counts are unknown, "
+                             "so its one count per tensor is given to every expert\n",
+                             o->inputs[i].c_str());
+            }
+            if (i == 0) {
+                merged = im;
+            } else {
+                merge_into(merged, im, o->inputs[i]);
+            }
+        }
+        save_imatrix(merged, o->out, resolve_format(o->format, o->out));
+        std::fprintf(stderr, "imx: merged %zu files into %s (%zu tensors, %u chunks)\n", o->inputs.size(),
+                     o->out.c_str(), merged.tensors.size(), merged.meta.chunk_count);
+    };
+}
+
+}  // namespace imx::cli

@@ -1,0 +1,16 @@
+// Each imx subcommand registers its options on the CLI11 app and returns the function that runs it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace imx::cli {
+
+using Run = std::function<void()>;
+
+Run add_inspect(CLI::App & app);
+Run add_convert(CLI::App & app);
+Run add_merge(CLI::App & app);
+
+}  // namespace imx::cli

@@ -1,0 +1,42 @@
+// imx: importance matrices for quantizing GGUF models. This file only dispatches to the subcommands.
+//
+// Exit codes: 0 success, 1 usage error, 2 bad input or failed I/O (one line on stderr names the file).
+#include "commands.h"
+#include "core/error.h"
+
+#include <cstdio>
+#include <map>
+
+int main(int argc, char ** argv) {
+    CLI::App app{"imx: importance matrices (imatrix) for quantizing GGUF models"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "imx 0.1.0");
+
+    std::map<CLI::App *, imx::cli::Run> runs;
+    auto add = [&](const char * name, const char * help, imx::cli::Run (*reg)(CLI::App &)) {
+        CLI::App * sub = app.add_subcommand(name, help);
+        runs[sub] = reg(*sub);
+    };
+    add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
+    add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);
+    add("merge", "add imatrix files together: exact sums and per-expert counts", imx::cli::add_merge);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        const int rc = app.exit(e);
+        return rc == 0 ? 0 : 1;
+    }
+    try {
+        for (CLI::App * sub : app.get_subcommands()) {
+            runs.at(sub)();
+        }
+    } catch (const imx::Error & e) {
+        std::fprintf(stderr, "imx: error: %s\n", e.what());
+        return 2;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "imx: error: %s\n", e.what());
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,69 @@
+#include "imatrix.h"
+
+#include "error.h"
+
+#include <algorithm>
+
+namespace imx {
+
+int64_t TensorStats::n_unseen() const {
+    int64_t n = 0;
+    for (int64_t c : counts) {
+        n += c == 0;
+    }
+    return n;
+}
+
+// Expands a single shared count to one per matrix, so that per-expert counts can be added to it.
+static void broadcast_counts(TensorStats & t, int64_t n_mat) {
+    if (t.n_mat() == 1 && n_mat > 1) {
+        t.counts.assign(n_mat, t.counts[0]);
+    }
+}
+
+void merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
+    for (const auto & [name, src] : other.tensors) {
+        auto it = into.tensors.find(name);
+        if (it == into.tensors.end()) {
+            into.tensors.emplace(name, src);
+            continue;
+        }
+        TensorStats & dst = it->second;
+        if (dst.sums.size() != src.sums.size()) {
+            throw Error(what + ": tensor " + name + " has " + std::to_string(src.sums.size()) +
+                        " values, but " + std::to_string(dst.sums.size()) + " in the files before it");
+        }
+        TensorStats add = src;
+        if (dst.n_mat() != add.n_mat()) {
+            const int64_t n = std::max(dst.n_mat(), add.n_mat());
+            broadcast_counts(dst, n);
+            broadcast_counts(add, n);
+            if (dst.n_mat() != add.n_mat()) {
+                throw Error(what + ": tensor " + name + " has " + std::to_string(src.n_mat()) +
+                            " matrices, but " + std::to_string(it->second.n_mat()) + " in the files before it");
+            }
+        }
+        for (size_t i = 0; i < dst.sums.size(); ++i) {
+            dst.sums[i] += add.sums[i];
+        }
+        for (size_t i = 0; i < dst.counts.size(); ++i) {
+            dst.counts[i] += add.counts[i];
+        }
+    }
+
+    ImatrixMeta & m = into.meta;
+    const ImatrixMeta & o = other.meta;
+    m.datasets.insert(m.datasets.end(), o.datasets.begin(), o.datasets.end());
+    if (m.chunk_size == 0) {
+        m.chunk_size = o.chunk_size;
+    }
+    if (o.chunk_size == m.chunk_size) {
+        m.chunk_count += o.chunk_count;
+    } else {
+        // Different chunk sizes: chunks are no common unit, tokens are. Express the total in our chunk size.
+        m.chunk_count += (uint32_t) (((uint64_t) o.chunk_count * o.chunk_size) / m.chunk_size);
+    }
+    into.counts_per_expert_known = into.counts_per_expert_known && other.counts_per_expert_known;
+}
+
+}  // namespace imx

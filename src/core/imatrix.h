@@ -1,0 +1,52 @@
+// The importance-matrix data model, independent of any file format and of llama.cpp.
+//
+// For every weight tensor consumed by a matrix multiplication we keep, per input column j of each matrix m,
+//     sums[m*n_cols + j] = Σ_tokens x_j²        (accumulated in double)
+//     counts[m]          = number of tokens that reached matrix m
+// "Matrix" is an expert for MoE tensors (MUL_MAT_ID), the single matrix of a 2-D weight, or one head of a 3-D
+// weight such as MLA's attn_k_b. When every matrix of a tensor always sees the same tokens (dense 3-D weights),
+// upstream llama.cpp keeps a single count for all of them; we keep that shape so files round-trip exactly:
+// counts.size() is the number of count groups and n_cols() = sums.size() / counts.size().
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace imx {
+
+struct TensorStats {
+    std::vector<double>  sums;    // n_mat() rows of n_cols() values
+    std::vector<int64_t> counts;  // tokens per matrix (or one count shared by all)
+
+    int64_t n_mat() const { return (int64_t) counts.size(); }
+    int64_t n_cols() const { return counts.empty() ? 0 : (int64_t) sums.size() / n_mat(); }
+    // Matrices (experts) that never saw a token: their sums are all zero and say nothing.
+    int64_t n_unseen() const;
+    bool has_data() const { return n_unseen() < n_mat(); }
+};
+
+// What the GGUF and legacy files carry besides the tensors.
+struct ImatrixMeta {
+    std::vector<std::string> datasets;     // calibration files, in the order they were used
+    uint32_t                 chunk_count = 0;
+    uint32_t                 chunk_size  = 0;  // tokens per chunk; 0 when unknown
+};
+
+enum class ImatrixFormat { gguf, legacy };
+
+struct Imatrix {
+    ImatrixMeta                        meta;
+    std::map<std::string, TensorStats> tensors;  // sorted by name: deterministic output
+    ImatrixFormat                      source_format = ImatrixFormat::gguf;
+    // Legacy files store means per chunk and one count per tensor, so per-expert token counts are unknown.
+    bool                               counts_per_expert_known = true;
+};
+
+// Adds `other` into `into`: sums and per-matrix counts add exactly, whatever the chunk sizes.
+// A single shared count broadcasts to all matrices (legacy data, or dense 3-D tensors).
+// Throws imx::Error naming the tensor when shapes disagree; `what` names the source in the message.
+void merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
+
+}  // namespace imx

@@ -1,0 +1,296 @@
+#include "imatrix_file.h"
+
+#include "atomic_file.h"
+#include "error.h"
+#include "gguf_file.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace imx {
+
+namespace {
+
+const char * const kKeyType       = "general.type";
+const char * const kKeyDatasets   = "imatrix.datasets";
+const char * const kKeyChunkCount = "imatrix.chunk_count";
+const char * const kKeyChunkSize  = "imatrix.chunk_size";
+const std::string  kSumsSuffix    = ".in_sum2";
+const std::string  kCountsSuffix  = ".counts";
+
+bool remove_suffix(std::string & s, const std::string & suffix) {
+    if (s.size() < suffix.size() || s.compare(s.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        return false;
+    }
+    s.resize(s.size() - suffix.size());
+    return true;
+}
+
+std::string shape_str(const std::vector<int64_t> & ne) {
+    std::string s = "[";
+    for (size_t i = 0; i < ne.size(); ++i) {
+        s += (i ? ", " : "") + std::to_string(ne[i]);
+    }
+    return s + "]";
+}
+
+uint32_t read_u32(const gguf::Value * v, const char * key, const std::string & source) {
+    if (!v) {
+        return 0;
+    }
+    if (v->type != gguf::Type::u32) {
+        throw Error(source + ": " + key + " must be u32");
+    }
+    uint32_t x;
+    std::memcpy(&x, v->raw.data(), 4);
+    return x;
+}
+
+void check_sums(const std::vector<double> & sums, const std::string & source, const std::string & name) {
+    for (size_t i = 0; i < sums.size(); ++i) {
+        if (!std::isfinite(sums[i]) || sums[i] < 0) {
+            throw Error(source + ": tensor " + name + ": value " + std::to_string(i) + " is " +
+                        std::to_string(sums[i]) + " (sums of squares must be finite and >= 0)");
+        }
+    }
+}
+
+Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) {
+    const gguf::File f = gguf::parse(bytes, source);
+
+    const gguf::Value * type = f.find(kKeyType);
+    if (!type || type->type != gguf::Type::string) {
+        throw Error(source + ": not an imatrix file (no general.type; is this a model?)");
+    }
+    if (type->strings[0] != "imatrix") {
+        throw Error(source + ": not an imatrix file (general.type is '" + type->strings[0] + "')");
+    }
+
+    Imatrix im;
+    im.source_format = ImatrixFormat::gguf;
+    if (const gguf::Value * ds = f.find(kKeyDatasets)) {
+        if (ds->type != gguf::Type::array || ds->elem_type != gguf::Type::string) {
+            throw Error(source + ": " + kKeyDatasets + " must be an array of strings");
+        }
+        im.meta.datasets = ds->strings;
+    }
+    im.meta.chunk_count = read_u32(f.find(kKeyChunkCount), kKeyChunkCount, source);
+    im.meta.chunk_size = read_u32(f.find(kKeyChunkSize), kKeyChunkSize, source);
+
+    struct Pair { const gguf::Tensor * sums = nullptr; const gguf::Tensor * counts = nullptr; };
+    std::map<std::string, Pair> pairs;
+    for (const auto & t : f.tensors) {
+        std::string base = t.name;
+        if (remove_suffix(base, kSumsSuffix)) {
+            pairs[base].sums = &t;
+        } else if (remove_suffix(base, kCountsSuffix)) {
+            pairs[base].counts = &t;
+        }  // other tensors (extensions of later tools) are not ours to interpret
+    }
+
+    for (const auto & [name, p] : pairs) {
+        if (!p.sums || !p.counts) {
+            throw Error(source + ": tensor " + name + " has " + (p.sums ? "sums but no counts" : "counts but no sums"));
+        }
+        if (p.sums->type != gguf::kGgmlTypeF32 || p.counts->type != gguf::kGgmlTypeF32) {
+            throw Error(source + ": tensor " + name + ": sums and counts must be F32");
+        }
+        const int64_t n_cols = p.sums->ne[0];
+        const int64_t n_rows = n_cols ? p.sums->nelements() / n_cols : 0;
+        const int64_t n_mat = p.counts->nelements();
+        if (n_cols < 1 || p.counts->ne[0] != 1 || n_mat < 1 || n_rows != n_mat) {
+            throw Error(source + ": tensor " + name + ": shape mismatch between sums " + shape_str(p.sums->ne) +
+                        " and counts " + shape_str(p.counts->ne));
+        }
+        TensorStats ts;
+        ts.sums.assign(p.sums->data.begin(), p.sums->data.end());
+        check_sums(ts.sums, source, name);
+        for (float c : p.counts->data) {
+            // F32 holds whole numbers exactly up to 2^24; beyond that a count is still whole, just rounded
+            if (!std::isfinite(c) || c < 0 || c != std::nearbyint(c) || c > 1e15f) {
+                throw Error(source + ": tensor " + name + ": count " + std::to_string(c) +
+                            " is not a whole number of tokens");
+            }
+            ts.counts.push_back((int64_t) c);
+        }
+        im.tensors.emplace(name, std::move(ts));
+    }
+    if (im.tensors.empty()) {
+        throw Error(source + ": imatrix file holds no tensors");
+    }
+    return im;
+}
+
+// Bounds-checked little-endian reads for the legacy format.
+struct LegacyReader {
+    std::span<const uint8_t> bytes;
+    const std::string &      source;
+    size_t                   pos = 0;
+
+    size_t left() const { return bytes.size() - pos; }
+    int32_t i32(const char * what) {
+        if (left() < 4) {
+            throw Error(source + ": truncated file (reading " + what + " at byte " + std::to_string(pos) + ")");
+        }
+        int32_t v;
+        std::memcpy(&v, bytes.data() + pos, 4);
+        pos += 4;
+        return v;
+    }
+    std::string str(int32_t len, const char * what) {
+        if (len < 0 || (size_t) len > left()) {
+            throw Error(source + ": truncated or corrupt file (" + what + " of length " + std::to_string(len) +
+                        " at byte " + std::to_string(pos) + ")");
+        }
+        std::string s(reinterpret_cast<const char *>(bytes.data() + pos), len);
+        pos += len;
+        return s;
+    }
+};
+
+Imatrix decode_legacy(std::span<const uint8_t> bytes, const std::string & source, uint32_t chunk_size) {
+    LegacyReader r{bytes, source};
+    Imatrix im;
+    im.source_format = ImatrixFormat::legacy;
+    im.counts_per_expert_known = false;
+    im.meta.chunk_size = chunk_size;
+
+    const int32_t n_entries = r.i32("the entry count");
+    // each entry takes at least 16 bytes
+    if (n_entries < 1 || (size_t) n_entries > bytes.size() / 16) {
+        throw Error(source + ": not an imatrix file (neither GGUF nor legacy imatrix.dat: " +
+                    std::to_string(n_entries) + " entries)");
+    }
+    for (int32_t i = 0; i < n_entries; ++i) {
+        const int32_t len = r.i32("a name length");
+        if (len < 1) {
+            throw Error(source + ": corrupt file (entry " + std::to_string(i) + " has a name of length " +
+                        std::to_string(len) + ")");
+        }
+        std::string name = r.str(len, "a tensor name");
+        const int32_t ncall = r.i32("a call count");
+        const int32_t nval = r.i32("a value count");
+        if (ncall < 0 || nval < 1 || (size_t) nval > r.left() / 4) {
+            throw Error(source + ": tensor " + name + ": corrupt or truncated entry (" + std::to_string(nval) +
+                        " values, " + std::to_string(ncall) + " chunks)");
+        }
+        TensorStats ts;
+        ts.sums.resize(nval);
+        for (int32_t j = 0; j < nval; ++j) {
+            float v;
+            std::memcpy(&v, bytes.data() + r.pos + 4 * (size_t) j, 4);
+            // stored: mean(x²) × ncall; sums over tokens are that × tokens per chunk
+            ts.sums[j] = (double) v * chunk_size;
+        }
+        r.pos += 4 * (size_t) nval;
+        check_sums(ts.sums, source, name);
+        ts.counts = {(int64_t) ncall * chunk_size};
+        if (!im.tensors.emplace(name, std::move(ts)).second) {
+            throw Error(source + ": duplicate tensor " + name);
+        }
+    }
+    if (r.left() > 0) {
+        const int32_t chunks = r.i32("the chunk count");
+        im.meta.chunk_count = chunks > 0 ? (uint32_t) chunks : 0;
+        const int32_t len = r.i32("the dataset name length");
+        const std::string dataset = r.str(len, "the dataset name");
+        if (!dataset.empty()) {
+            im.meta.datasets.push_back(dataset);
+        }
+    }
+    return im;
+}
+
+template <typename T> void put(std::vector<uint8_t> & out, T v) {
+    const auto * p = reinterpret_cast<const uint8_t *>(&v);
+    out.insert(out.end(), p, p + sizeof(T));
+}
+
+}  // namespace
+
+Imatrix decode_imatrix(std::span<const uint8_t> bytes, const std::string & source, uint32_t legacy_chunk_size) {
+    if (bytes.size() >= 4 && std::memcmp(bytes.data(), "GGUF", 4) == 0) {
+        return decode_gguf(bytes, source);
+    }
+    if (bytes.size() < 4) {
+        throw Error(source + ": not an imatrix file (" + std::to_string(bytes.size()) + " bytes)");
+    }
+    return decode_legacy(bytes, source, legacy_chunk_size);
+}
+
+std::vector<uint8_t> encode_gguf(const Imatrix & im) {
+    gguf::File f;
+    f.kvs.push_back({kKeyType, gguf::make_string("imatrix")});
+    f.kvs.push_back({kKeyDatasets, gguf::make_string_array(im.meta.datasets)});
+    f.kvs.push_back({kKeyChunkCount, gguf::make_u32(im.meta.chunk_count)});
+    f.kvs.push_back({kKeyChunkSize, gguf::make_u32(im.meta.chunk_size)});
+    for (const auto & [name, ts] : im.tensors) {
+        if (ts.counts.empty()) {
+            continue;
+        }
+        gguf::Tensor sums{name + kSumsSuffix, {ts.n_cols(), ts.n_mat()}, {}};
+        sums.data.assign(ts.sums.begin(), ts.sums.end());  // double → float, rounded to nearest
+        gguf::Tensor counts{name + kCountsSuffix, {1, ts.n_mat()}, {}};
+        counts.data.assign(ts.counts.begin(), ts.counts.end());
+        f.tensors.push_back(std::move(sums));
+        f.tensors.push_back(std::move(counts));
+    }
+    return gguf::serialize(f);
+}
+
+std::vector<uint8_t> encode_legacy(const Imatrix & im, uint32_t fallback_chunk_size) {
+    const int64_t chunk_size = im.meta.chunk_size ? im.meta.chunk_size : fallback_chunk_size;
+    std::vector<const std::pair<const std::string, TensorStats> *> stored;
+    for (const auto & entry : im.tensors) {
+        if (!entry.second.counts.empty() && entry.second.has_data()) {
+            stored.push_back(&entry);
+        }
+    }
+    std::vector<uint8_t> out;
+    put<int32_t>(out, (int32_t) stored.size());
+    for (const auto * entry : stored) {
+        const std::string & name = entry->first;
+        const TensorStats & ts = entry->second;
+        put<int32_t>(out, (int32_t) name.size());
+        out.insert(out.end(), name.begin(), name.end());
+        // ceiling division, as upstream: a tensor seen at all counts at least one chunk
+        const int64_t max_count = *std::max_element(ts.counts.begin(), ts.counts.end());
+        const int32_t ncall = (int32_t) ((max_count + chunk_size - 1) / chunk_size);
+        put<int32_t>(out, ncall);
+        put<int32_t>(out, (int32_t) ts.sums.size());
+        const int64_t n_cols = ts.n_cols();
+        for (size_t i = 0; i < ts.sums.size(); ++i) {
+            // float arithmetic in upstream's order, so both tools write the same bytes
+            float count = (float) ts.counts[i / n_cols];
+            float value = (float) ts.sums[i];
+            if (count == 0.0f) {
+                value = 1.0f;  // upstream's mark for a matrix without data: mean 1, i.e. neutral weights
+                count = 1.0f;
+            }
+            put<float>(out, (value / count) * (float) ncall);
+        }
+    }
+    put<int32_t>(out, (int32_t) im.meta.chunk_count);
+    const std::string dataset = im.meta.datasets.empty() ? "" : im.meta.datasets.back();
+    put<int32_t>(out, (int32_t) dataset.size());
+    out.insert(out.end(), dataset.begin(), dataset.end());
+    return out;
+}
+
+Imatrix load_imatrix(const std::string & path, uint32_t legacy_chunk_size) {
+    return decode_imatrix(read_file(path), path, legacy_chunk_size);
+}
+
+void save_imatrix(const Imatrix & im, const std::string & path, ImatrixFormat format) {
+    const auto bytes = format == ImatrixFormat::legacy ? encode_legacy(im) : encode_gguf(im);
+    write_file_atomic(path, bytes);
+}
+
+ImatrixFormat format_from_path(const std::string & path) {
+    const std::string ext = ".dat";
+    const bool dat = path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0;
+    return dat ? ImatrixFormat::legacy : ImatrixFormat::gguf;
+}
+
+}  // namespace imx

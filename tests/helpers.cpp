@@ -1,0 +1,63 @@
+#include "helpers.h"
+
+#include "core/atomic_file.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <sys/wait.h>
+
+namespace fs = std::filesystem;
+
+namespace imx::test {
+
+std::string shared(const std::string & rel) { return std::string(IMX_SHARED_DIR) + "/" + rel; }
+std::string upstream(const std::string & tool) { return std::string(IMX_UPSTREAM_BIN_DIR) + "/" + tool; }
+std::string imx_bin() { return IMX_BIN; }
+
+std::string work_dir(const std::string & sub) {
+    const fs::path p = fs::path(IMX_TEST_WORK_DIR) / sub;
+    fs::create_directories(p);
+    return p.string();
+}
+
+RunResult run(const std::string & command) {
+    RunResult r{-1, ""};
+    FILE * p = popen((command + " 2>&1").c_str(), "r");
+    if (!p) {
+        return r;
+    }
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) {
+        r.output.append(buf.data(), n);
+    }
+    const int status = pclose(p);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
+std::string upstream_imatrix(const std::string & model, const std::string & extra, const std::string & ext) {
+    const std::string key = std::to_string(std::hash<std::string>{}(model + "|" + extra));
+    const std::string dir = work_dir("upstream-imatrix");
+    const std::string out = dir + "/" + fs::path(model).stem().string() + "-" + key + ext;
+    if (!file_exists(out)) {
+        const std::string cmd = upstream("llama-imatrix") + " -m " + shared("models/" + model) + " -f " +
+                                shared("data/calibration.txt") + " -o " + out + ".part -c 512 -t 2 " + extra;
+        const RunResult r = run(cmd);
+        if (r.exit_code != 0) {
+            ADD_FAILURE() << cmd << "\n" << r.output.substr(r.output.size() > 3000 ? r.output.size() - 3000 : 0);
+            return out;
+        }
+        fs::rename(out + ".part", out);
+    }
+    return out;
+}
+
+std::vector<uint8_t> bytes_of(const std::string & path) { return imx::read_file(path); }
+bool file_exists(const std::string & path) { return fs::exists(path); }
+
+}  // namespace imx::test

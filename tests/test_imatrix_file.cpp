@@ -1,0 +1,94 @@
+// Imatrix files on synthetic data: GGUF round trip, and the legacy format's means, ncall and unseen experts.
+#include "core/error.h"
+#include "core/imatrix_file.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+using namespace imx;
+
+namespace {
+
+// A MoE tensor with 3 experts of 4 columns (expert 1 never routed), a dense tensor and a per-head 3-D one.
+Imatrix sample() {
+    Imatrix im;
+    im.meta = {{"calib.txt"}, 2, 512};
+    im.tensors["blk.0.ffn_up_exps.weight"] = {{1, 2, 3, 4, 0, 0, 0, 0, 9, 10, 11, 12}, {300, 0, 724}};
+    im.tensors["blk.0.attn_q.weight"] = {{5, 6, 7, 8}, {1024}};
+    im.tensors["blk.0.attn_k_b.weight"] = {{1, 1, 2, 2, 3, 3}, {1024}};
+    return im;
+}
+
+float legacy_value(const std::vector<uint8_t> & b, size_t offset) {
+    float v;
+    std::memcpy(&v, b.data() + offset, 4);
+    return v;
+}
+
+}  // namespace
+
+TEST(ImatrixFile, GgufRoundTripIsExact) {
+    const Imatrix im = sample();
+    const auto bytes = encode_gguf(im);
+    const Imatrix back = decode_imatrix(bytes, "mem.gguf");
+    EXPECT_EQ(back.meta.datasets, im.meta.datasets);
+    EXPECT_EQ(back.meta.chunk_count, 2u);
+    EXPECT_EQ(back.meta.chunk_size, 512u);
+    ASSERT_EQ(back.tensors.size(), 3u);
+    for (const auto & [name, ts] : im.tensors) {
+        EXPECT_EQ(back.tensors.at(name).sums, ts.sums) << name;
+        EXPECT_EQ(back.tensors.at(name).counts, ts.counts) << name;
+    }
+    EXPECT_EQ(back.tensors.at("blk.0.ffn_up_exps.weight").n_cols(), 4);
+    EXPECT_EQ(back.tensors.at("blk.0.ffn_up_exps.weight").n_unseen(), 1);
+    EXPECT_EQ(encode_gguf(back), bytes);
+}
+
+TEST(ImatrixFile, LegacyStoresMeansTimesChunksAndOnesForUnseenExperts) {
+    const auto b = encode_legacy(sample());
+    const Imatrix back = decode_imatrix(b, "mem.dat");
+    EXPECT_FALSE(back.counts_per_expert_known);
+    EXPECT_EQ(back.meta.chunk_count, 2u);
+    EXPECT_EQ(back.meta.datasets, std::vector<std::string>{"calib.txt"});
+    const TensorStats & up = back.tensors.at("blk.0.ffn_up_exps.weight");
+    // ncall = ceil(724 / 512) = 2; one count for the tensor: 2 chunks × 512 tokens
+    ASSERT_EQ(up.counts, std::vector<int64_t>{1024});
+    ASSERT_EQ(up.sums.size(), 12u);
+    // mean of expert 0 column 0 is 1/300; stored × 2 chunks, read back × 512 tokens
+    EXPECT_FLOAT_EQ((float) up.sums[0], (1.0f / 300.0f) * 2.0f * 512.0f);
+    // the unseen expert is stored with mean 1
+    EXPECT_FLOAT_EQ((float) up.sums[4], 1.0f * 2.0f * 512.0f);
+    // first entry in name order is attn_k_b: n_entries, len, name, ncall, nval, values...
+    const size_t name_len = std::strlen("blk.0.attn_k_b.weight");
+    EXPECT_FLOAT_EQ(legacy_value(b, 4 + 4 + name_len + 8), (1.0f / 1024.0f) * 2.0f);
+}
+
+TEST(ImatrixFile, LegacyLeavesOutTensorsWithoutAnyData) {
+    Imatrix im = sample();
+    im.tensors["blk.1.ffn_up_exps.weight"] = {{0, 0, 0, 0}, {0, 0}};
+    const Imatrix back = decode_imatrix(encode_legacy(im), "mem.dat");
+    EXPECT_EQ(back.tensors.count("blk.1.ffn_up_exps.weight"), 0u);
+    EXPECT_EQ(back.tensors.size(), 3u);
+    // GGUF keeps it: "no data" is representable there
+    EXPECT_EQ(decode_imatrix(encode_gguf(im), "mem.gguf").tensors.count("blk.1.ffn_up_exps.weight"), 1u);
+}
+
+TEST(ImatrixFile, LegacyTruncationAtEveryByteIsACleanErrorOrAValidPrefix) {
+    const auto b = encode_legacy(sample());
+    const size_t trailer = 4 + 4 + std::strlen("calib.txt");
+    for (size_t n = 0; n < b.size(); ++n) {
+        const std::span<const uint8_t> cut(b.data(), n);
+        if (n == b.size() - trailer) {
+            EXPECT_NO_THROW(decode_imatrix(cut, "cut.dat")) << "the trailer is optional";
+        } else {
+            EXPECT_THROW(decode_imatrix(cut, "cut.dat"), Error) << "prefix of " << n << " bytes";
+        }
+    }
+}
+
+TEST(ImatrixFile, FormatFromPath) {
+    EXPECT_EQ(format_from_path("x/imatrix.dat"), ImatrixFormat::legacy);
+    EXPECT_EQ(format_from_path("imatrix.gguf"), ImatrixFormat::gguf);
+    EXPECT_EQ(format_from_path("imatrix"), ImatrixFormat::gguf);
+}

@@ -1,0 +1,100 @@
+// merge: exact sums and per-expert counts; merge(imatrix(A), imatrix(B)) equals imatrix(A+B).
+#include "core/error.h"
+#include "core/imatrix_file.h"
+#include "helpers.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+using namespace imx;
+using namespace imx::test;
+
+// merge(A, B) vs A+B in one run: the issue asks for 1e-6 relative.
+constexpr double kUpstreamFloatTolerance = 1e-6;
+
+TEST(Merge, AddsSumsAndPerExpertCountsExactly) {
+    Imatrix a, b;
+    a.meta = {{"a.txt"}, 2, 512};
+    b.meta = {{"b.txt"}, 3, 512};
+    a.tensors["e"] = {{1, 2, 0, 0}, {5, 0}};
+    b.tensors["e"] = {{1, 1, 4, 4}, {1, 9}};
+    b.tensors["only_b"] = {{7}, {3}};
+    merge_into(a, b, "b.gguf");
+    EXPECT_EQ(a.tensors.at("e").sums, (std::vector<double>{2, 3, 4, 4}));
+    EXPECT_EQ(a.tensors.at("e").counts, (std::vector<int64_t>{6, 9}));
+    EXPECT_EQ(a.tensors.at("only_b").counts, std::vector<int64_t>{3});
+    EXPECT_EQ(a.meta.chunk_count, 5u);
+    EXPECT_EQ(a.meta.datasets, (std::vector<std::string>{"a.txt", "b.txt"}));
+}
+
+TEST(Merge, DifferentChunkSizesCountTokens) {
+    Imatrix a, b;
+    a.meta = {{}, 4, 512};
+    b.meta = {{}, 2, 1024};
+    merge_into(a, b, "b.gguf");
+    EXPECT_EQ(a.meta.chunk_count, 8u);
+    EXPECT_EQ(a.meta.chunk_size, 512u);
+}
+
+TEST(Merge, SharedCountBroadcastsToExperts) {
+    Imatrix a, b;
+    a.tensors["e"] = {{1, 1, 1, 1}, {4}};  // legacy-style: one count for both experts
+    b.tensors["e"] = {{1, 1, 1, 1}, {1, 2}};
+    merge_into(a, b, "b.gguf");
+    EXPECT_EQ(a.tensors.at("e").counts, (std::vector<int64_t>{5, 6}));
+}
+
+TEST(Merge, ShapeMismatchNamesFileAndTensor) {
+    Imatrix a, b;
+    a.tensors["blk.0.attn_q.weight"] = {{1, 1}, {1}};
+    b.tensors["blk.0.attn_q.weight"] = {{1, 1, 1}, {1}};
+    try {
+        merge_into(a, b, "b.gguf");
+        FAIL();
+    } catch (const Error & e) {
+        EXPECT_NE(std::string(e.what()).find("b.gguf: tensor blk.0.attn_q.weight"), std::string::npos);
+    }
+}
+
+// Upstream llama-imatrix on chunks 0-3 (A), 4-7 (B) and 0-7 (A+B) of the calibration text.
+class MergeUpstream : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MergeUpstream, MergeOfHalvesEqualsTheWhole) {
+    const std::string model = GetParam();
+    const std::string a = upstream_imatrix(model, "--chunks 4", ".gguf");
+    const std::string b = upstream_imatrix(model, "--chunk 4 --chunks 4", ".gguf");
+    const std::string ab = upstream_imatrix(model, "--chunks 8", ".gguf");
+    const std::string merged = work_dir("merge") + "/" + model + "-merged.gguf";
+    const RunResult r = run(imx_bin() + " merge " + a + " " + b + " -o " + merged);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+
+    const Imatrix m = load_imatrix(merged);
+    const Imatrix whole = load_imatrix(ab);
+    EXPECT_EQ(m.meta.chunk_count, whole.meta.chunk_count);
+    ASSERT_EQ(m.tensors.size(), whole.tensors.size());
+    int n_moe = 0;
+    double worst = 0;
+    std::string worst_at;
+    for (const auto & [name, w] : whole.tensors) {
+        const TensorStats & t = m.tensors.at(name);
+        ASSERT_EQ(t.counts, w.counts) << name;  // exact, per expert
+        n_moe += w.n_mat() > 1;
+        ASSERT_EQ(t.sums.size(), w.sums.size());
+        for (size_t i = 0; i < w.sums.size(); ++i) {
+            const double rel = std::fabs(t.sums[i] - w.sums[i]) / std::max(std::fabs(w.sums[i]), 1e-30);
+            if (rel > worst) {
+                worst = rel;
+                worst_at = name + "[" + std::to_string(i) + "]";
+            }
+        }
+    }
+    EXPECT_GT(n_moe, 0) << "the model's expert tensors must be part of the check";
+    // upstream accumulates in float: halves and whole round differently, by a few float ulps
+    EXPECT_LT(worst, kUpstreamFloatTolerance) << "worst at " << worst_at;
+    RecordProperty("worst_relative_difference", std::to_string(worst));
+}
+
+INSTANTIATE_TEST_SUITE_P(SharedModels, MergeUpstream,
+                         ::testing::Values("qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"),
+                         [](const auto & info) { return info.param.substr(0, info.param.find('-')); });
