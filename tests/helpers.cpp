@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -45,14 +46,16 @@ std::string upstream_imatrix(const std::string & model, const std::string & extr
     const std::string dir = work_dir("upstream-imatrix");
     const std::string out = dir + "/" + fs::path(model).stem().string() + "-" + key + ext;
     if (!file_exists(out)) {
+        // a private temporary name: tests running in parallel may make the same file at once
+        const std::string part = out + ".part" + std::to_string(getpid());
         const std::string cmd = upstream("llama-imatrix") + " -m " + shared("models/" + model) + " -f " +
-                                shared("data/calibration.txt") + " -o " + out + ".part -c 512 -t 2 " + extra;
+                                shared("data/calibration.txt") + " -o " + part + " -c 512 -t 2 " + extra;
         const RunResult r = run(cmd);
         if (r.exit_code != 0) {
             ADD_FAILURE() << cmd << "\n" << r.output.substr(r.output.size() > 3000 ? r.output.size() - 3000 : 0);
             return out;
         }
-        fs::rename(out + ".part", out);
+        fs::rename(part, out);
     }
     return out;
 }
