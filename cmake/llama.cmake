@@ -46,17 +46,18 @@ target_include_directories(imx_ggml INTERFACE ${IMX_LLAMA_SOURCE_DIR}/ggml/inclu
 set(_ggml_libs ${_b}/ggml/src/libggml.a ${_b}/ggml/src/libggml-cpu.a)
 if(_llama_GGML_CUDA)
     find_package(CUDAToolkit REQUIRED)
-    list(APPEND _ggml_libs ${_b}/ggml/src/ggml-cuda/libggml-cuda.a CUDA::cudart_static CUDA::cublas_static
-                           CUDA::cublasLt_static CUDA::cuda_driver)
+    list(APPEND _ggml_libs ${_b}/ggml/src/ggml-cuda/libggml-cuda.a)
+    target_link_libraries(imx_ggml INTERFACE CUDA::cudart_static CUDA::cublas_static CUDA::cublasLt_static
+                                             CUDA::cuda_driver)
     target_compile_definitions(imx_ggml INTERFACE IMX_HAVE_CUDA=1)
 endif()
-list(APPEND _ggml_libs ${_b}/ggml/src/libggml-base.a Threads::Threads ${CMAKE_DL_LIBS} m)
+list(APPEND _ggml_libs ${_b}/ggml/src/libggml-base.a)
+# static archives reference each other: let the linker revisit them
+target_link_libraries(imx_ggml INTERFACE "$<LINK_GROUP:RESCAN,${_ggml_libs}>" Threads::Threads ${CMAKE_DL_LIBS} m)
 if(_llama_GGML_OPENMP)
     find_package(OpenMP REQUIRED)
-    list(APPEND _ggml_libs OpenMP::OpenMP_CXX)
+    target_link_libraries(imx_ggml INTERFACE OpenMP::OpenMP_CXX)
 endif()
-# static archives reference each other: let the linker revisit them
-target_link_libraries(imx_ggml INTERFACE "$<LINK_GROUP:RESCAN,${_ggml_libs}>")
 
 add_library(imx_llama INTERFACE)
 target_include_directories(imx_llama INTERFACE ${IMX_LLAMA_SOURCE_DIR}/include)

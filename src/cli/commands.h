@@ -12,5 +12,6 @@ using Run = std::function<void()>;
 Run add_inspect(CLI::App & app);
 Run add_convert(CLI::App & app);
 Run add_merge(CLI::App & app);
+Run add_collect(CLI::App & app);
 
 }  // namespace imx::cli

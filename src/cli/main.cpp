@@ -6,6 +6,8 @@
 
 #include <cstdio>
 #include <map>
+#include <string>
+#include <vector>
 
 int main(int argc, char ** argv) {
     CLI::App app{"imx: importance matrices (imatrix) for quantizing GGUF models"};
@@ -17,12 +19,20 @@ int main(int argc, char ** argv) {
         CLI::App * sub = app.add_subcommand(name, help);
         runs[sub] = reg(*sub);
     };
+    add("collect", "run a model over calibration text and write its importance matrix", imx::cli::add_collect);
     add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
     add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);
     add("merge", "add imatrix files together: exact sums and per-expert counts", imx::cli::add_merge);
 
+    // llama.cpp's multi-letter short flags, which CLI11 does not allow as names: spell them out.
+    static const std::map<std::string, std::string> long_form = {{"-ub", "--ubatch-size"}, {"-ngl", "--n-gpu-layers"}};
+    std::vector<std::string> args;
+    for (int i = argc - 1; i >= 1; --i) {  // CLI11 takes the arguments in reverse order
+        const auto it = long_form.find(argv[i]);
+        args.push_back(it != long_form.end() ? it->second : argv[i]);
+    }
     try {
-        app.parse(argc, argv);
+        app.parse(args);
     } catch (const CLI::ParseError & e) {
         const int rc = app.exit(e);
         return rc == 0 ? 0 : 1;

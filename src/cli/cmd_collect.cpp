@@ -1,0 +1,142 @@
+// imx collect -m MODEL -f TEXT -o OUT: the importance matrix of a model over calibration text.
+#include "commands.h"
+#include "format_option.h"
+#include "core/coverage.h"
+#include "core/error.h"
+#include "core/imatrix_file.h"
+#include "engine/collect.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <unistd.h>
+
+namespace imx::cli {
+
+namespace {
+
+struct Options {
+    engine::CollectOptions c;
+    int                    ubatch = 0;
+    bool                   json = false;
+    std::string            format;
+};
+
+std::string clock_str(double s) {
+    const long t = (long) (s + 0.5);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    return buf;
+}
+
+// A progress bar on a terminal; on a pipe, a line every ~10% so logs stay readable.
+void show_progress(const engine::CollectProgress & p, uint32_t chunk_size) {
+    static const bool tty = isatty(2);
+    static uint32_t last_decile = 0;
+    const double rate = p.seconds > 0 ? p.chunks_run * chunk_size / p.seconds : 0;
+    const double eta = p.chunks_run ? p.seconds / p.chunks_run * (p.chunks_total - p.chunks_done) : 0;
+    const int width = 30;
+    const int filled = (int) ((double) p.chunks_done / p.chunks_total * width);
+    if (tty) {
+        std::fprintf(stderr, "\rimx collect [%.*s%*s] chunk %u/%u  %.0f tok/s  ETA %s ", filled,
+                     "==============================", width - filled, "", p.chunks_done, p.chunks_total, rate,
+                     clock_str(eta).c_str());
+        if (p.chunks_done == p.chunks_total) {
+            std::fputc('\n', stderr);
+        }
+    } else {
+        const uint32_t decile = p.chunks_done * 10 / p.chunks_total;
+        if (decile != last_decile || p.chunks_done == p.chunks_total) {
+            last_decile = decile;
+            std::fprintf(stderr, "imx collect: chunk %u/%u, %.0f tok/s, ETA %s\n", p.chunks_done, p.chunks_total,
+                         rate, clock_str(eta).c_str());
+        }
+    }
+}
+
+void print_summary(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
+    std::fprintf(stderr, "imx collect: %zu tensors, %u chunks of %u tokens in %s (%.0f tok/s)%s -> %s\n",
+                 im.tensors.size(), im.meta.chunk_count, im.meta.chunk_size, clock_str(r.seconds).c_str(),
+                 r.seconds > 0 ? r.tokens / r.seconds : 0.0,
+                 r.chunks_resumed ? (", resumed after chunk " + std::to_string(r.chunks_resumed)).c_str() : "",
+                 out.c_str());
+    const auto cov = expert_coverage(im);
+    if (cov.empty()) {
+        return;
+    }
+    std::fprintf(stderr, "\nexpert coverage (tokens per expert):\n%-34s %7s %10s %10s  %s\n", "tensor", "experts",
+                 "fewest", "most", "never routed");
+    for (const auto & c : cov) {
+        std::string unseen;
+        for (int64_t e : c.unseen) {
+            unseen += (unseen.empty() ? "" : ",") + std::to_string(e);
+        }
+        std::fprintf(stderr, "%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
+                     (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat,
+                     (long long) c.min_count, (long long) c.max_count, unseen.empty() ? "-" : unseen.c_str());
+    }
+}
+
+void print_json(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
+    nlohmann::ordered_json j;
+    j["output"] = out;
+    j["chunks"] = im.meta.chunk_count;
+    j["chunk_size"] = im.meta.chunk_size;
+    j["chunks_resumed"] = r.chunks_resumed;
+    j["seconds"] = r.seconds;
+    j["tokens_per_second"] = r.seconds > 0 ? r.tokens / r.seconds : 0.0;
+    j["tensors"] = im.tensors.size();
+    j["coverage"] = nlohmann::json::array();
+    for (const auto & c : expert_coverage(im)) {
+        j["coverage"].push_back({{"tensor", c.name}, {"experts", c.n_mat}, {"never_routed", c.unseen},
+                                 {"fewest_tokens", c.min_count}, {"most_tokens", c.max_count}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+}
+
+}  // namespace
+
+Run add_collect(CLI::App & app) {
+    auto o = std::make_shared<Options>();
+    auto & c = o->c;
+    app.add_option("-m,--model", c.model, "GGUF model")->required();
+    app.add_option("-f,--file", c.text_file, "calibration text")->required();
+    app.add_option("-o,--output", c.output, "imatrix file to write (.gguf, or .dat for the legacy format)")
+        ->capture_default_str();
+    c.output = "imatrix.gguf";
+    app.add_option("-c,--ctx-size", c.chunk_size, "tokens per chunk")->capture_default_str();
+    app.add_option("-b,--batch-size", c.batch_size, "tokens per batch: batch/chunk chunks are computed together")
+        ->capture_default_str();
+    app.add_option("--ubatch-size", o->ubatch,
+                   "accepted for compatibility: imx always computes one chunk per ubatch, so results do not "
+                   "depend on it");
+    app.add_option("-t,--threads", c.threads, "CPU threads (default: all cores)");
+    app.add_option("--n-gpu-layers", c.n_gpu_layers, "layers to offload to the GPU")->capture_default_str();
+    app.add_option("--chunks", c.max_chunks, "stop after N chunks (default: all of the text)");
+    app.add_option("--from-chunk,--chunk", c.first_chunk, "skip the first N chunks of the text (to shard a run)");
+    app.add_option("--experts-used", c.experts_used, "run MoE models with N active experts per token");
+    app.add_option("--save-every", c.save_every, "write a checkpoint (<output>.ckpt) every N chunks");
+    app.add_flag("--resume", c.resume, "continue from <output>.ckpt if it exists");
+    app.add_flag("--parse-special", c.parse_special, "parse special tokens in the text");
+    app.add_flag("--json", o->json, "print a JSON summary on stdout");
+    app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
+    add_format_option(app, o->format);
+    return [o] {
+        auto & c = o->c;
+        if (o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) {
+            std::fprintf(stderr, "imx: note: -ub %d is smaller than the chunk (%u); imx computes each chunk in one "
+                                 "ubatch so that the result does not depend on -ub\n", o->ubatch, c.chunk_size);
+        }
+        const engine::CollectResult r =
+            engine::collect(c, [&](const engine::CollectProgress & p) { show_progress(p, c.chunk_size); });
+        save_imatrix(r.imatrix, c.output, resolve_format(o->format, c.output));
+        std::filesystem::remove(engine::checkpoint_path(c.output));
+        print_summary(r.imatrix, r, c.output);
+        if (o->json) {
+            print_json(r.imatrix, r, c.output);
+        }
+    };
+}
+
+}  // namespace imx::cli

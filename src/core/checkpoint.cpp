@@ -1,0 +1,119 @@
+#include "checkpoint.h"
+
+#include "atomic_file.h"
+#include "error.h"
+
+#include <cstring>
+
+namespace imx {
+
+namespace {
+
+const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '1'};
+
+struct Out {
+    std::vector<uint8_t> b;
+    template <typename T> void put(T v) {
+        const auto * p = reinterpret_cast<const uint8_t *>(&v);
+        b.insert(b.end(), p, p + sizeof v);
+    }
+    void str(const std::string & s) {
+        put<uint64_t>(s.size());
+        b.insert(b.end(), s.begin(), s.end());
+    }
+};
+
+struct In {
+    const std::vector<uint8_t> & b;
+    const std::string &          path;
+    size_t                       pos = 0;
+
+    void need(uint64_t n) const {
+        if (n > b.size() - pos) {
+            throw Error(path + ": truncated checkpoint");
+        }
+    }
+    template <typename T> T get() {
+        need(sizeof(T));
+        T v;
+        std::memcpy(&v, b.data() + pos, sizeof v);
+        pos += sizeof v;
+        return v;
+    }
+    std::string str() {
+        const uint64_t n = get<uint64_t>();
+        need(n);
+        std::string s(reinterpret_cast<const char *>(b.data() + pos), n);
+        pos += n;
+        return s;
+    }
+    template <typename T> void array(std::vector<T> & v) {
+        const uint64_t n = get<uint64_t>();
+        need(n > (b.size() - pos) / sizeof(T) ? b.size() : n * sizeof(T));
+        v.resize(n);
+        if (n) {
+            std::memcpy(v.data(), b.data() + pos, n * sizeof(T));
+        }
+        pos += n * sizeof(T);
+    }
+};
+
+}  // namespace
+
+void save_checkpoint(const Checkpoint & c, const std::string & path) {
+    Out o;
+    o.b.insert(o.b.end(), kMagic, kMagic + 8);
+    o.str(c.fingerprint);
+    o.put<uint32_t>(c.next_chunk);
+    o.put<uint32_t>((uint32_t) c.data.meta.datasets.size());
+    for (const auto & d : c.data.meta.datasets) {
+        o.str(d);
+    }
+    o.put<uint32_t>(c.data.meta.chunk_size);
+    o.put<uint32_t>((uint32_t) c.data.tensors.size());
+    for (const auto & [name, ts] : c.data.tensors) {
+        o.str(name);
+        o.put<uint64_t>(ts.counts.size());
+        for (int64_t x : ts.counts) {
+            o.put<int64_t>(x);
+        }
+        o.put<uint64_t>(ts.sums.size());
+        for (double x : ts.sums) {
+            o.put<double>(x);
+        }
+    }
+    write_file_atomic(path, o.b);
+}
+
+Checkpoint load_checkpoint(const std::string & path) {
+    const std::vector<uint8_t> bytes = read_file(path);
+    In in{bytes, path};
+    in.need(8);
+    if (std::memcmp(bytes.data(), kMagic, 8) != 0) {
+        throw Error(path + ": not an imx checkpoint");
+    }
+    in.pos = 8;
+    Checkpoint c;
+    c.fingerprint = in.str();
+    c.next_chunk = in.get<uint32_t>();
+    const uint32_t n_datasets = in.get<uint32_t>();
+    for (uint32_t i = 0; i < n_datasets; ++i) {
+        c.data.meta.datasets.push_back(in.str());
+    }
+    c.data.meta.chunk_size = in.get<uint32_t>();
+    c.data.meta.chunk_count = c.next_chunk;
+    const uint32_t n_tensors = in.get<uint32_t>();
+    for (uint32_t i = 0; i < n_tensors; ++i) {
+        const std::string name = in.str();
+        TensorStats ts;
+        in.array(ts.counts);
+        in.array(ts.sums);
+        if (ts.counts.empty() || ts.sums.size() % ts.counts.size() != 0) {
+            throw Error(path + ": corrupt checkpoint (tensor " + name + ")");
+        }
+        c.data.tensors.emplace(name, std::move(ts));
+    }
+    return c;
+}
+
+}  // namespace imx

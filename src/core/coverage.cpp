@@ -1,0 +1,31 @@
+#include "coverage.h"
+
+#include <algorithm>
+
+namespace imx {
+
+std::vector<TensorCoverage> expert_coverage(const Imatrix & im) {
+    std::vector<TensorCoverage> out;
+    for (const auto & [name, ts] : im.tensors) {
+        if (ts.n_mat() < 2) {
+            continue;
+        }
+        TensorCoverage c;
+        c.name = name;
+        c.n_mat = ts.n_mat();
+        for (int64_t m = 0; m < ts.n_mat(); ++m) {
+            const int64_t n = ts.counts[m];
+            if (n == 0) {
+                c.unseen.push_back(m);
+            } else if (c.min_matrix < 0 || n < c.min_count) {
+                c.min_count = n;
+                c.min_matrix = m;
+            }
+            c.max_count = std::max(c.max_count, n);
+        }
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+}  // namespace imx

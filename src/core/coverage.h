@@ -1,0 +1,24 @@
+// Expert coverage: which matrices of each tensor saw no token, and how thin the rest is.
+#pragma once
+
+#include "imatrix.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace imx {
+
+struct TensorCoverage {
+    std::string          name;
+    int64_t              n_mat = 0;
+    std::vector<int64_t> unseen;          // matrices (experts) with zero tokens
+    int64_t              min_count = 0;   // smallest non-zero count
+    int64_t              min_matrix = -1; // the matrix that has it
+    int64_t              max_count = 0;
+};
+
+// One entry per tensor with more than one count (expert tensors), in name order.
+std::vector<TensorCoverage> expert_coverage(const Imatrix & im);
+
+}  // namespace imx

@@ -1,0 +1,156 @@
+#include "activation_collector.h"
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace imx::engine {
+
+namespace {
+
+// "CUDA0#blk.0.attn_q.weight#0" (a weight copied to another backend) → "blk.0.attn_q.weight"
+std::string weight_name(const char * raw) {
+    std::string n = raw;
+    if (const auto p = n.find('#'); p != std::string::npos) {
+        n = n.substr(p + 1);
+        if (const auto q = n.find('#'); q != std::string::npos) {
+            n.resize(q);
+        }
+    }
+    return n;
+}
+
+bool all_finite(const double * v, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (!std::isfinite(v[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
+    auto * self = static_cast<ActivationCollector *>(user_data);
+    if (ask) {
+        return self->wants(t);
+    }
+    return self->collect(t);
+}
+
+// Matmuls whose first operand is a weight of a transformer block. Attention's K·Q and KQ·V multiply
+// activations by activations (their src0 is the KV cache, not a "blk." weight); the output head is left
+// out as upstream does by default.
+bool ActivationCollector::wants(const ggml_tensor * t) const {
+    if (t->op != GGML_OP_MUL_MAT && t->op != GGML_OP_MUL_MAT_ID) {
+        return false;
+    }
+    if (t->src[1]->type != GGML_TYPE_F32) {
+        return false;
+    }
+    return weight_name(t->src[0]->name).rfind("blk.", 0) == 0;
+}
+
+bool ActivationCollector::collect(const ggml_tensor * t) {
+    const ggml_tensor * src1 = t->src[1];
+    const char * data = static_cast<const char *>(src1->data);
+    if (!ggml_backend_buffer_is_host(src1->buffer)) {
+        // the input lives on a device: bring it over once (the GPU path of issue 5 avoids this)
+        host_copy_.resize(ggml_nbytes(src1));
+        ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
+        data = host_copy_.data();
+    }
+    const std::string name = weight_name(t->src[0]->name);
+    return t->op == GGML_OP_MUL_MAT_ID ? collect_experts(t, name, data) : collect_dense(t, name, data);
+}
+
+bool ActivationCollector::collect_dense(const ggml_tensor * t, const std::string & name, const char * data) {
+    const ggml_tensor * w = t->src[0];
+    const ggml_tensor * x = t->src[1];
+    const int64_t n_cols = x->ne[0];
+    const int64_t n_mat = w->ne[2] * w->ne[3];
+    TensorStats & ts = data_.tensors[name];
+    if (ts.counts.empty()) {
+        ts.sums.assign(n_cols * n_mat, 0.0);
+        ts.counts.assign(1, 0);
+    }
+    // rows of x for each (i2, i3) slice go to the matrix (head) that slice multiplies; broadcast slices wrap
+    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+        for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
+            const int64_t m = (i3 % w->ne[3]) * w->ne[2] + (i2 % w->ne[2]);
+            double * acc = ts.sums.data() + m * n_cols;
+            for (int64_t r = 0; r < x->ne[1]; ++r) {
+                const float * row = (const float *) (data + r * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
+                for (int64_t j = 0; j < n_cols; ++j) {
+                    acc[j] += (double) row[j] * row[j];
+                }
+            }
+        }
+    }
+    const int64_t tokens = ggml_nrows(x) / n_mat;
+    int64_t & before = tokens_this_batch_[name];
+    for (int64_t m = 0; m < n_mat; ++m) {
+        if (!all_finite(ts.sums.data() + m * n_cols, n_cols)) {
+            return fail(name, m, n_mat > 1, before);
+        }
+    }
+    ts.counts[0] += tokens;
+    before += tokens;
+    return true;
+}
+
+bool ActivationCollector::collect_experts(const ggml_tensor * t, const std::string & name, const char * data) {
+    const ggml_tensor * w = t->src[0];
+    const ggml_tensor * x = t->src[1];    // [n_cols, 1 or n_used, n_tokens]
+    const ggml_tensor * ids = t->src[2];  // [n_used, n_tokens], i32, possibly not contiguous
+    const int64_t n_cols = x->ne[0];
+    const int64_t n_expert = w->ne[2];
+    const int64_t n_used = ids->ne[0];
+    const int64_t n_tokens = ids->ne[1];
+
+    ids_copy_.resize(ggml_nbytes(ids));
+    ggml_backend_tensor_get(ids, ids_copy_.data(), 0, ids_copy_.size());
+
+    TensorStats & ts = data_.tensors[name];
+    if (ts.counts.empty()) {
+        ts.sums.assign(n_cols * n_expert, 0.0);
+        ts.counts.assign(n_expert, 0);
+    }
+    std::vector<uint8_t> touched(n_expert, 0);
+    for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        for (int64_t k = 0; k < n_used; ++k) {
+            int32_t e;
+            std::memcpy(&e, ids_copy_.data() + tok * ids->nb[1] + k * ids->nb[0], sizeof e);
+            if (e < 0 || e >= n_expert) {
+                continue;  // not routed (some graphs pad with -1)
+            }
+            const float * row = (const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]);
+            double * acc = ts.sums.data() + e * n_cols;
+            for (int64_t j = 0; j < n_cols; ++j) {
+                acc[j] += (double) row[j] * row[j];
+            }
+            ts.counts[e] += 1;
+            touched[e] = 1;
+        }
+    }
+    int64_t & before = tokens_this_batch_[name];
+    for (int64_t e = 0; e < n_expert; ++e) {
+        if (touched[e] && !all_finite(ts.sums.data() + e * n_cols, n_cols)) {
+            return fail(name, e, true, before);
+        }
+    }
+    before += n_tokens;
+    return true;
+}
+
+bool ActivationCollector::fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before) {
+    const int64_t chunk = first_chunk_ + tokens_before / chunk_size_;
+    error_ = "non-finite activation in the input of " + name + (expert ? " (matrix " + std::to_string(matrix) + ")" : "") +
+             " in chunk " + std::to_string(chunk);
+    return false;  // stops the graph computation
+}
+
+}  // namespace imx::engine

@@ -1,0 +1,58 @@
+// Accumulates Σx² of every matmul input during llama.cpp's forward pass, through ggml's eval callback.
+//
+// For a weight W consumed by MUL_MAT (y = W·x) the input x has one row of n_cols values per token; we add
+// x_j² for every token to sums[j]. A 3-D weight (MLA's attn_k_b: [cols, rows, heads]) multiplies each head
+// h with its own slice of the input, so its sums are kept per head: sums[h*cols + j], with one token count
+// shared by all heads (upstream's layout). For MUL_MAT_ID (MoE experts) each token is routed to n_used of the
+// n_expert matrices: ids[k, t] names the expert of slot k for token t, and we add x² to that expert's row
+// and count the token for that expert only.
+//
+// Determinism: every product is widened to double and added in token order (token-major, then routing slot),
+// so the result depends only on the activations, not on how tokens were grouped into batches.
+#pragma once
+
+#include "core/imatrix.h"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+struct ggml_tensor;
+
+namespace imx::engine {
+
+class ActivationCollector {
+public:
+    explicit ActivationCollector(uint32_t chunk_size) : chunk_size_(chunk_size) {}
+
+    // The ggml_backend_sched_eval_callback: user_data is the collector.
+    static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
+
+    // Chunks before the current batch: lets errors name the chunk they happened in.
+    void set_first_chunk(uint32_t chunk) {
+        first_chunk_ = chunk;
+        tokens_this_batch_.clear();
+    }
+    // Tensors and counts so far; after a resume, the checkpoint's.
+    Imatrix & data() { return data_; }
+    // Non-empty once a non-finite activation was seen; the forward pass is stopped at that point.
+    const std::string & error() const { return error_; }
+
+private:
+    bool wants(const ggml_tensor * t) const;
+    bool collect(const ggml_tensor * t);
+    bool collect_dense(const ggml_tensor * t, const std::string & name, const char * data);
+    bool collect_experts(const ggml_tensor * t, const std::string & name, const char * data);
+    bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
+
+    uint32_t                       chunk_size_;
+    uint32_t                       first_chunk_ = 0;
+    Imatrix                        data_;
+    std::map<std::string, int64_t> tokens_this_batch_;  // per tensor, to locate a failing token's chunk
+    std::vector<char>              host_copy_;           // activations copied from a device, when needed
+    std::vector<char>              ids_copy_;
+    std::string                    error_;
+};
+
+}  // namespace imx::engine

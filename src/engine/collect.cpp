@@ -1,0 +1,144 @@
+#include "collect.h"
+
+#include "activation_collector.h"
+#include "core/atomic_file.h"
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "llama_model.h"
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+namespace imx::engine {
+
+namespace {
+
+// FNV-1a over the token ids: the fingerprint notices a different text or tokenizer.
+uint64_t hash_tokens(const std::vector<llama_token> & tokens) {
+    uint64_t h = 1469598103934665603ull;
+    for (llama_token t : tokens) {
+        h = (h ^ (uint32_t) t) * 1099511628211ull;
+    }
+    return h;
+}
+
+std::string fingerprint(const CollectOptions & o, const std::vector<llama_token> & tokens, uint32_t n_chunks) {
+    return "model=" + std::filesystem::absolute(o.model).string() +
+           " model_bytes=" + std::to_string(std::filesystem::file_size(o.model)) +
+           " tokens=" + std::to_string(tokens.size()) + ":" + std::to_string(hash_tokens(tokens)) +
+           " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
+           " chunks=" + std::to_string(n_chunks) +
+           " experts_used=" + std::to_string(o.experts_used);
+}
+
+}  // namespace
+
+std::string checkpoint_path(const std::string & output) { return output + ".ckpt"; }
+
+CollectResult collect(const CollectOptions & o, const std::function<void(const CollectProgress &)> & progress) {
+    if (o.chunk_size < 16) {
+        throw Error("chunk size -c " + std::to_string(o.chunk_size) + " is too small (at least 16 tokens)");
+    }
+    init_llama(o.verbose);
+    const std::vector<uint8_t> raw = read_file(o.text_file);
+    const std::string text(raw.begin(), raw.end());
+
+    ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
+    const llama_vocab * vocab = llama_model_get_vocab(model.get());
+    const std::vector<llama_token> tokens = tokenize(vocab, text, o.parse_special);
+
+    const uint32_t n_in_text = (uint32_t) (tokens.size() / o.chunk_size);
+    const uint32_t n_available = n_in_text > o.first_chunk ? n_in_text - o.first_chunk : 0;
+    const uint32_t n_chunks = o.max_chunks < 0 ? n_available : std::min<uint32_t>(o.max_chunks, n_available);
+    if (n_chunks == 0) {
+        throw Error(o.text_file + ": " + std::to_string(tokens.size()) + " tokens make " + std::to_string(n_in_text) +
+                    " chunks of " + std::to_string(o.chunk_size) + "; none left after skipping " +
+                    std::to_string(o.first_chunk));
+    }
+    const uint32_t n_seq = std::max<uint32_t>(1, o.batch_size / o.chunk_size);
+
+    ActivationCollector collector(o.chunk_size);
+    CollectResult result;
+    const std::string fp = fingerprint(o, tokens, n_chunks);
+    const std::string ckpt = checkpoint_path(o.output);
+    uint32_t next = 0;
+    if (o.resume && std::filesystem::exists(ckpt)) {
+        Checkpoint c = load_checkpoint(ckpt);
+        if (c.fingerprint != fp) {
+            throw Error(ckpt + ": made by a different run (" + c.fingerprint + "), not this one (" + fp + ")");
+        }
+        next = c.next_chunk;
+        collector.data() = std::move(c.data);
+        result.chunks_resumed = next;
+    }
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n_seq * o.chunk_size;
+    cp.n_batch = n_seq * o.chunk_size;
+    cp.n_ubatch = o.chunk_size;  // one chunk per ubatch: the forward pass is the same for any -b
+    cp.n_seq_max = n_seq;
+    cp.kv_unified = true;        // one KV stream, so a batch splits into ubatches in token order
+    const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    cp.n_threads = threads;
+    cp.n_threads_batch = threads;
+    cp.cb_eval = ActivationCollector::eval_callback;
+    cp.cb_eval_user_data = &collector;
+    cp.no_perf = true;
+    ContextPtr ctx(llama_init_from_model(model.get(), cp));
+    if (!ctx) {
+        throw Error(o.model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
+    }
+
+    const bool add_bos = llama_vocab_get_add_bos(vocab);
+    const llama_token bos = llama_vocab_bos(vocab);
+    llama_batch batch = llama_batch_init((int32_t) (n_seq * o.chunk_size), 0, 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    uint32_t last_checkpoint = next;
+    for (uint32_t i = next; i < n_chunks; i += n_seq) {
+        const uint32_t n_in_batch = std::min(n_seq, n_chunks - i);
+        llama_memory_clear(llama_get_memory(ctx.get()), true);
+        batch.n_tokens = 0;
+        for (uint32_t s = 0; s < n_in_batch; ++s) {
+            const size_t start = (size_t) (o.first_chunk + i + s) * o.chunk_size;
+            for (uint32_t k = 0; k < o.chunk_size; ++k) {
+                const int32_t n = batch.n_tokens++;
+                batch.token[n] = (k == 0 && add_bos) ? bos : tokens[start + k];
+                batch.pos[n] = (llama_pos) k;
+                batch.n_seq_id[n] = 1;
+                batch.seq_id[n][0] = (llama_seq_id) s;
+                // every token is an output: otherwise llama.cpp skips the last layer's FFN for it
+                batch.logits[n] = 1;
+            }
+        }
+        collector.set_first_chunk(o.first_chunk + i);
+        const int32_t rc = llama_decode(ctx.get(), batch);
+        if (!collector.error().empty()) {
+            llama_batch_free(batch);
+            throw Error(o.model + ": " + collector.error());
+        }
+        if (rc != 0) {
+            llama_batch_free(batch);
+            throw Error(o.model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
+                        std::to_string(o.first_chunk + i));
+        }
+        const uint32_t done = i + n_in_batch;
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (o.save_every > 0 && done < n_chunks && done - last_checkpoint >= (uint32_t) o.save_every) {
+            Checkpoint c{fp, done, collector.data()};
+            c.data.meta = {{o.text_file}, done, o.chunk_size};
+            save_checkpoint(c, ckpt);
+            last_checkpoint = done;
+        }
+        progress({done, n_chunks, secs, done - result.chunks_resumed});
+    }
+    llama_batch_free(batch);
+
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.tokens = (int64_t) (n_chunks - result.chunks_resumed) * o.chunk_size;
+    result.imatrix = std::move(collector.data());
+    result.imatrix.meta = {{o.text_file}, n_chunks, o.chunk_size};
+    return result;
+}
+
+}  // namespace imx::engine

@@ -1,0 +1,54 @@
+// imx collect: run a model over calibration text and accumulate its importance matrix.
+//
+// The text is tokenized once (with BOS, as upstream) and cut into chunks of `chunk_size` tokens; each chunk
+// is an independent sequence whose first token is replaced by BOS where the vocabulary uses one. A batch holds
+// `batch_size / chunk_size` chunks (at least one), and every chunk is computed as exactly one ubatch, so the
+// activations, and hence the sums, do not depend on the batch size. Checkpoints are taken between batches.
+#pragma once
+
+#include "core/imatrix.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace imx::engine {
+
+struct CollectOptions {
+    std::string model;
+    std::string text_file;
+    std::string output;           // the checkpoint goes beside it: <output>.ckpt
+    uint32_t    chunk_size = 512;  // -c
+    uint32_t    batch_size = 2048; // -b: chunks per batch = max(1, batch_size / chunk_size)
+    int         threads = 0;       // 0: all cores
+    int         n_gpu_layers = 99;
+    int         max_chunks = -1;   // --chunks
+    uint32_t    first_chunk = 0;   // --from-chunk: skip the text's first N chunks (shards of one text)
+    int         experts_used = 0;  // --experts-used
+    int         save_every = 0;    // checkpoint every N chunks (0: never)
+    bool        resume = false;
+    bool        parse_special = false;
+    bool        verbose = false;
+};
+
+struct CollectProgress {
+    uint32_t chunks_done;
+    uint32_t chunks_total;
+    double   seconds;    // since the first chunk of this run (not counting resumed ones)
+    uint32_t chunks_run; // chunks computed by this run
+};
+
+struct CollectResult {
+    Imatrix  imatrix;
+    uint32_t chunks_resumed = 0;
+    double   seconds = 0;
+    int64_t  tokens = 0;
+};
+
+// Throws imx::Error (naming the file, tensor or chunk) on bad input or a non-finite activation; the last
+// checkpoint stays on disk then.
+CollectResult collect(const CollectOptions & o, const std::function<void(const CollectProgress &)> & progress);
+
+std::string checkpoint_path(const std::string & output);
+
+}  // namespace imx::engine

@@ -1,0 +1,86 @@
+#include "llama_model.h"
+
+#include "core/error.h"
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+
+namespace imx::engine {
+
+namespace {
+
+bool g_verbose = false;
+
+void log_callback(ggml_log_level level, const char * text, void *) {
+    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        std::fputs(text, stderr);
+    }
+}
+
+ModelPtr load(const std::string & path, llama_model_params p) {
+    if (!std::filesystem::exists(path)) {
+        throw Error(path + ": no such file");
+    }
+    llama_model * m = llama_model_load_from_file(path.c_str(), p);
+    if (!m) {
+        throw Error(path + ": llama.cpp could not load this model (see the message above)");
+    }
+    return ModelPtr(m);
+}
+
+}  // namespace
+
+void init_llama(bool verbose) {
+    static std::once_flag once;
+    g_verbose = verbose;
+    std::call_once(once, [] {
+        llama_log_set(log_callback, nullptr);
+        llama_backend_init();
+    });
+}
+
+std::string model_architecture(const std::string & path) {
+    llama_model_params p = llama_model_default_params();
+    p.vocab_only = true;
+    ModelPtr m = load(path, p);
+    char buf[128] = {0};
+    if (llama_model_meta_val_str(m.get(), "general.architecture", buf, sizeof buf) < 0) {
+        throw Error(path + ": no general.architecture");
+    }
+    return buf;
+}
+
+ModelPtr load_model(const std::string & path, const ModelOptions & o) {
+    llama_model_params p = llama_model_default_params();
+    p.n_gpu_layers = o.n_gpu_layers;
+    std::vector<llama_model_kv_override> overrides;
+    if (o.experts_used > 0) {
+        // as upstream's --override-kv ARCH.expert_used_count=int:N
+        llama_model_kv_override kv{};
+        kv.tag = LLAMA_KV_OVERRIDE_TYPE_INT;
+        const std::string key = model_architecture(path) + ".expert_used_count";
+        std::snprintf(kv.key, sizeof kv.key, "%s", key.c_str());
+        kv.val_i64 = o.experts_used;
+        overrides.push_back(kv);
+        overrides.push_back(llama_model_kv_override{});  // terminator: empty key
+        p.kv_overrides = overrides.data();
+    }
+    return load(path, p);
+}
+
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
+    // add_special = true, as upstream's imatrix and perplexity tools do (a BOS where the vocab wants one)
+    int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), nullptr, 0, true, parse_special);
+    std::vector<llama_token> tokens(n < 0 ? -n : n);
+    n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(), true,
+                       parse_special);
+    if (n < 0) {
+        throw Error("tokenization failed");
+    }
+    tokens.resize(n);
+    return tokens;
+}
+
+}  // namespace imx::engine

@@ -1,0 +1,31 @@
+// Thin RAII wrappers over libllama: load a model, make a context, tokenize. Errors name the file.
+#pragma once
+
+#include "llama.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace imx::engine {
+
+struct ModelFree { void operator()(llama_model * m) const { llama_model_free(m); } };
+struct ContextFree { void operator()(llama_context * c) const { llama_free(c); } };
+using ModelPtr = std::unique_ptr<llama_model, ModelFree>;
+using ContextPtr = std::unique_ptr<llama_context, ContextFree>;
+
+// Initialises the backends once and routes llama.cpp's log: errors always, the rest only when verbose.
+void init_llama(bool verbose);
+
+struct ModelOptions {
+    int n_gpu_layers = 99;
+    int experts_used = 0;  // > 0: override the model's <arch>.expert_used_count
+};
+ModelPtr load_model(const std::string & path, const ModelOptions & o);
+
+// The model's general.architecture, read without loading weights.
+std::string model_architecture(const std::string & path);
+
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special);
+
+}  // namespace imx::engine
