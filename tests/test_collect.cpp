@@ -80,8 +80,10 @@ TEST_P(Collect, SameBytesForRepeatsAndBatchSizes) {
     const auto a = bytes_of(collect(model(), dir() + "/" + stem() + "-b512.gguf", "--chunks 8 -b 512"));
     const auto b = bytes_of(collect(model(), dir() + "/" + stem() + "-b512-again.gguf", "--chunks 8 -b 512"));
     const auto c = bytes_of(collect(model(), dir() + "/" + stem() + "-b2048.gguf", "--chunks 8 -b 2048"));
+    const auto d = bytes_of(collect(model(), dir() + "/" + stem() + "-ub64.gguf", "--chunks 8 -b 2048 -ub 64"));
     EXPECT_EQ(a, b) << "repeat run";
     EXPECT_EQ(a, c) << "-b 512 vs -b 2048";
+    EXPECT_EQ(a, d) << "-ub 64";
 }
 
 TEST_P(Collect, MergeOfShardsEqualsTheWholeRun) {

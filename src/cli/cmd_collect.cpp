@@ -18,6 +18,7 @@ namespace {
 
 struct Options {
     engine::CollectOptions c;
+    int                    batch = 0;
     int                    ubatch = 0;
     bool                   json = false;
     std::string            format;
@@ -106,11 +107,10 @@ Run add_collect(CLI::App & app) {
         ->capture_default_str();
     c.output = "imatrix.gguf";
     app.add_option("-c,--ctx-size", c.chunk_size, "tokens per chunk")->capture_default_str();
-    app.add_option("-b,--batch-size", c.batch_size, "tokens per batch: batch/chunk chunks are computed together")
-        ->capture_default_str();
-    app.add_option("--ubatch-size", o->ubatch,
-                   "accepted for compatibility: imx always computes one chunk per ubatch, so results do not "
-                   "depend on it");
+    app.add_option("-b,--batch-size", o->batch,
+                   "accepted for compatibility: imx computes each chunk alone, as one batch and one ubatch, so "
+                   "results never depend on -b or -ub");
+    app.add_option("--ubatch-size", o->ubatch, "accepted for compatibility, like -b");
     app.add_option("-t,--threads", c.threads, "CPU threads (default: all cores)");
     app.add_option("--n-gpu-layers", c.n_gpu_layers, "layers to offload to the GPU")->capture_default_str();
     app.add_option("--chunks", c.max_chunks, "stop after N chunks (default: all of the text)");
@@ -124,9 +124,9 @@ Run add_collect(CLI::App & app) {
     add_format_option(app, o->format);
     return [o] {
         auto & c = o->c;
-        if (o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) {
-            std::fprintf(stderr, "imx: note: -ub %d is smaller than the chunk (%u); imx computes each chunk in one "
-                                 "ubatch so that the result does not depend on -ub\n", o->ubatch, c.chunk_size);
+        if ((o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) || (o->batch > 0 && (uint32_t) o->batch < c.chunk_size)) {
+            std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
+                                 "in one ubatch, so the result does not depend on them\n", c.chunk_size);
         }
         const engine::CollectResult r =
             engine::collect(c, [&](const engine::CollectProgress & p) { show_progress(p, c.chunk_size); });

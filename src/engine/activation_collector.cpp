@@ -64,7 +64,10 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
         data = host_copy_.data();
     }
     const std::string name = weight_name(t->src[0]->name);
-    return t->op == GGML_OP_MUL_MAT_ID ? collect_experts(t, name, data) : collect_dense(t, name, data);
+    const bool ok = t->op == GGML_OP_MUL_MAT_ID ? collect_experts(t, name, data) : collect_dense(t, name, data);
+    last_collected_ = name;
+    // false ends this graph split: after the final weight only the output head is left
+    return ok && name != final_weight_;
 }
 
 bool ActivationCollector::collect_dense(const ggml_tensor * t, const std::string & name, const char * data) {

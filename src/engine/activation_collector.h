@@ -7,6 +7,8 @@
 // n_expert matrices: ids[k, t] names the expert of slot k for token t, and we add x² to that expert's row
 // and count the token for that expert only.
 //
+// Speed: the forward pass ends at the last collected matmul (see final_weight_): the output head is skipped.
+//
 // Determinism: every product is widened to double and added in token order (token-major, then routing slot),
 // so the result depends only on the activations, not on how tokens were grouped into batches.
 #pragma once
@@ -29,10 +31,13 @@ public:
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
 
-    // Chunks before the current batch: lets errors name the chunk they happened in.
-    void set_first_chunk(uint32_t chunk) {
+    // Called before each chunk's forward pass: lets errors name the chunk they happened in.
+    void begin_chunk(uint32_t chunk) {
         first_chunk_ = chunk;
         tokens_this_batch_.clear();
+        if (!last_collected_.empty()) {
+            final_weight_ = last_collected_;
+        }
     }
     // Tensors and counts so far; after a resume, the checkpoint's.
     Imatrix & data() { return data_; }
@@ -53,6 +58,11 @@ private:
     std::vector<char>              host_copy_;           // activations copied from a device, when needed
     std::vector<char>              ids_copy_;
     std::string                    error_;
+    // The last weight matmul of the graph, learned from the first chunk. Once it is collected, nothing that
+    // is left of the graph (final norm, output head: the costliest matmul of small models) feeds a weight we
+    // collect, so the callback stops the computation there. We never read the logits.
+    std::string                    last_collected_;
+    std::string                    final_weight_;
 };
 
 }  // namespace imx::engine

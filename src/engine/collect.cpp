@@ -56,7 +56,6 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
                     " chunks of " + std::to_string(o.chunk_size) + "; none left after skipping " +
                     std::to_string(o.first_chunk));
     }
-    const uint32_t n_seq = std::max<uint32_t>(1, o.batch_size / o.chunk_size);
 
     ActivationCollector collector(o.chunk_size);
     CollectResult result;
@@ -74,11 +73,10 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     }
 
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_seq * o.chunk_size;
-    cp.n_batch = n_seq * o.chunk_size;
-    cp.n_ubatch = o.chunk_size;  // one chunk per ubatch: the forward pass is the same for any -b
-    cp.n_seq_max = n_seq;
-    cp.kv_unified = true;        // one KV stream, so a batch splits into ubatches in token order
+    cp.n_ctx = o.chunk_size;
+    cp.n_batch = o.chunk_size;
+    cp.n_ubatch = o.chunk_size;
+    cp.n_seq_max = 1;
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
@@ -92,26 +90,23 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
 
     const bool add_bos = llama_vocab_get_add_bos(vocab);
     const llama_token bos = llama_vocab_bos(vocab);
-    llama_batch batch = llama_batch_init((int32_t) (n_seq * o.chunk_size), 0, 1);
+    llama_batch batch = llama_batch_init((int32_t) o.chunk_size, 0, 1);
     const auto t0 = std::chrono::steady_clock::now();
     uint32_t last_checkpoint = next;
-    for (uint32_t i = next; i < n_chunks; i += n_seq) {
-        const uint32_t n_in_batch = std::min(n_seq, n_chunks - i);
+    for (uint32_t i = next; i < n_chunks; ++i) {
         llama_memory_clear(llama_get_memory(ctx.get()), true);
-        batch.n_tokens = 0;
-        for (uint32_t s = 0; s < n_in_batch; ++s) {
-            const size_t start = (size_t) (o.first_chunk + i + s) * o.chunk_size;
-            for (uint32_t k = 0; k < o.chunk_size; ++k) {
-                const int32_t n = batch.n_tokens++;
-                batch.token[n] = (k == 0 && add_bos) ? bos : tokens[start + k];
-                batch.pos[n] = (llama_pos) k;
-                batch.n_seq_id[n] = 1;
-                batch.seq_id[n][0] = (llama_seq_id) s;
-                // every token is an output: otherwise llama.cpp skips the last layer's FFN for it
-                batch.logits[n] = 1;
-            }
+        const size_t start = (size_t) (o.first_chunk + i) * o.chunk_size;
+        batch.n_tokens = (int32_t) o.chunk_size;
+        for (uint32_t k = 0; k < o.chunk_size; ++k) {
+            batch.token[k] = (k == 0 && add_bos) ? bos : tokens[start + k];
+            batch.pos[k] = (llama_pos) k;
+            batch.n_seq_id[k] = 1;
+            batch.seq_id[k][0] = 0;
+            // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
+            // and their activations would be missing from that layer's sums
+            batch.logits[k] = 1;
         }
-        collector.set_first_chunk(o.first_chunk + i);
+        collector.begin_chunk(o.first_chunk + i);
         const int32_t rc = llama_decode(ctx.get(), batch);
         if (!collector.error().empty()) {
             llama_batch_free(batch);
@@ -122,7 +117,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
             throw Error(o.model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
                         std::to_string(o.first_chunk + i));
         }
-        const uint32_t done = i + n_in_batch;
+        const uint32_t done = i + 1;
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (o.save_every > 0 && done < n_chunks && done - last_checkpoint >= (uint32_t) o.save_every) {
             Checkpoint c{fp, done, collector.data()};
