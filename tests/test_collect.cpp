@@ -151,6 +151,17 @@ TEST_P(Collect, ResumeRefusesACheckpointOfAnotherRun) {
 INSTANTIATE_TEST_SUITE_P(SharedModels, Collect, ::testing::Values("qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"),
                          [](const auto & info) { return info.param.substr(0, info.param.find('-')); });
 
+TEST(CollectExpertsUsed, OverrideRoutesEveryTokenToNExperts) {
+    const std::string out = work_dir("collect") + "/qwen3moe-top4.gguf";
+    collect("qwen3moe-tiny.gguf", out, "--chunks 2 --experts-used 4");
+    const Imatrix im = load_imatrix(out);
+    int64_t routed = 0;
+    for (int64_t c : im.tensors.at("blk.1.ffn_gate_exps.weight").counts) {
+        routed += c;
+    }
+    EXPECT_EQ(routed, 4 * 2 * 512) << "4 experts per token instead of the model's 2";
+}
+
 TEST(CollectPartial, ExpertsWithoutTokensAreKept) {
     // 8 chunks leave experts of qwen3moe-tiny's blk.3 unrouted (measured: 0, 2 and 3)
     const std::string out = work_dir("collect") + "/qwen3moe-8.gguf";

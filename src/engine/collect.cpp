@@ -1,6 +1,7 @@
 #include "collect.h"
 
 #include "activation_collector.h"
+#include "calibration.h"
 #include "core/atomic_file.h"
 #include "core/checkpoint.h"
 #include "core/error.h"
@@ -14,21 +15,23 @@ namespace imx::engine {
 
 namespace {
 
-// FNV-1a over the token ids: the fingerprint notices a different text or tokenizer.
-uint64_t hash_tokens(const std::vector<llama_token> & tokens) {
+// FNV-1a over the token ids of all chunks: the fingerprint notices a different text or tokenizer.
+uint64_t hash_chunks(const std::vector<Chunk> & chunks) {
     uint64_t h = 1469598103934665603ull;
-    for (llama_token t : tokens) {
-        h = (h ^ (uint32_t) t) * 1099511628211ull;
+    for (const Chunk & c : chunks) {
+        for (llama_token t : c) {
+            h = (h ^ (uint32_t) t) * 1099511628211ull;
+        }
+        h = (h ^ 0xffffffffu) * 1099511628211ull;  // chunk boundary
     }
     return h;
 }
 
-std::string fingerprint(const CollectOptions & o, const std::vector<llama_token> & tokens, uint32_t n_chunks) {
+std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chunks) {
     return "model=" + std::filesystem::absolute(o.model).string() +
            " model_bytes=" + std::to_string(std::filesystem::file_size(o.model)) +
-           " tokens=" + std::to_string(tokens.size()) + ":" + std::to_string(hash_tokens(tokens)) +
+           " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
-           " chunks=" + std::to_string(n_chunks) +
            " experts_used=" + std::to_string(o.experts_used);
 }
 
@@ -41,25 +44,15 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         throw Error("chunk size -c " + std::to_string(o.chunk_size) + " is too small (at least 16 tokens)");
     }
     init_llama(o.verbose);
-    const std::vector<uint8_t> raw = read_file(o.text_file);
-    const std::string text(raw.begin(), raw.end());
-
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
-    const llama_vocab * vocab = llama_model_get_vocab(model.get());
-    const std::vector<llama_token> tokens = tokenize(vocab, text, o.parse_special);
-
-    const uint32_t n_in_text = (uint32_t) (tokens.size() / o.chunk_size);
-    const uint32_t n_available = n_in_text > o.first_chunk ? n_in_text - o.first_chunk : 0;
-    const uint32_t n_chunks = o.max_chunks < 0 ? n_available : std::min<uint32_t>(o.max_chunks, n_available);
-    if (n_chunks == 0) {
-        throw Error(o.text_file + ": " + std::to_string(tokens.size()) + " tokens make " + std::to_string(n_in_text) +
-                    " chunks of " + std::to_string(o.chunk_size) + "; none left after skipping " +
-                    std::to_string(o.first_chunk));
-    }
+    const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
+                                o.chat || is_chat_file(o.text_file), o.chat_template};
+    const std::vector<Chunk> chunks = calibration_chunks(co, model.get());
+    const uint32_t n_chunks = (uint32_t) chunks.size();
 
     ActivationCollector collector(o.chunk_size);
     CollectResult result;
-    const std::string fp = fingerprint(o, tokens, n_chunks);
+    const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
     uint32_t next = 0;
     if (o.resume && std::filesystem::exists(ckpt)) {
@@ -88,17 +81,15 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         throw Error(o.model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
     }
 
-    const bool add_bos = llama_vocab_get_add_bos(vocab);
-    const llama_token bos = llama_vocab_bos(vocab);
     llama_batch batch = llama_batch_init((int32_t) o.chunk_size, 0, 1);
     const auto t0 = std::chrono::steady_clock::now();
     uint32_t last_checkpoint = next;
     for (uint32_t i = next; i < n_chunks; ++i) {
         llama_memory_clear(llama_get_memory(ctx.get()), true);
-        const size_t start = (size_t) (o.first_chunk + i) * o.chunk_size;
-        batch.n_tokens = (int32_t) o.chunk_size;
-        for (uint32_t k = 0; k < o.chunk_size; ++k) {
-            batch.token[k] = (k == 0 && add_bos) ? bos : tokens[start + k];
+        const Chunk & chunk = chunks[i];
+        batch.n_tokens = (int32_t) chunk.size();
+        for (size_t k = 0; k < chunk.size(); ++k) {
+            batch.token[k] = chunk[k];
             batch.pos[k] = (llama_pos) k;
             batch.n_seq_id[k] = 1;
             batch.seq_id[k][0] = 0;
@@ -130,7 +121,9 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     llama_batch_free(batch);
 
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    result.tokens = (int64_t) (n_chunks - result.chunks_resumed) * o.chunk_size;
+    for (uint32_t i = result.chunks_resumed; i < n_chunks; ++i) {
+        result.tokens += (int64_t) chunks[i].size();
+    }
     result.imatrix = std::move(collector.data());
     result.imatrix.meta = {{o.text_file}, n_chunks, o.chunk_size};
     return result;

@@ -29,6 +29,8 @@ struct CollectOptions {
     int         save_every = 0;    // checkpoint every N chunks (0: never)
     bool        resume = false;
     bool        parse_special = false;
+    bool        chat = false;          // the file is chat JSONL (default: when it ends in .jsonl)
+    std::string chat_template;         // for chat: a built-in template name; empty: the model's own
     bool        verbose = false;
 };
 
