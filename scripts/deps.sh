@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages imx needs to build and test, where they are missing (needs root or sudo).
 set -euo pipefail
-packages=(cmake g++ git clang libclang-rt-14-dev libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev)
+packages=(cmake g++ git clang libclang-rt-14-dev libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+          chromium bc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,6 +21,9 @@ struct ModelCase {
     int         n_expert;
 };
 
+// names the case in test listings (ctest shows it)
+void PrintTo(const ModelCase & c, std::ostream * os) { *os << c.model; }
+
 class UpstreamFiles : public ::testing::TestWithParam<ModelCase> {};
 
 // Runs upstream llama-quantize in `dir` with the imatrix given by its bare file name, so the path recorded in

@@ -71,7 +71,10 @@ void print_summary(const Imatrix & im, const engine::CollectResult & r, const st
     for (const auto & c : cov) {
         std::string unseen;
         for (int64_t e : c.unseen) {
-            unseen += (unseen.empty() ? "" : ",") + std::to_string(e);
+            if (!unseen.empty()) {
+                unseen += ',';
+            }
+            unseen += std::to_string(e);
         }
         std::fprintf(stderr, "%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
                      (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat,

@@ -30,7 +30,10 @@ std::vector<int64_t> unseen_matrices(const TensorStats & ts) {
 std::string join_ids(const std::vector<int64_t> & ids) {
     std::string s;
     for (int64_t id : ids) {
-        s += (s.empty() ? "" : ",") + std::to_string(id);
+        if (!s.empty()) {
+            s += ',';
+        }
+        s += std::to_string(id);
     }
     return s;
 }
@@ -58,7 +61,10 @@ void print_text(const Options & o, const Imatrix & im) {
                                        : "legacy imatrix.dat (per-expert token counts unknown)");
     std::string ds;
     for (const auto & d : im.meta.datasets) {
-        ds += (ds.empty() ? "" : ", ") + d;
+        if (!ds.empty()) {
+            ds += ", ";
+        }
+        ds += d;
     }
     std::printf("datasets:  %s\n", ds.empty() ? "(none)" : ds.c_str());
     std::printf("chunks:    %u of %u tokens\n", im.meta.chunk_count, im.meta.chunk_size);

@@ -13,5 +13,7 @@ Run add_inspect(CLI::App & app);
 Run add_convert(CLI::App & app);
 Run add_merge(CLI::App & app);
 Run add_collect(CLI::App & app);
+Run add_stats(CLI::App & app);
+Run add_coverage(CLI::App & app);
 
 }  // namespace imx::cli

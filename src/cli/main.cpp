@@ -20,6 +20,10 @@ int main(int argc, char ** argv) {
         runs[sub] = reg(*sub);
     };
     add("collect", "run a model over calibration text and write its importance matrix", imx::cli::add_collect);
+    add("stats", "per-tensor statistics (as llama-imatrix --show-statistics), expert coverage, HTML report",
+        imx::cli::add_stats);
+    add("coverage", "compare calibration texts by how many of a MoE model's experts they reach",
+        imx::cli::add_coverage);
     add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
     add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);
     add("merge", "add imatrix files together: exact sums and per-expert counts", imx::cli::add_merge);

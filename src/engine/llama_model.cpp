@@ -41,10 +41,14 @@ void init_llama(bool verbose) {
     });
 }
 
-std::string model_architecture(const std::string & path) {
+ModelPtr load_vocab_only(const std::string & path) {
     llama_model_params p = llama_model_default_params();
     p.vocab_only = true;
-    ModelPtr m = load(path, p);
+    return load(path, p);
+}
+
+std::string model_architecture(const std::string & path) {
+    ModelPtr m = load_vocab_only(path);
     char buf[128] = {0};
     if (llama_model_meta_val_str(m.get(), "general.architecture", buf, sizeof buf) < 0) {
         throw Error(path + ": no general.architecture");

@@ -26,6 +26,9 @@ ModelPtr load_model(const std::string & path, const ModelOptions & o);
 // The model's general.architecture, read without loading weights.
 std::string model_architecture(const std::string & path);
 
+// The model's metadata and vocabulary only (no weights): enough to tokenize.
+ModelPtr load_vocab_only(const std::string & path);
+
 std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special);
 
 }  // namespace imx::engine

@@ -1,0 +1,125 @@
+// imx stats FILE [--json] [--html report.html]: upstream's per-tensor statistics, expert coverage per layer,
+// and a self-contained HTML report.
+#include "commands.h"
+#include "core/atomic_file.h"
+#include "core/coverage.h"
+#include "core/imatrix_file.h"
+#include "core/report_html.h"
+#include "core/statistics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <regex>
+
+namespace imx::cli {
+
+namespace {
+
+struct Options {
+    std::string              file, html;
+    std::vector<std::string> profile;
+    bool                     json = false;
+    uint32_t                 legacy_chunk_size = kDefaultLegacyChunkSize;
+};
+
+void print_text(const Imatrix & im, const std::vector<TensorStatistics> & ts, const std::vector<LayerStatistics> & ls,
+                const std::string & file) {
+    std::printf("Statistics for %s (%zu tensors)\n\n", file.c_str(), ts.size());
+    std::printf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", " Layer", "       Tensor", "          Σ(Act²)",
+                "  Min", "            Max", "           μ", "   σ", " % Active", "N", "   Entropy", "E (norm)", "ZD",
+                "  CosSim");
+    for (const auto & t : ts) {
+        std::printf("%s\n", format_tensor_row(t).c_str());
+    }
+    std::printf("\nWeighted averages per layer (%zu layers)\n\n%s\t%s\t%s\t%s\n", ls.size(), "  Layer",
+                "     μΣ(Act²)", "      μZD", "μCosSim");
+    for (const auto & l : ls) {
+        std::printf("%s\n", format_layer_row(l).c_str());
+    }
+    const auto cov = expert_coverage(im);
+    if (cov.empty()) {
+        return;
+    }
+    std::printf("\nExpert coverage (tokens per expert)\n\n%-34s %8s %10s %10s  %s\n", "tensor", "experts", "fewest",
+                "most", "never routed");
+    for (const auto & c : cov) {
+        std::string ids;
+        for (int64_t e : c.unseen) {
+            if (!ids.empty()) {
+                ids += ',';
+            }
+            ids += std::to_string(e);
+        }
+        std::printf("%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
+                    (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat, (long long) c.min_count,
+                    (long long) c.max_count, ids.empty() ? "-" : ids.c_str());
+    }
+}
+
+void print_json(const Imatrix & im, const std::vector<TensorStatistics> & ts, const std::vector<LayerStatistics> & ls,
+                const std::string & file) {
+    nlohmann::ordered_json j;
+    j["file"] = file;
+    j["chunk_count"] = im.meta.chunk_count;
+    j["chunk_size"] = im.meta.chunk_size;
+    j["tensors"] = nlohmann::json::array();
+    for (const auto & t : ts) {
+        const TensorStats & e = im.tensors.at(t.name);
+        j["tensors"].push_back({{"name", t.name}, {"layer", t.layer}, {"kind", t.kind}, {"sum_act2", t.total},
+                                {"min", t.min}, {"max", t.max}, {"mean", t.mean}, {"stddev", t.stddev},
+                                {"cv", t.mean > 0 ? t.stddev / t.mean : 0.0f}, {"active", t.active},
+                                {"elements", t.elements}, {"entropy", t.entropy},
+                                {"entropy_norm", t.entropy_norm()}, {"zd", t.zd}, {"cossim", t.cossim},
+                                {"counts", e.counts}});
+    }
+    j["layers"] = nlohmann::json::array();
+    for (const auto & l : ls) {
+        j["layers"].push_back({{"layer", l.layer}, {"mean_sum_act2", l.mean_total}, {"zd", l.zd}, {"cossim", l.cossim}});
+    }
+    j["coverage"] = nlohmann::json::array();
+    for (const auto & c : expert_coverage(im)) {
+        j["coverage"].push_back({{"tensor", c.name}, {"experts", c.n_mat}, {"never_routed", c.unseen},
+                                 {"fewest_tokens", c.min_count}, {"most_tokens", c.max_count}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+}
+
+}  // namespace
+
+Run add_stats(CLI::App & app) {
+    auto o = std::make_shared<Options>();
+    app.add_option("file", o->file, "imatrix file (GGUF or legacy .dat)")->required();
+    app.add_flag("--json", o->json, "print JSON on stdout instead of tables");
+    app.add_option("--html", o->html, "also write a self-contained HTML report to this file");
+    app.add_option("--profile", o->profile,
+                   "regex of tensors whose sorted column importance the report plots (default: first and last "
+                   "block's attention input and FFN down)");
+    app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for legacy .dat input")
+        ->capture_default_str();
+    return [o] {
+        const Imatrix im = load_imatrix(o->file, o->legacy_chunk_size);
+        const auto ts = tensor_statistics(im);
+        const auto ls = layer_statistics(ts);
+        o->json ? print_json(im, ts, ls, o->file) : print_text(im, ts, ls, o->file);
+        if (!o->html.empty()) {
+            ReportOptions ro{o->file, default_profile_tensors(im)};
+            if (!o->profile.empty()) {
+                ro.profile_tensors.clear();
+                for (const auto & [name, t] : im.tensors) {
+                    for (const auto & re : o->profile) {
+                        if (std::regex_search(name, std::regex(re))) {
+                            ro.profile_tensors.push_back(name);
+                            break;
+                        }
+                    }
+                }
+            }
+            const std::string page = render_html_report(im, ro);
+            write_file_atomic(o->html, {reinterpret_cast<const uint8_t *>(page.data()), page.size()});
+            std::fprintf(stderr, "imx: wrote %s\n", o->html.c_str());
+        }
+    };
+}
+
+}  // namespace imx::cli
