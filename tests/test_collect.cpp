@@ -76,6 +76,17 @@ TEST_P(Collect, AgreesWithUpstreamImatrix) {
     RecordProperty("worst_relative_vs_upstream", std::to_string(worst));
 }
 
+// The GPU code path (Σx² by ggml ops where the activations are), run on the CPU backend.
+TEST_P(Collect, DeviceSumsEqualHostSums) {
+    const Imatrix host = load_imatrix(collect(model(), dir() + "/" + stem() + "-host.gguf", "--chunks 4"));
+    const Imatrix dev = load_imatrix(collect(model(), dir() + "/" + stem() + "-dev.gguf", "--chunks 4 --device-sums"));
+    std::string where;
+    const double worst = worst_relative(dev, host, where);  // counts are compared exactly inside
+    EXPECT_EQ(dev.tensors.size(), host.tensors.size());
+    EXPECT_LT(worst, 1e-5) << "at " << where;
+    RecordProperty("worst_relative_device_vs_host", std::to_string(worst));
+}
+
 TEST_P(Collect, SameBytesForRepeatsAndBatchSizes) {
     const auto a = bytes_of(collect(model(), dir() + "/" + stem() + "-b512.gguf", "--chunks 8 -b 512"));
     const auto b = bytes_of(collect(model(), dir() + "/" + stem() + "-b512-again.gguf", "--chunks 8 -b 512"));

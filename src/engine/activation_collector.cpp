@@ -56,14 +56,22 @@ bool ActivationCollector::wants(const ggml_tensor * t) const {
 
 bool ActivationCollector::collect(const ggml_tensor * t) {
     const ggml_tensor * src1 = t->src[1];
+    const std::string name = weight_name(t->src[0]->name);
+    const bool on_host = ggml_backend_buffer_is_host(src1->buffer);
+    if (!on_host || force_device_) {
+        bool ok = true;
+        if (collect_on_device(t, name, ok)) {
+            last_collected_ = name;
+            return ok && name != final_weight_;
+        }
+    }
     const char * data = static_cast<const char *>(src1->data);
-    if (!ggml_backend_buffer_is_host(src1->buffer)) {
+    if (!on_host) {
         // the input lives on a device: bring it over once (the GPU path of issue 5 avoids this)
         host_copy_.resize(ggml_nbytes(src1));
         ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
         data = host_copy_.data();
     }
-    const std::string name = weight_name(t->src[0]->name);
     const bool ok = t->op == GGML_OP_MUL_MAT_ID ? collect_experts(t, name, data) : collect_dense(t, name, data);
     last_collected_ = name;
     // false ends this graph split: after the final weight only the output head is left
@@ -75,11 +83,7 @@ bool ActivationCollector::collect_dense(const ggml_tensor * t, const std::string
     const ggml_tensor * x = t->src[1];
     const int64_t n_cols = x->ne[0];
     const int64_t n_mat = w->ne[2] * w->ne[3];
-    TensorStats & ts = data_.tensors[name];
-    if (ts.counts.empty()) {
-        ts.sums.assign(n_cols * n_mat, 0.0);
-        ts.counts.assign(1, 0);
-    }
+    TensorStats & ts = entry(name, n_cols * n_mat, 1);
     // rows of x for each (i2, i3) slice go to the matrix (head) that slice multiplies; broadcast slices wrap
     for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
         for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
@@ -114,19 +118,12 @@ bool ActivationCollector::collect_experts(const ggml_tensor * t, const std::stri
     const int64_t n_used = ids->ne[0];
     const int64_t n_tokens = ids->ne[1];
 
-    ids_copy_.resize(ggml_nbytes(ids));
-    ggml_backend_tensor_get(ids, ids_copy_.data(), 0, ids_copy_.size());
-
-    TensorStats & ts = data_.tensors[name];
-    if (ts.counts.empty()) {
-        ts.sums.assign(n_cols * n_expert, 0.0);
-        ts.counts.assign(n_expert, 0);
-    }
+    const std::vector<int32_t> & routed = host_ids(ids);
+    TensorStats & ts = entry(name, n_cols * n_expert, n_expert);
     std::vector<uint8_t> touched(n_expert, 0);
     for (int64_t tok = 0; tok < n_tokens; ++tok) {
         for (int64_t k = 0; k < n_used; ++k) {
-            int32_t e;
-            std::memcpy(&e, ids_copy_.data() + tok * ids->nb[1] + k * ids->nb[0], sizeof e);
+            const int32_t e = routed[tok * n_used + k];
             if (e < 0 || e >= n_expert) {
                 continue;  // not routed (some graphs pad with -1)
             }
@@ -146,6 +143,84 @@ bool ActivationCollector::collect_experts(const ggml_tensor * t, const std::stri
         }
     }
     before += n_tokens;
+    return true;
+}
+
+TensorStats & ActivationCollector::entry(const std::string & name, int64_t n_values, int64_t n_counts) {
+    TensorStats & ts = data_.tensors[name];
+    if (ts.counts.empty()) {
+        ts.sums.assign(n_values, 0.0);
+        ts.counts.assign(n_counts, 0);
+    }
+    return ts;
+}
+
+// The expert ids of every token, [n_tokens][n_used], copied from wherever they are (they are small).
+const std::vector<int32_t> & ActivationCollector::host_ids(const ggml_tensor * ids) {
+    ids_copy_.resize(ggml_nbytes(ids));
+    ggml_backend_tensor_get(ids, ids_copy_.data(), 0, ids_copy_.size());
+    ids_host_.resize(ids->ne[0] * ids->ne[1]);
+    for (int64_t tok = 0; tok < ids->ne[1]; ++tok) {
+        for (int64_t k = 0; k < ids->ne[0]; ++k) {
+            std::memcpy(&ids_host_[tok * ids->ne[0] + k], ids_copy_.data() + tok * ids->nb[1] + k * ids->nb[0],
+                        sizeof(int32_t));
+        }
+    }
+    return ids_host_;
+}
+
+bool ActivationCollector::collect_on_device(const ggml_tensor * t, const std::string & name, bool & ok) {
+    const ggml_tensor * w = t->src[0];
+    const ggml_tensor * x = t->src[1];
+    const int64_t n_cols = x->ne[0];
+    int64_t & before = tokens_this_batch_[name];
+    if (t->op == GGML_OP_MUL_MAT_ID) {
+        const ggml_tensor * ids = t->src[2];
+        const int64_t n_expert = w->ne[2], n_used = ids->ne[0];
+        const std::vector<int32_t> & routed = host_ids(ids);
+        if (!device_.experts(x, routed, n_used, n_expert, device_out_)) {
+            return false;
+        }
+        TensorStats & ts = entry(name, n_cols * n_expert, n_expert);
+        std::vector<uint8_t> touched(n_expert, 0);
+        for (int32_t e : routed) {
+            if (e >= 0 && e < n_expert) {
+                ts.counts[e] += 1;
+                touched[e] = 1;
+            }
+        }
+        for (int64_t i = 0; i < n_cols * n_expert; ++i) {
+            ts.sums[i] += device_out_[i];
+        }
+        for (int64_t e = 0; e < n_expert; ++e) {
+            if (touched[e] && !all_finite(ts.sums.data() + e * n_cols, n_cols)) {
+                ok = fail(name, e, true, before);
+                return true;
+            }
+        }
+        before += ids->ne[1];
+        return true;
+    }
+    if (w->ne[3] != 1 || x->ne[2] % w->ne[2] != 0 || !device_.dense(x, device_out_)) {
+        return false;
+    }
+    const int64_t n_mat = w->ne[2];
+    TensorStats & ts = entry(name, n_cols * n_mat, 1);
+    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {  // input slices map onto the weight's heads, wrapping
+        double * acc = ts.sums.data() + (i2 % n_mat) * n_cols;
+        for (int64_t j = 0; j < n_cols; ++j) {
+            acc[j] += device_out_[i2 * n_cols + j];
+        }
+    }
+    for (int64_t m = 0; m < n_mat; ++m) {
+        if (!all_finite(ts.sums.data() + m * n_cols, n_cols)) {
+            ok = fail(name, m, n_mat > 1, before);
+            return true;
+        }
+    }
+    const int64_t tokens = ggml_nrows(x) / n_mat;
+    ts.counts[0] += tokens;
+    before += tokens;
     return true;
 }
 

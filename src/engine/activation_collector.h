@@ -14,6 +14,7 @@
 #pragma once
 
 #include "core/imatrix.h"
+#include "device_sums.h"
 
 #include <cstdint>
 #include <map>
@@ -26,7 +27,10 @@ namespace imx::engine {
 
 class ActivationCollector {
 public:
-    explicit ActivationCollector(uint32_t chunk_size) : chunk_size_(chunk_size) {}
+    // device_sums: compute Σx² where the activations are (GPU) instead of copying them to the host; with
+    // force_device the CPU backend does the same (tests of that path). cpu_threads for the CPU backend.
+    ActivationCollector(uint32_t chunk_size, bool force_device, int cpu_threads)
+        : chunk_size_(chunk_size), force_device_(force_device), device_(cpu_threads) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
@@ -49,9 +53,17 @@ private:
     bool collect(const ggml_tensor * t);
     bool collect_dense(const ggml_tensor * t, const std::string & name, const char * data);
     bool collect_experts(const ggml_tensor * t, const std::string & name, const char * data);
+    // The same sums, computed by DeviceSums on the backend holding the input; false if it cannot.
+    bool collect_on_device(const ggml_tensor * t, const std::string & name, bool & ok);
+    const std::vector<int32_t> & host_ids(const ggml_tensor * ids);
+    TensorStats & entry(const std::string & name, int64_t n_values, int64_t n_counts);
     bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
 
     uint32_t                       chunk_size_;
+    bool                           force_device_;
+    DeviceSums                     device_;
+    std::vector<float>             device_out_;
+    std::vector<int32_t>           ids_host_;
     uint32_t                       first_chunk_ = 0;
     Imatrix                        data_;
     std::map<std::string, int64_t> tokens_this_batch_;  // per tensor, to locate a failing token's chunk

@@ -50,7 +50,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const std::vector<Chunk> chunks = calibration_chunks(co, model.get());
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
-    ActivationCollector collector(o.chunk_size);
+    const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    ActivationCollector collector(o.chunk_size, o.device_sums, threads);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
@@ -70,7 +71,6 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     cp.n_batch = o.chunk_size;
     cp.n_ubatch = o.chunk_size;
     cp.n_seq_max = 1;
-    const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
     cp.cb_eval = ActivationCollector::eval_callback;

@@ -32,6 +32,7 @@ struct CollectOptions {
     bool        chat = false;          // the file is chat JSONL (default: when it ends in .jsonl)
     std::string chat_template;         // for chat: a built-in template name; empty: the model's own
     bool        verbose = false;
+    bool        device_sums = false;   // compute Σx² with ggml ops even for host activations (tests that path)
 };
 
 struct CollectProgress {

@@ -1,0 +1,126 @@
+#include "device_sums.h"
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+#include <stdexcept>
+
+namespace imx::engine {
+
+namespace {
+
+// A graph context for one computation: tensors' metadata only, data lives in backend buffers.
+struct GraphCtx {
+    ggml_context * ctx;
+    GraphCtx() {
+        ggml_init_params p{ggml_tensor_overhead() * 16 + ggml_graph_overhead_custom(16, false), nullptr, true};
+        ctx = ggml_init(p);
+    }
+    ~GraphCtx() { ggml_free(ctx); }
+};
+
+// A tensor of our graph that reads the activations where they are (no copy).
+ggml_tensor * alias(ggml_context * ctx, const ggml_tensor * x) {
+    ggml_tensor * a = ggml_new_tensor(ctx, x->type, GGML_MAX_DIMS, x->ne);
+    for (int i = 0; i < GGML_MAX_DIMS; ++i) {
+        a->nb[i] = x->nb[i];
+    }
+    if (ggml_backend_tensor_alloc(x->buffer, a, x->data) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("device sums: cannot alias the activations");
+    }
+    return a;
+}
+
+}  // namespace
+
+DeviceSums::~DeviceSums() {
+    for (auto & [b, a] : allocators_) {
+        ggml_gallocr_free(a);
+    }
+    for (auto & [dev, b] : backends_) {
+        ggml_backend_free(b);
+    }
+}
+
+ggml_backend * DeviceSums::backend_for(const ggml_tensor * x) {
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(x->buffer));
+    if (!dev || ggml_backend_buffer_is_host(x->buffer)) {
+        dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);  // host memory (no device of its own)
+    }
+    auto it = backends_.find(dev);
+    if (it == backends_.end()) {
+        ggml_backend * b = ggml_backend_dev_init(dev, nullptr);
+        if (!b) {
+            throw std::runtime_error("device sums: cannot open the device");
+        }
+        if (ggml_backend_is_cpu(b)) {
+            ggml_backend_cpu_set_n_threads(b, cpu_threads_);
+        }
+        it = backends_.emplace(dev, b).first;
+        allocators_[b] = ggml_gallocr_new(ggml_backend_get_default_buffer_type(b));
+    }
+    return it->second;
+}
+
+bool DeviceSums::dense(const ggml_tensor * x, std::vector<float> & out) {
+    if (x->ne[3] != 1) {
+        return false;
+    }
+    ggml_backend * b = backend_for(x);
+    GraphCtx g;
+    ggml_tensor * in = alias(g.ctx, x);
+    ggml_tensor * sq = ggml_sqr(g.ctx, ggml_is_contiguous(in) ? in : ggml_cont(g.ctx, in));
+    // [cols, tokens, heads] → [tokens, cols, heads], then sum each row: Σ_t x² per column and head
+    ggml_tensor * s = ggml_sum_rows(g.ctx, ggml_cont(g.ctx, ggml_permute(g.ctx, sq, 1, 0, 2, 3)));
+    ggml_cgraph * gf = ggml_new_graph_custom(g.ctx, 16, false);
+    ggml_build_forward_expand(gf, s);
+    if (!ggml_gallocr_alloc_graph(allocators_[b], gf) || ggml_backend_graph_compute(b, gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("device sums: graph failed");
+    }
+    out.resize(ggml_nelements(s));
+    ggml_backend_tensor_get(s, out.data(), 0, out.size() * sizeof(float));
+    return true;
+}
+
+bool DeviceSums::experts(const ggml_tensor * x, const std::vector<int32_t> & ids, int64_t n_used, int64_t n_expert,
+                         std::vector<float> & out) {
+    const int64_t cols = x->ne[0], slots = x->ne[1], tokens = x->ne[2];
+    if (x->ne[3] != 1 || (slots != 1 && slots != n_used)) {
+        return false;
+    }
+    const int64_t rows = slots * tokens;
+    // the routing as a matrix: R[row, e] = 1 where that input row went to expert e
+    std::vector<float> routing(rows * n_expert, 0.0f);
+    for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t k = 0; k < n_used; ++k) {
+            const int32_t e = ids[t * n_used + k];
+            if (e >= 0 && e < n_expert) {
+                routing[e * rows + (k % slots) + slots * t] += 1.0f;
+            }
+        }
+    }
+    ggml_backend * b = backend_for(x);
+    GraphCtx g;
+    ggml_tensor * in = alias(g.ctx, x);
+    ggml_tensor * r = ggml_new_tensor_2d(g.ctx, GGML_TYPE_F32, rows, n_expert);
+    ggml_set_input(r);
+    ggml_tensor * sq = ggml_sqr(g.ctx, ggml_is_contiguous(in) ? in : ggml_cont(g.ctx, in));
+    ggml_tensor * by_row = ggml_cont(g.ctx, ggml_transpose(g.ctx, ggml_reshape_2d(g.ctx, sq, cols, rows)));
+    ggml_tensor * s = ggml_mul_mat(g.ctx, by_row, r);  // [cols, n_expert]: Σ_rows x²[col, row] · R[row, e]
+    ggml_cgraph * gf = ggml_new_graph_custom(g.ctx, 16, false);
+    ggml_build_forward_expand(gf, s);
+    if (!ggml_gallocr_alloc_graph(allocators_[b], gf)) {
+        throw std::runtime_error("device sums: allocation failed");
+    }
+    ggml_backend_tensor_set(r, routing.data(), 0, routing.size() * sizeof(float));
+    if (ggml_backend_graph_compute(b, gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("device sums: graph failed");
+    }
+    out.resize(ggml_nelements(s));
+    ggml_backend_tensor_get(s, out.data(), 0, out.size() * sizeof(float));
+    return true;
+}
+
+}  // namespace imx::engine

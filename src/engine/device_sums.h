@@ -1,0 +1,48 @@
+// Σx² over tokens, computed by small ggml graphs on the backend that holds the activations.
+//
+// On a GPU, upstream copies every matmul input to the host and sums it there. Here the input never leaves the
+// device: for a weight's input x ([cols, tokens, heads] or, for experts, [cols, slots, tokens]) we run
+//   dense:   s = sum_rows(cont(permute(sqr(x))))             → [cols, heads]: Σ_t x², per head
+//   experts: s = mul_mat(cont(transpose(sqr(x))), R)          → [cols, n_expert]
+// where R [rows, n_expert] is the routing as a 0/1 matrix (row = slot + slots·token, built on the host from the
+// expert ids, which are small). Only s comes back (cols × n_expert floats), and the host adds it, widened to
+// double, to the accumulators. The partial sum over one ubatch is F32 on the device, so results equal the host
+// path within ~1e-6 relative, not bit for bit.
+//
+// The same code runs on the CPU backend (imx collect --device-sums), which is how CI tests this path.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+struct ggml_tensor;
+struct ggml_backend;
+struct ggml_gallocr;
+
+namespace imx::engine {
+
+class DeviceSums {
+public:
+    explicit DeviceSums(int cpu_threads) : cpu_threads_(cpu_threads) {}
+    ~DeviceSums();
+    DeviceSums(const DeviceSums &) = delete;
+    DeviceSums & operator=(const DeviceSums &) = delete;
+
+    // Σ over rows of x² per column and slice: returns cols × ne2 values (slice-major). False: not supported
+    // (4-D input), the caller falls back to the host path.
+    bool dense(const ggml_tensor * x, std::vector<float> & out);
+    // Σ over the tokens routed to each expert: cols × n_expert values (expert-major). `ids` on the host,
+    // [n_tokens][n_used] as in the graph's ids tensor.
+    bool experts(const ggml_tensor * x, const std::vector<int32_t> & ids, int64_t n_used, int64_t n_expert,
+                 std::vector<float> & out);
+
+private:
+    ggml_backend * backend_for(const ggml_tensor * x);
+
+    int                                   cpu_threads_;
+    std::map<const void *, ggml_backend *> backends_;  // per device
+    std::map<ggml_backend *, ggml_gallocr *> allocators_;
+};
+
+}  // namespace imx::engine
