@@ -191,3 +191,32 @@ TEST(CollectPartial, ExpertsWithoutTokensAreKept) {
         }
     }
 }
+
+// Synthetic models of both architectures: imx collect sees the shapes llama-imatrix sees, with the same sums.
+class SynthModels : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SynthModels, CollectAgreesWithUpstreamOnSyntheticModel) {
+    const std::string arch = GetParam();
+    const std::string dir = work_dir("synth");
+    const std::string model = dir + "/" + arch + ".gguf";
+    const std::string shape = arch == "qwen3moe" ? " --experts 8 --experts-used 2 --expert-ff 128" : " --ff 512";
+    const RunResult made = run(imx_bin() + " synth --arch " + arch + " --vocab-from " +
+                               shared("models/qwen3moe-tiny.gguf") + " -o " + model +
+                               " --layers 2 --embd 256 --heads 4 --kv-heads 2" + shape);
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    const std::string text = shared("data/calibration.txt");
+    const RunResult up = run(upstream("llama-imatrix") + " -m " + model + " -f " + text + " -o " + dir + "/" + arch +
+                             "-up.gguf -c 512 -b 512 --chunks 3 -t 2");
+    ASSERT_EQ(up.exit_code, 0) << up.output;
+    const RunResult ours = run(imx_bin() + " collect -m " + model + " -f " + text + " -o " + dir + "/" + arch +
+                               "-imx.gguf -c 512 --chunks 3 -t 2");
+    ASSERT_EQ(ours.exit_code, 0) << ours.output;
+    const Imatrix a = load_imatrix(dir + "/" + arch + "-imx.gguf");
+    const Imatrix b = load_imatrix(dir + "/" + arch + "-up.gguf");
+    EXPECT_EQ(a.tensors.size(), b.tensors.size());
+    EXPECT_EQ(a.tensors.size(), arch == "qwen3moe" ? 16u : 14u);  // 7 or 8 weights per block, 2 blocks
+    std::string where;
+    EXPECT_LT(worst_relative(a, b, where), 1e-4) << "at " << where;
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, SynthModels, ::testing::Values("qwen3", "qwen3moe"));

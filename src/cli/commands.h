@@ -15,5 +15,6 @@ Run add_merge(CLI::App & app);
 Run add_collect(CLI::App & app);
 Run add_stats(CLI::App & app);
 Run add_coverage(CLI::App & app);
+Run add_synth(CLI::App & app);
 
 }  // namespace imx::cli

@@ -24,6 +24,7 @@ int main(int argc, char ** argv) {
         imx::cli::add_stats);
     add("coverage", "compare calibration texts by how many of a MoE model's experts they reach",
         imx::cli::add_coverage);
+    add("synth", "write a random-weight GGUF model of a chosen shape (speed and shape tests)", imx::cli::add_synth);
     add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
     add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);
     add("merge", "add imatrix files together: exact sums and per-expert counts", imx::cli::add_merge);

@@ -1,0 +1,30 @@
+// imx synth: a random-weight GGUF model of a chosen architecture and size, for speed and shape tests.
+#include "commands.h"
+#include "engine/synth_model.h"
+
+#include <cstdio>
+
+namespace imx::cli {
+
+Run add_synth(CLI::App & app) {
+    auto o = std::make_shared<engine::SynthOptions>();
+    app.add_option("--arch", o->arch, "qwen3 (dense) or qwen3moe")->capture_default_str();
+    app.add_option("--vocab-from", o->vocab_from, "GGUF model whose tokenizer is copied")->required();
+    app.add_option("-o,--output", o->output, "model file to write")->required();
+    app.add_option("--layers", o->layers, "blocks")->capture_default_str();
+    app.add_option("--embd", o->embd, "embedding width")->capture_default_str();
+    app.add_option("--ff", o->ff, "dense FFN width")->capture_default_str();
+    app.add_option("--heads", o->heads, "attention heads")->capture_default_str();
+    app.add_option("--kv-heads", o->kv_heads, "key/value heads")->capture_default_str();
+    app.add_option("--head-dim", o->head_dim, "width of a head")->capture_default_str();
+    app.add_option("--experts", o->experts, "experts per MoE layer (qwen3moe)");
+    app.add_option("--experts-used", o->experts_used, "experts per token (qwen3moe)");
+    app.add_option("--expert-ff", o->expert_ff, "expert FFN width (qwen3moe)")->capture_default_str();
+    app.add_option("--seed", o->seed, "random seed")->capture_default_str();
+    return [o] {
+        const uint64_t n = engine::write_synthetic_model(*o);
+        std::fprintf(stderr, "imx: wrote %s (%s, %.2fB parameters)\n", o->output.c_str(), o->arch.c_str(), n / 1e9);
+    };
+}
+
+}  // namespace imx::cli

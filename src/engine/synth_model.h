@@ -1,0 +1,31 @@
+// Random-weight GGUF models of a chosen shape, for speed tests at realistic sizes and fast shape tests.
+// The vocabulary (tokenizer.* keys) is copied from a real model, so any text tokenizes; weights are F16 with
+// a small uniform spread (norms F32, 1), so activations stay finite through any depth.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace imx::engine {
+
+struct SynthOptions {
+    std::string arch = "qwen3";  // qwen3 (dense) or qwen3moe
+    std::string vocab_from;      // a GGUF model whose tokenizer is copied
+    std::string output;
+    int         layers = 4;
+    int         embd = 512;
+    int         ff = 1536;         // dense FFN width
+    int         heads = 8;
+    int         kv_heads = 4;
+    int         head_dim = 64;
+    int         experts = 0;       // qwen3moe
+    int         experts_used = 0;
+    int         expert_ff = 256;
+    int         context = 4096;
+    uint64_t    seed = 1;
+};
+
+// Writes the model atomically; returns the number of parameters.
+uint64_t write_synthetic_model(const SynthOptions & o);
+
+}  // namespace imx::engine
