@@ -1,5 +1,6 @@
 // imx collect on the shared models: agreement with upstream llama-imatrix, determinism, resume after kill -9,
 // exact merges of shards, and kept partial data.
+#include "core/compare.h"
 #include "core/imatrix_file.h"
 #include "helpers.h"
 
@@ -27,31 +28,12 @@ std::string collect(const std::string & model, const std::string & out, const st
 
 // Worst relative difference over all columns of the tensors both files have; counts must match exactly.
 double worst_relative(const Imatrix & a, const Imatrix & b, std::string & where) {
-    double worst = 0;
-    for (const auto & [name, tb] : b.tensors) {
-        const auto it = a.tensors.find(name);
-        if (it == a.tensors.end()) {
-            ADD_FAILURE() << "missing tensor " << name;
-            continue;
-        }
-        const TensorStats & ta = it->second;
-        EXPECT_EQ(ta.counts, tb.counts) << name;
-        if (ta.sums.size() != tb.sums.size()) {
-            ADD_FAILURE() << name << ": " << ta.sums.size() << " vs " << tb.sums.size() << " values";
-            continue;
-        }
-        for (size_t i = 0; i < tb.sums.size(); ++i) {
-            if (ta.sums[i] == tb.sums[i]) {
-                continue;
-            }
-            const double rel = std::fabs(ta.sums[i] - tb.sums[i]) / std::max(std::fabs(tb.sums[i]), 1e-30);
-            if (rel > worst) {
-                worst = rel;
-                where = name + "[" + std::to_string(i) + "]";
-            }
-        }
-    }
-    return worst;
+    const Comparison c = compare(a, b);
+    EXPECT_TRUE(c.only_in_b.empty()) << "missing tensor " << c.only_in_b.front();
+    EXPECT_TRUE(c.count_mismatches.empty()) << "token counts differ for " << c.count_mismatches.front();
+    EXPECT_TRUE(c.shape_mismatches.empty()) << "shapes differ for " << c.shape_mismatches.front();
+    where = c.worst_at;
+    return c.worst_relative;
 }
 
 class Collect : public ::testing::TestWithParam<std::string> {

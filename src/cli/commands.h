@@ -16,5 +16,6 @@ Run add_collect(CLI::App & app);
 Run add_stats(CLI::App & app);
 Run add_coverage(CLI::App & app);
 Run add_synth(CLI::App & app);
+Run add_diff(CLI::App & app);
 
 }  // namespace imx::cli

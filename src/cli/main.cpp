@@ -24,6 +24,8 @@ int main(int argc, char ** argv) {
         imx::cli::add_stats);
     add("coverage", "compare calibration texts by how many of a MoE model's experts they reach",
         imx::cli::add_coverage);
+    add("diff", "compare two imatrix files: counts exactly, sums within a tolerance (exit 3 if they differ)",
+        imx::cli::add_diff);
     add("synth", "write a random-weight GGUF model of a chosen shape (speed and shape tests)", imx::cli::add_synth);
     add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
     add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);

@@ -1,0 +1,21 @@
+// Comparing two importance matrices: token counts exactly, sums by their worst relative difference.
+#pragma once
+
+#include "imatrix.h"
+
+#include <string>
+#include <vector>
+
+namespace imx {
+
+struct Comparison {
+    double                   worst_relative = 0;  // max over columns of |a-b| / |b|, over tensors in both
+    std::string              worst_at;            // "tensor[index]"
+    std::vector<std::string> count_mismatches;    // tensors whose per-matrix counts differ
+    std::vector<std::string> only_in_a, only_in_b;
+    std::vector<std::string> shape_mismatches;
+};
+
+Comparison compare(const Imatrix & a, const Imatrix & b);
+
+}  // namespace imx
