@@ -37,6 +37,7 @@ build_dir="$cache_root/llama-$tag-$variant"
 if [ "$print_only" = 1 ]; then echo "$build_dir"; exit 0; fi
 
 log() { echo "llama.sh: $*" >&2; }
+mkdir -p "$cache_root"
 
 # 1. Source: the user's checkout, or the pinned commit from the npm bundle.
 if [ -z "$source_dir" ]; then
