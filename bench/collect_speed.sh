@@ -27,7 +27,7 @@ timed() {  # timed NAME CMD...: appends the wall time to $tmp/NAME
   local name=$1; shift
   local t0; t0=$(now)
   "$@" >"$tmp/$name.log" 2>&1 || { echo "bench: $name failed:"; tail -20 "$tmp/$name.log"; exit 1; }
-  echo "$(now) - $t0" | bc -l >>"$tmp/$name.times"
+  awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }' >>"$tmp/$name.times"
 }
 
 echo "# collect speed: $chunks chunks x 512 tokens, -t $threads, -ngl $ngl, $rounds rounds, $(date -u +%F)"
@@ -44,6 +44,6 @@ for model in "${models[@]}"; do
     timed imx "$build/imx" collect "${common[@]}" --n-gpu-layers "$ngl" -o "$tmp/imx.gguf"
   done
   p=$(median <"$tmp/ppl.times"); u=$(median <"$tmp/imatrix.times"); x=$(median <"$tmp/imx.times")
-  printf "| %s | %.2f | %.2f | %.2f | %.3f | %.3f |\n" "$(basename "$model")" "$p" "$u" "$x" \
-    "$(echo "$x / $p" | bc -l)" "$(echo "$x / $u" | bc -l)"
+  awk -v m="$(basename "$model")" -v p="$p" -v u="$u" -v x="$x" \
+    'BEGIN { printf "| %s | %.2f | %.2f | %.2f | %.3f | %.3f |\n", m, p, u, x, x / p, x / u }'
 done

@@ -30,15 +30,24 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 models=$build/models; mkdir -p "$models"
 imx=$build/imx
-"$imx" synth --arch qwen3 --vocab-from "$vocab" -o "$models/dense-1.4b.gguf" --layers 28 --embd 2048 --ff 6144 \
+[ -f "$models/dense-1.4b.gguf" ] || "$imx" synth --arch qwen3 --vocab-from "$vocab" -o "$models/dense-1.4b.gguf" --layers 28 --embd 2048 --ff 6144 \
   --heads 16 --kv-heads 8 --head-dim 128
-"$imx" synth --arch qwen3moe --vocab-from "$vocab" -o "$models/moe-2.6b.gguf" --layers 16 --embd 2048 \
+[ -f "$models/moe-2.6b.gguf" ] || "$imx" synth --arch qwen3moe --vocab-from "$vocab" -o "$models/moe-2.6b.gguf" --layers 16 --embd 2048 \
   --heads 16 --kv-heads 8 --head-dim 128 --experts 32 --experts-used 8 --expert-ff 768
 
-echo "# GPU sums vs CPU sums (4 chunks, MoE model)"
-"$imx" collect -m "$models/moe-2.6b.gguf" -f "$text" -o "$build/cpu.gguf" --chunks 4 --n-gpu-layers 0 2>/dev/null
-"$imx" collect -m "$models/moe-2.6b.gguf" -f "$text" -o "$build/gpu.gguf" --chunks 4 --n-gpu-layers 99 2>/dev/null
-"$imx" diff "$build/gpu.gguf" "$build/cpu.gguf" --tolerance 1e-5 || true
+# Same GPU forward pass, sums made on the device vs on the host (and by upstream, which copies to the host).
+# (Against a CPU run the routing itself differs: GPU kernels round differently and near-tied router logits flip.)
+for m in ${IMX_DIFF_MODELS:-moe-2.6b dense-1.4b}; do
+  echo "# $m: device sums vs host sums vs llama-imatrix, same GPU forward pass (4 chunks)"
+  "$imx" collect -m "$models/$m.gguf" -f "$text" -o "$build/dev.gguf" --chunks 4 --n-gpu-layers 99 2>/dev/null
+  "$imx" collect -m "$models/$m.gguf" -f "$text" -o "$build/host.gguf" --chunks 4 --n-gpu-layers 99 --host-sums 2>/dev/null
+  "$imx" diff "$build/dev.gguf" "$build/host.gguf" --tolerance 1e-5 | tail -3 || true
+  if [ -z "${IMX_QUICK:-}" ]; then
+    "$build/upstream/llama-imatrix" -m "$models/$m.gguf" -f "$text" -o "$build/up.gguf" -c 512 -b 512 --chunks 4 \
+      -ngl 99 >/dev/null 2>&1
+    "$imx" diff "$build/dev.gguf" "$build/up.gguf" --tolerance 1e-4 | tail -3 || true
+  fi
+done
 
 IMX_BUILD=$build IMX_BENCH_TEXT=$text bash "$root/bench/collect_speed.sh" --chunks "$chunks" --rounds "$rounds" \
   --ngl 99 "$models/dense-1.4b.gguf" "$models/moe-2.6b.gguf"

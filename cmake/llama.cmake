@@ -28,7 +28,7 @@ if(NOT EXISTS ${IMX_LLAMA_BUILD_DIR}/CMakeCache.txt)
     message(FATAL_ERROR "imx: ${IMX_LLAMA_BUILD_DIR} is not a llama.cpp build directory")
 endif()
 # The source tree that build came from (its CMakeCache knows).
-load_cache(${IMX_LLAMA_BUILD_DIR} READ_WITH_PREFIX _llama_ CMAKE_HOME_DIRECTORY GGML_CUDA GGML_OPENMP)
+load_cache(${IMX_LLAMA_BUILD_DIR} READ_WITH_PREFIX _llama_ CMAKE_HOME_DIRECTORY GGML_CUDA GGML_OPENMP NCCL_LIBRARY)
 set(IMX_LLAMA_SOURCE_DIR ${_llama_CMAKE_HOME_DIRECTORY})
 message(STATUS "imx: llama.cpp source ${IMX_LLAMA_SOURCE_DIR}, build ${IMX_LLAMA_BUILD_DIR}")
 
@@ -48,6 +48,9 @@ if(_llama_GGML_CUDA)
     find_package(CUDAToolkit REQUIRED)
     list(APPEND _ggml_libs ${_b}/ggml/src/ggml-cuda/libggml-cuda.a)
     set(_cuda_libs CUDA::cudart CUDA::cublas CUDA::cublasLt CUDA::cuda_driver)
+    if(_llama_NCCL_LIBRARY)  # ggml-cuda uses NCCL where its build found it
+        list(APPEND _cuda_libs ${_llama_NCCL_LIBRARY})
+    endif()
     target_compile_definitions(imx_ggml INTERFACE IMX_HAVE_CUDA=1)
 endif()
 list(APPEND _ggml_libs ${_b}/ggml/src/libggml-base.a)

@@ -7,6 +7,7 @@
 # The machines reach only Debian and npm, so llama.cpp comes from the npm package node-llama-cpp, which ships
 # the llama.cpp git history as llama/gitRelease.bundle. We check out the pinned commit and refuse any other.
 # --source DIR builds a llama.cpp checkout of the user's instead (same API expected; their risk).
+# IMX_LLAMA_CMAKE_ARGS adds options to llama.cpp's configure (e.g. -DGGML_CUDA_FA=OFF for a faster CUDA build).
 # Prints the build directory on the last line of stdout.
 set -euo pipefail
 
@@ -74,7 +75,7 @@ if [ ! -f "$stamp" ]; then
   cmake -S "$source_dir" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
-    -DCMAKE_POSITION_INDEPENDENT_CODE=ON "${extra[@]}" >"$build_dir.configure.log" 2>&1 \
+    -DCMAKE_POSITION_INDEPENDENT_CODE=ON "${extra[@]}" ${IMX_LLAMA_CMAKE_ARGS:-} >"$build_dir.configure.log" 2>&1 \
     || { tail -30 "$build_dir.configure.log" >&2; exit 1; }
   log "building (a cold CPU build takes about 7 minutes on 2 cores)"
   cmake --build "$build_dir" -j "${IMX_JOBS:-$(nproc)}" \

@@ -126,6 +126,7 @@ Run add_collect(CLI::App & app) {
     app.add_option("--chat-template", c.chat_template, "built-in template name for chat data (default: the model's)");
     app.add_flag("--device-sums", c.device_sums,
                  "sum x² with ggml ops on the activations' backend even on the CPU (GPU inputs always are)");
+    app.add_flag("--host-sums", c.host_sums, "copy GPU activations to the host and sum there (upstream's way; slower)");
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
     add_format_option(app, o->format);

@@ -44,51 +44,76 @@ bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_d
 // Matmuls whose first operand is a weight of a transformer block. Attention's K·Q and KQ·V multiply
 // activations by activations (their src0 is the KV cache, not a "blk." weight); the output head is left
 // out as upstream does by default.
-bool ActivationCollector::wants(const ggml_tensor * t) const {
+//
+// A matmul whose input is the very tensor the previous collected matmul read (q, k and v read one input; an
+// expert layer's gate and up read one input with one routing) gets that contribution again without stopping
+// the graph: the sums are the same numbers, and each stop costs a synchronisation.
+bool ActivationCollector::wants(const ggml_tensor * t) {
     if (t->op != GGML_OP_MUL_MAT && t->op != GGML_OP_MUL_MAT_ID) {
         return false;
     }
     if (t->src[1]->type != GGML_TYPE_F32) {
         return false;
     }
-    return weight_name(t->src[0]->name).rfind("blk.", 0) == 0;
+    const std::string name = weight_name(t->src[0]->name);
+    if (name.rfind("blk.", 0) != 0) {
+        return false;
+    }
+    if (same_input_as_last(t)) {
+        apply(name);  // a non-finite contribution already stopped the run at its first use
+        last_collected_ = name;
+        return false;
+    }
+    return true;
+}
+
+bool ActivationCollector::same_input_as_last(const ggml_tensor * t) const {
+    if (!last_.input || t->src[1] != last_.input || t->op != last_.op) {
+        return false;
+    }
+    const bool experts = t->op == GGML_OP_MUL_MAT_ID;
+    const int64_t n_mat = experts ? t->src[0]->ne[2] : t->src[0]->ne[2] * t->src[0]->ne[3];
+    return n_mat == last_.n_mat && (!experts || t->src[2] == last_.ids) && (experts || t->src[0]->ne[2] == 1);
 }
 
 bool ActivationCollector::collect(const ggml_tensor * t) {
     const ggml_tensor * src1 = t->src[1];
     const std::string name = weight_name(t->src[0]->name);
     const bool on_host = ggml_backend_buffer_is_host(src1->buffer);
-    if (!on_host || force_device_) {
-        bool ok = true;
-        if (collect_on_device(t, name, ok)) {
-            last_collected_ = name;
-            return ok && name != final_weight_;
+    bool computed = false;
+    if ((!on_host || force_device_) && !force_host_) {
+        computed = t->op == GGML_OP_MUL_MAT_ID ? experts_on_device(t) : dense_on_device(t);
+    }
+    if (!computed) {
+        const char * data = static_cast<const char *>(src1->data);
+        if (!on_host) {
+            // the input lives on a device and the device path cannot take this shape: bring it over
+            host_copy_.resize(ggml_nbytes(src1));
+            ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
+            data = host_copy_.data();
         }
+        t->op == GGML_OP_MUL_MAT_ID ? experts_on_host(t, data) : dense_on_host(t, data);
     }
-    const char * data = static_cast<const char *>(src1->data);
-    if (!on_host) {
-        // the input lives on a device: bring it over once (the GPU path of issue 5 avoids this)
-        host_copy_.resize(ggml_nbytes(src1));
-        ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
-        data = host_copy_.data();
-    }
-    const bool ok = t->op == GGML_OP_MUL_MAT_ID ? collect_experts(t, name, data) : collect_dense(t, name, data);
+    last_ = {src1, t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr, t->op, (int64_t) delta_.counts.size() > 1
+                                                                             ? (int64_t) delta_.counts.size()
+                                                                             : t->src[0]->ne[2] * t->src[0]->ne[3]};
+    const bool ok = apply(name);
     last_collected_ = name;
     // false ends this graph split: after the final weight only the output head is left
     return ok && name != final_weight_;
 }
 
-bool ActivationCollector::collect_dense(const ggml_tensor * t, const std::string & name, const char * data) {
+void ActivationCollector::dense_on_host(const ggml_tensor * t, const char * data) {
     const ggml_tensor * w = t->src[0];
     const ggml_tensor * x = t->src[1];
     const int64_t n_cols = x->ne[0];
     const int64_t n_mat = w->ne[2] * w->ne[3];
-    TensorStats & ts = entry(name, n_cols * n_mat, 1);
+    delta_.reset(n_cols, n_mat, 1);
     // rows of x for each (i2, i3) slice go to the matrix (head) that slice multiplies; broadcast slices wrap
     for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
         for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
             const int64_t m = (i3 % w->ne[3]) * w->ne[2] + (i2 % w->ne[2]);
-            double * acc = ts.sums.data() + m * n_cols;
+            double * acc = delta_.sums.data() + m * n_cols;
             for (int64_t r = 0; r < x->ne[1]; ++r) {
                 const float * row = (const float *) (data + r * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
                 for (int64_t j = 0; j < n_cols; ++j) {
@@ -97,30 +122,16 @@ bool ActivationCollector::collect_dense(const ggml_tensor * t, const std::string
             }
         }
     }
-    const int64_t tokens = ggml_nrows(x) / n_mat;
-    int64_t & before = tokens_this_batch_[name];
-    for (int64_t m = 0; m < n_mat; ++m) {
-        if (!all_finite(ts.sums.data() + m * n_cols, n_cols)) {
-            return fail(name, m, n_mat > 1, before);
-        }
-    }
-    ts.counts[0] += tokens;
-    before += tokens;
-    return true;
+    delta_.counts[0] = ggml_nrows(x) / n_mat;
+    delta_.tokens = delta_.counts[0];
 }
 
-bool ActivationCollector::collect_experts(const ggml_tensor * t, const std::string & name, const char * data) {
-    const ggml_tensor * w = t->src[0];
+void ActivationCollector::experts_on_host(const ggml_tensor * t, const char * data) {
     const ggml_tensor * x = t->src[1];    // [n_cols, 1 or n_used, n_tokens]
     const ggml_tensor * ids = t->src[2];  // [n_used, n_tokens], i32, possibly not contiguous
-    const int64_t n_cols = x->ne[0];
-    const int64_t n_expert = w->ne[2];
-    const int64_t n_used = ids->ne[0];
-    const int64_t n_tokens = ids->ne[1];
-
+    const int64_t n_cols = x->ne[0], n_expert = t->src[0]->ne[2], n_used = ids->ne[0], n_tokens = ids->ne[1];
     const std::vector<int32_t> & routed = host_ids(ids);
-    TensorStats & ts = entry(name, n_cols * n_expert, n_expert);
-    std::vector<uint8_t> touched(n_expert, 0);
+    delta_.reset(n_cols, n_expert, n_expert);
     for (int64_t tok = 0; tok < n_tokens; ++tok) {
         for (int64_t k = 0; k < n_used; ++k) {
             const int32_t e = routed[tok * n_used + k];
@@ -128,31 +139,86 @@ bool ActivationCollector::collect_experts(const ggml_tensor * t, const std::stri
                 continue;  // not routed (some graphs pad with -1)
             }
             const float * row = (const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]);
-            double * acc = ts.sums.data() + e * n_cols;
+            double * acc = delta_.sums.data() + e * n_cols;
             for (int64_t j = 0; j < n_cols; ++j) {
                 acc[j] += (double) row[j] * row[j];
             }
-            ts.counts[e] += 1;
-            touched[e] = 1;
+            delta_.counts[e] += 1;
         }
     }
-    int64_t & before = tokens_this_batch_[name];
-    for (int64_t e = 0; e < n_expert; ++e) {
-        if (touched[e] && !all_finite(ts.sums.data() + e * n_cols, n_cols)) {
-            return fail(name, e, true, before);
+    delta_.tokens = n_tokens;
+}
+
+bool ActivationCollector::dense_on_device(const ggml_tensor * t) {
+    const ggml_tensor * w = t->src[0];
+    const ggml_tensor * x = t->src[1];
+    if (w->ne[3] != 1 || x->ne[2] % w->ne[2] != 0 || !device_.dense(x, device_out_)) {
+        return false;
+    }
+    const int64_t n_cols = x->ne[0], n_mat = w->ne[2];
+    delta_.reset(n_cols, n_mat, 1);
+    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {  // input slices map onto the weight's heads, wrapping
+        for (int64_t j = 0; j < n_cols; ++j) {
+            delta_.sums[(i2 % n_mat) * n_cols + j] += device_out_[i2 * n_cols + j];
         }
     }
-    before += n_tokens;
+    delta_.counts[0] = ggml_nrows(x) / n_mat;
+    delta_.tokens = delta_.counts[0];
     return true;
 }
 
-TensorStats & ActivationCollector::entry(const std::string & name, int64_t n_values, int64_t n_counts) {
+bool ActivationCollector::experts_on_device(const ggml_tensor * t) {
+    const ggml_tensor * x = t->src[1];
+    const ggml_tensor * ids = t->src[2];
+    const int64_t n_cols = x->ne[0], n_expert = t->src[0]->ne[2], n_used = ids->ne[0];
+    const std::vector<int32_t> & routed = host_ids(ids);
+    if (!device_.experts(x, routed, n_used, n_expert, device_out_)) {
+        return false;
+    }
+    delta_.reset(n_cols, n_expert, n_expert);
+    for (int32_t e : routed) {
+        if (e >= 0 && e < n_expert) {
+            delta_.counts[e] += 1;
+        }
+    }
+    for (int64_t i = 0; i < n_cols * n_expert; ++i) {
+        delta_.sums[i] = device_out_[i];
+    }
+    delta_.tokens = ids->ne[1];
+    return true;
+}
+
+// Adds the last contribution to `name`; false (and error_ set) if it holds a non-finite value.
+bool ActivationCollector::apply(const std::string & name) {
+    const int64_t n_cols = delta_.n_cols, n_mat = (int64_t) delta_.sums.size() / n_cols;
+    int64_t & before = tokens_this_batch_[name];
+    const bool per_matrix_counts = delta_.counts.size() > 1;
+    for (int64_t m = 0; m < n_mat; ++m) {
+        const bool touched = !per_matrix_counts || delta_.counts[m] > 0;
+        if (touched && !all_finite(delta_.sums.data() + m * n_cols, n_cols)) {
+            return fail(name, m, n_mat > 1, before);
+        }
+    }
     TensorStats & ts = data_.tensors[name];
     if (ts.counts.empty()) {
-        ts.sums.assign(n_values, 0.0);
-        ts.counts.assign(n_counts, 0);
+        ts.sums.assign(delta_.sums.size(), 0.0);
+        ts.counts.assign(delta_.counts.size(), 0);
     }
-    return ts;
+    for (size_t i = 0; i < ts.sums.size(); ++i) {
+        ts.sums[i] += delta_.sums[i];
+    }
+    for (size_t i = 0; i < ts.counts.size(); ++i) {
+        ts.counts[i] += delta_.counts[i];
+    }
+    before += delta_.tokens;
+    return true;
+}
+
+void ActivationCollector::Contribution::reset(int64_t cols, int64_t n_mat, int64_t n_counts) {
+    n_cols = cols;
+    sums.assign(cols * n_mat, 0.0);
+    counts.assign(n_counts, 0);
+    tokens = 0;
 }
 
 // The expert ids of every token, [n_tokens][n_used], copied from wherever they are (they are small).
@@ -167,61 +233,6 @@ const std::vector<int32_t> & ActivationCollector::host_ids(const ggml_tensor * i
         }
     }
     return ids_host_;
-}
-
-bool ActivationCollector::collect_on_device(const ggml_tensor * t, const std::string & name, bool & ok) {
-    const ggml_tensor * w = t->src[0];
-    const ggml_tensor * x = t->src[1];
-    const int64_t n_cols = x->ne[0];
-    int64_t & before = tokens_this_batch_[name];
-    if (t->op == GGML_OP_MUL_MAT_ID) {
-        const ggml_tensor * ids = t->src[2];
-        const int64_t n_expert = w->ne[2], n_used = ids->ne[0];
-        const std::vector<int32_t> & routed = host_ids(ids);
-        if (!device_.experts(x, routed, n_used, n_expert, device_out_)) {
-            return false;
-        }
-        TensorStats & ts = entry(name, n_cols * n_expert, n_expert);
-        std::vector<uint8_t> touched(n_expert, 0);
-        for (int32_t e : routed) {
-            if (e >= 0 && e < n_expert) {
-                ts.counts[e] += 1;
-                touched[e] = 1;
-            }
-        }
-        for (int64_t i = 0; i < n_cols * n_expert; ++i) {
-            ts.sums[i] += device_out_[i];
-        }
-        for (int64_t e = 0; e < n_expert; ++e) {
-            if (touched[e] && !all_finite(ts.sums.data() + e * n_cols, n_cols)) {
-                ok = fail(name, e, true, before);
-                return true;
-            }
-        }
-        before += ids->ne[1];
-        return true;
-    }
-    if (w->ne[3] != 1 || x->ne[2] % w->ne[2] != 0 || !device_.dense(x, device_out_)) {
-        return false;
-    }
-    const int64_t n_mat = w->ne[2];
-    TensorStats & ts = entry(name, n_cols * n_mat, 1);
-    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {  // input slices map onto the weight's heads, wrapping
-        double * acc = ts.sums.data() + (i2 % n_mat) * n_cols;
-        for (int64_t j = 0; j < n_cols; ++j) {
-            acc[j] += device_out_[i2 * n_cols + j];
-        }
-    }
-    for (int64_t m = 0; m < n_mat; ++m) {
-        if (!all_finite(ts.sums.data() + m * n_cols, n_cols)) {
-            ok = fail(name, m, n_mat > 1, before);
-            return true;
-        }
-    }
-    const int64_t tokens = ggml_nrows(x) / n_mat;
-    ts.counts[0] += tokens;
-    before += tokens;
-    return true;
 }
 
 bool ActivationCollector::fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before) {

@@ -9,8 +9,9 @@
 //
 // Speed: the forward pass ends at the last collected matmul (see final_weight_): the output head is skipped.
 //
-// Determinism: every product is widened to double and added in token order (token-major, then routing slot),
-// so the result depends only on the activations, not on how tokens were grouped into batches.
+// Determinism: every product is widened to double and summed in token order (token-major, then routing slot)
+// over the ubatch — always exactly one chunk — then added to the totals; so the result depends only on the
+// activations. Matmuls that read the same input (q/k/v; gate/up) share one contribution.
 #pragma once
 
 #include "core/imatrix.h"
@@ -29,8 +30,9 @@ class ActivationCollector {
 public:
     // device_sums: compute Σx² where the activations are (GPU) instead of copying them to the host; with
     // force_device the CPU backend does the same (tests of that path). cpu_threads for the CPU backend.
-    ActivationCollector(uint32_t chunk_size, bool force_device, int cpu_threads)
-        : chunk_size_(chunk_size), force_device_(force_device), device_(cpu_threads) {}
+    // force_host: copy device activations to the host instead (upstream's way; to compare the two paths).
+    ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads)
+        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
@@ -39,6 +41,7 @@ public:
     void begin_chunk(uint32_t chunk) {
         first_chunk_ = chunk;
         tokens_this_batch_.clear();
+        last_ = {};  // tensors of the next graph may reuse this one's addresses
         if (!last_collected_.empty()) {
             final_weight_ = last_collected_;
         }
@@ -49,20 +52,41 @@ public:
     const std::string & error() const { return error_; }
 
 private:
-    bool wants(const ggml_tensor * t) const;
+    // What one matmul input adds: Σx² per column and matrix over this ubatch, and tokens per matrix.
+    struct Contribution {
+        std::vector<double>  sums;
+        std::vector<int64_t> counts;
+        int64_t              n_cols = 1;
+        int64_t              tokens = 0;  // tokens in the ubatch
+        void reset(int64_t cols, int64_t n_mat, int64_t n_counts);
+    };
+    // The input the last collected matmul read, to recognise the next matmul reading the same one.
+    struct LastInput {
+        const ggml_tensor * input = nullptr;
+        const ggml_tensor * ids = nullptr;
+        int                 op = 0;
+        int64_t             n_mat = 0;
+    };
+
+    bool wants(const ggml_tensor * t);
+    bool same_input_as_last(const ggml_tensor * t) const;
     bool collect(const ggml_tensor * t);
-    bool collect_dense(const ggml_tensor * t, const std::string & name, const char * data);
-    bool collect_experts(const ggml_tensor * t, const std::string & name, const char * data);
-    // The same sums, computed by DeviceSums on the backend holding the input; false if it cannot.
-    bool collect_on_device(const ggml_tensor * t, const std::string & name, bool & ok);
+    void dense_on_host(const ggml_tensor * t, const char * data);
+    void experts_on_host(const ggml_tensor * t, const char * data);
+    // The same sums computed by DeviceSums where the input is; false if it cannot take this shape.
+    bool dense_on_device(const ggml_tensor * t);
+    bool experts_on_device(const ggml_tensor * t);
+    bool apply(const std::string & name);
     const std::vector<int32_t> & host_ids(const ggml_tensor * ids);
-    TensorStats & entry(const std::string & name, int64_t n_values, int64_t n_counts);
     bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
 
     uint32_t                       chunk_size_;
     bool                           force_device_;
+    bool                           force_host_;
     DeviceSums                     device_;
     std::vector<float>             device_out_;
+    Contribution                   delta_;
+    LastInput                      last_;
     std::vector<int32_t>           ids_host_;
     uint32_t                       first_chunk_ = 0;
     Imatrix                        data_;

@@ -51,7 +51,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    ActivationCollector collector(o.chunk_size, o.device_sums, threads);
+    ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);

@@ -33,6 +33,7 @@ struct CollectOptions {
     std::string chat_template;         // for chat: a built-in template name; empty: the model's own
     bool        verbose = false;
     bool        device_sums = false;   // compute Σx² with ggml ops even for host activations (tests that path)
+    bool        host_sums = false;     // copy GPU activations to the host and sum there (upstream's way)
 };
 
 struct CollectProgress {

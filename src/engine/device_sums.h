@@ -3,10 +3,10 @@
 // On a GPU, upstream copies every matmul input to the host and sums it there. Here the input never leaves the
 // device: for a weight's input x ([cols, tokens, heads] or, for experts, [cols, slots, tokens]) we run
 //   dense:   s = sum_rows(cont(permute(sqr(x))))             → [cols, heads]: Σ_t x², per head
-//   experts: s = mul_mat(cont(transpose(sqr(x))), R)          → [cols, n_expert]
-// where R [rows, n_expert] is the routing as a 0/1 matrix (row = slot + slots·token, built on the host from the
-// expert ids, which are small). Only s comes back (cols × n_expert floats), and the host adds it, widened to
-// double, to the accumulators. The partial sum over one ubatch is F32 on the device, so results equal the host
+//   experts: g = cont(transpose(get_rows(sqr(x), rows sorted by expert)));  s_e = sum_rows(g[segment e])
+// where the row order (row = slot + slots·token) comes from the expert ids, which are small and copied to the
+// host. Only s comes back (cols × n_expert floats), and the host adds it, widened to double, to the
+// accumulators. The partial sum over one ubatch is F32 on the device, so results equal the host
 // path within ~1e-6 relative, not bit for bit.
 //
 // The same code runs on the CPU backend (imx collect --device-sums), which is how CI tests this path.
