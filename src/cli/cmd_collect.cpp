@@ -1,5 +1,6 @@
 // imx collect -m MODEL -f TEXT -o OUT: the importance matrix of a model over calibration text.
 #include "commands.h"
+#include "coverage_output.h"
 #include "format_option.h"
 #include "core/coverage.h"
 #include "core/error.h"
@@ -62,24 +63,7 @@ void print_summary(const Imatrix & im, const engine::CollectResult & r, const st
                  r.seconds > 0 ? r.tokens / r.seconds : 0.0,
                  r.chunks_resumed ? (", resumed after chunk " + std::to_string(r.chunks_resumed)).c_str() : "",
                  out.c_str());
-    const auto cov = expert_coverage(im);
-    if (cov.empty()) {
-        return;
-    }
-    std::fprintf(stderr, "\nexpert coverage (tokens per expert):\n%-34s %7s %10s %10s  %s\n", "tensor", "experts",
-                 "fewest", "most", "never routed");
-    for (const auto & c : cov) {
-        std::string unseen;
-        for (int64_t e : c.unseen) {
-            if (!unseen.empty()) {
-                unseen += ',';
-            }
-            unseen += std::to_string(e);
-        }
-        std::fprintf(stderr, "%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
-                     (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat,
-                     (long long) c.min_count, (long long) c.max_count, unseen.empty() ? "-" : unseen.c_str());
-    }
+    print_coverage_table(stderr, im);
 }
 
 void print_json(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
@@ -91,11 +75,7 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.seconds > 0 ? r.tokens / r.seconds : 0.0;
     j["tensors"] = im.tensors.size();
-    j["coverage"] = nlohmann::json::array();
-    for (const auto & c : expert_coverage(im)) {
-        j["coverage"].push_back({{"tensor", c.name}, {"experts", c.n_mat}, {"never_routed", c.unseen},
-                                 {"fewest_tokens", c.min_count}, {"most_tokens", c.max_count}});
-    }
+    j["coverage"] = coverage_json(im);
     std::printf("%s\n", j.dump(2).c_str());
 }
 

@@ -1,5 +1,6 @@
 // imx inspect FILE [--json]: format, metadata, and per tensor its shape, token counts and unseen experts.
 #include "commands.h"
+#include "coverage_output.h"
 #include "core/imatrix_file.h"
 
 #include <nlohmann/json.hpp>
@@ -25,17 +26,6 @@ std::vector<int64_t> unseen_matrices(const TensorStats & ts) {
         }
     }
     return ids;
-}
-
-std::string join_ids(const std::vector<int64_t> & ids) {
-    std::string s;
-    for (int64_t id : ids) {
-        if (!s.empty()) {
-            s += ',';
-        }
-        s += std::to_string(id);
-    }
-    return s;
 }
 
 void print_json(const Options & o, const Imatrix & im) {

@@ -1,6 +1,7 @@
 // imx stats FILE [--json] [--html report.html]: upstream's per-tensor statistics, expert coverage per layer,
 // and a self-contained HTML report.
 #include "commands.h"
+#include "coverage_output.h"
 #include "core/atomic_file.h"
 #include "core/coverage.h"
 #include "core/imatrix_file.h"
@@ -37,24 +38,7 @@ void print_text(const Imatrix & im, const std::vector<TensorStatistics> & ts, co
     for (const auto & l : ls) {
         std::printf("%s\n", format_layer_row(l).c_str());
     }
-    const auto cov = expert_coverage(im);
-    if (cov.empty()) {
-        return;
-    }
-    std::printf("\nExpert coverage (tokens per expert)\n\n%-34s %8s %10s %10s  %s\n", "tensor", "experts", "fewest",
-                "most", "never routed");
-    for (const auto & c : cov) {
-        std::string ids;
-        for (int64_t e : c.unseen) {
-            if (!ids.empty()) {
-                ids += ',';
-            }
-            ids += std::to_string(e);
-        }
-        std::printf("%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
-                    (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat, (long long) c.min_count,
-                    (long long) c.max_count, ids.empty() ? "-" : ids.c_str());
-    }
+    print_coverage_table(stdout, im);
 }
 
 void print_json(const Imatrix & im, const std::vector<TensorStatistics> & ts, const std::vector<LayerStatistics> & ls,
@@ -77,11 +61,7 @@ void print_json(const Imatrix & im, const std::vector<TensorStatistics> & ts, co
     for (const auto & l : ls) {
         j["layers"].push_back({{"layer", l.layer}, {"mean_sum_act2", l.mean_total}, {"zd", l.zd}, {"cossim", l.cossim}});
     }
-    j["coverage"] = nlohmann::json::array();
-    for (const auto & c : expert_coverage(im)) {
-        j["coverage"].push_back({{"tensor", c.name}, {"experts", c.n_mat}, {"never_routed", c.unseen},
-                                 {"fewest_tokens", c.min_count}, {"most_tokens", c.max_count}});
-    }
+    j["coverage"] = coverage_json(im);
     std::printf("%s\n", j.dump(2).c_str());
 }
 
