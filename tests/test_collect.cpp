@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
@@ -202,3 +203,32 @@ TEST_P(SynthModels, CollectAgreesWithUpstreamOnSyntheticModel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, SynthModels, ::testing::Values("qwen3", "qwen3moe"));
+
+// A non-finite activation stops the run, naming tensor and chunk; the last checkpoint stays, no output is written.
+TEST(CollectNonFinite, StopsNamingTensorAndChunkAndKeepsTheCheckpoint) {
+    const std::string dir = work_dir("nonfinite");
+    const std::string model = dir + "/nan.gguf";
+    // a model whose embedding of " ~" is NaN, and a text where " ~" first comes in chunk 6 (64-token chunks)
+    const RunResult made = run(imx_bin() + " synth --arch qwen3 --vocab-from " + shared("models/qwen3moe-tiny.gguf") +
+                               " -o " + model + " --layers 2 --embd 256 --heads 4 --kv-heads 2 --ff 512 --nan-token 'Ġ~'");
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    std::string text;
+    for (int i = 0; i < 400; ++i) {
+        text += "the ";
+    }
+    text += "~ ";
+    for (int i = 0; i < 400; ++i) {
+        text += "the ";
+    }
+    std::ofstream(dir + "/text.txt") << text;
+    const std::string out = dir + "/out.gguf";
+    fs::remove(out);
+    fs::remove(out + ".ckpt");
+    const RunResult r = run(imx_bin() + " collect -m " + model + " -f " + dir + "/text.txt -o " + out +
+                            " -c 64 --save-every 1 -t 2");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("imx: error: " + model + ": non-finite activation in the input of blk.0.attn_q.weight "
+                            "in chunk 6"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out));
+    ASSERT_TRUE(fs::exists(out + ".ckpt")) << "the last checkpoint stays";
+}

@@ -21,6 +21,7 @@ Run add_synth(CLI::App & app) {
     app.add_option("--experts-used", o->experts_used, "experts per token (qwen3moe)");
     app.add_option("--expert-ff", o->expert_ff, "expert FFN width (qwen3moe)")->capture_default_str();
     app.add_option("--seed", o->seed, "random seed")->capture_default_str();
+    app.add_option("--nan-token", o->nan_token, "for tests: make this token's embedding NaN (token text as in the vocab)");
     return [o] {
         const uint64_t n = engine::write_synthetic_model(*o);
         std::fprintf(stderr, "imx: wrote %s (%s, %.2fB parameters)\n", o->output.c_str(), o->arch.c_str(), n / 1e9);

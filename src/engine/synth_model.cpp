@@ -52,6 +52,15 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
         throw Error(o.vocab_from + ": no tokenizer.ggml.tokens");
     }
     const int64_t n_vocab = (int64_t) gguf_get_arr_n(src.get(), tokens_key);
+    int64_t nan_row = -1;
+    for (int64_t i = 0; !o.nan_token.empty() && i < n_vocab; ++i) {
+        if (o.nan_token == gguf_get_arr_str(src.get(), tokens_key, i)) {
+            nan_row = i;
+        }
+    }
+    if (!o.nan_token.empty() && nan_row < 0) {
+        throw Error(o.vocab_from + ": no token '" + o.nan_token + "'");
+    }
 
     std::unique_ptr<gguf_context, GgufFree> dst(gguf_init_empty());
     gguf_set_kv(dst.get(), src.get());
@@ -139,8 +148,13 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
         for (int64_t done = 0; ok && done < n; done += chunk) {
             const int64_t m = std::min(chunk, n - done);
             row.resize(m);
-            for (float & v : row) {
-                v = norm ? 1.0f : rng.next(spread);
+            for (int64_t i = 0; i < m; ++i) {
+                row[i] = norm ? 1.0f : rng.next(spread);
+                const bool poisoned = nan_row >= 0 && std::string(t->name) == "token_embd.weight" &&
+                                      (done + i) / t->ne[0] == nan_row;
+                if (poisoned) {
+                    row[i] = NAN;
+                }
             }
             if (t->type == GGML_TYPE_F16) {
                 half.resize(m);

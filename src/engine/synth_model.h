@@ -23,6 +23,8 @@ struct SynthOptions {
     int         expert_ff = 256;
     int         context = 4096;
     uint64_t    seed = 1;
+    std::string nan_token;  // tests: the embedding of this token (by its text) is NaN
+
 };
 
 // Writes the model atomically; returns the number of parameters.
