@@ -36,15 +36,11 @@ struct FileCoverage {
     double                             entropy = 0;
 };
 
-int block_of(const std::string & name) {
-    return name.rfind("blk.", 0) == 0 ? std::atoi(name.c_str() + 4) : -1;
-}
-
 FileCoverage measure(const std::string & file, const Imatrix & im) {
     FileCoverage f;
     f.file = file;
     for (const auto & c : expert_coverage(im)) {
-        const int blk = block_of(c.name);
+        const int blk = block_index(c.name);
         // one expert tensor per layer: all of a layer's expert tensors share the routing
         if (blk < 0 || f.counts.count(blk)) {
             continue;

@@ -11,17 +11,6 @@
 
 namespace imx::cli {
 
-inline std::string join_ids(const std::vector<int64_t> & ids) {
-    std::string s;
-    for (int64_t id : ids) {
-        if (!s.empty()) {
-            s += ',';
-        }
-        s += std::to_string(id);
-    }
-    return s;
-}
-
 inline void print_coverage_table(std::FILE * out, const Imatrix & im) {
     const auto cov = expert_coverage(im);
     if (cov.empty()) {

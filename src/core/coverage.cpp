@@ -1,6 +1,7 @@
 #include "coverage.h"
 
 #include <algorithm>
+#include <cctype>
 
 namespace imx {
 
@@ -26,6 +27,31 @@ std::vector<TensorCoverage> expert_coverage(const Imatrix & im) {
         out.push_back(std::move(c));
     }
     return out;
+}
+
+int block_index(const std::string & name) {
+    if (name.rfind("blk.", 0) != 0) {
+        return -1;
+    }
+    size_t end = 4;
+    while (end < name.size() && std::isdigit((unsigned char) name[end])) {
+        ++end;
+    }
+    if (end == 4 || end == name.size() || name[end] != '.') {
+        return -1;
+    }
+    return std::stoi(name.substr(4, end - 4));
+}
+
+std::string join_ids(const std::vector<int64_t> & ids, const char * separator) {
+    std::string s;
+    for (int64_t id : ids) {
+        if (!s.empty()) {
+            s += separator;
+        }
+        s += std::to_string(id);
+    }
+    return s;
 }
 
 }  // namespace imx

@@ -21,4 +21,10 @@ struct TensorCoverage {
 // One entry per tensor with more than one count (expert tensors), in name order.
 std::vector<TensorCoverage> expert_coverage(const Imatrix & im);
 
+// N for a tensor named "blk.N.…", -1 for any other name.
+int block_index(const std::string & name);
+
+// "3,7,12": matrix (expert) ids for tables.
+std::string join_ids(const std::vector<int64_t> & ids, const char * separator = ",");
+
 }  // namespace imx

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
-#include <regex>
 #include <sstream>
 
 namespace imx {
@@ -34,12 +33,6 @@ std::string fmt(const char * f, double v) {
     return buf;
 }
 
-int block_of(const std::string & name) {
-    static const std::regex re(R"(^blk\.(\d+)\.)");
-    std::smatch m;
-    return std::regex_search(name, m, re) ? std::stoi(m[1]) : -1;
-}
-
 // White → deep blue on a log scale of tokens; zero is red, so unrouted experts stand out.
 std::string cell_color(int64_t count, double log_max) {
     if (count == 0) {
@@ -57,7 +50,7 @@ std::string expert_heatmap(const Imatrix & im) {
     std::map<int, const TensorStats *> per_layer;
     std::map<int, std::string> names;
     for (const auto & [name, ts] : im.tensors) {
-        const int blk = block_of(name);
+        const int blk = block_index(name);
         if (ts.n_mat() < 2 || blk < 0 || name.find("_exps") == std::string::npos) {
             continue;
         }
@@ -205,15 +198,8 @@ std::string partial_table(const Imatrix & im) {
             continue;
         }
         ++n;
-        std::string ids;
-        for (int64_t e : c.unseen) {
-            if (!ids.empty()) {
-                ids += ", ";
-            }
-            ids += std::to_string(e);
-        }
         s << "<tr><td>" << esc(c.name) << "</td><td>" << c.n_mat - (int64_t) c.unseen.size() << " / " << c.n_mat
-          << "</td><td>" << ids << "</td><td>" << c.min_count << "</td></tr>";
+          << "</td><td>" << join_ids(c.unseen, ", ") << "</td><td>" << c.min_count << "</td></tr>";
     }
     s << "</table>";
     return n ? s.str() : "<p>Every expert of every tensor saw at least one token.</p>";
@@ -240,7 +226,7 @@ std::string stats_table(const std::vector<TensorStatistics> & ts) {
 std::vector<std::string> default_profile_tensors(const Imatrix & im) {
     int first = -1, last = -1;
     for (const auto & [name, ts] : im.tensors) {
-        const int b = block_of(name);
+        const int b = block_index(name);
         if (b >= 0) {
             first = first < 0 ? b : std::min(first, b);
             last = std::max(last, b);

@@ -94,9 +94,8 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
         }
         t->op == GGML_OP_MUL_MAT_ID ? experts_on_host(t, data) : dense_on_host(t, data);
     }
-    last_ = {src1, t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr, t->op, (int64_t) delta_.counts.size() > 1
-                                                                             ? (int64_t) delta_.counts.size()
-                                                                             : t->src[0]->ne[2] * t->src[0]->ne[3]};
+    last_ = {src1, t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr, t->op,
+             (int64_t) delta_.sums.size() / delta_.n_cols};
     const bool ok = apply(name);
     last_collected_ = name;
     // false ends this graph split: after the final weight only the output head is left

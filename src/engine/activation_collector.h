@@ -28,9 +28,9 @@ namespace imx::engine {
 
 class ActivationCollector {
 public:
-    // device_sums: compute Σx² where the activations are (GPU) instead of copying them to the host; with
-    // force_device the CPU backend does the same (tests of that path). cpu_threads for the CPU backend.
-    // force_host: copy device activations to the host instead (upstream's way; to compare the two paths).
+    // Activations on a GPU are summed there (DeviceSums). force_device: do the same for host activations, on
+    // the CPU backend with cpu_threads (tests of that path). force_host: copy device activations to the host
+    // and sum there instead (upstream's way; to compare the two paths).
     ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads)
         : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads) {}
 
