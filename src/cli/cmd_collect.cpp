@@ -2,6 +2,7 @@
 #include "commands.h"
 #include "coverage_output.h"
 #include "format_option.h"
+#include "progress.h"
 #include "core/coverage.h"
 #include "core/error.h"
 #include "core/imatrix_file.h"
@@ -11,7 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <unistd.h>
+#include <memory>
 
 namespace imx::cli {
 
@@ -24,38 +25,6 @@ struct Options {
     bool                   json = false;
     std::string            format;
 };
-
-std::string clock_str(double s) {
-    const long t = (long) (s + 0.5);
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
-    return buf;
-}
-
-// A progress bar on a terminal; on a pipe, a line every ~10% so logs stay readable.
-void show_progress(const engine::CollectProgress & p, uint32_t chunk_size) {
-    static const bool tty = isatty(2);
-    static uint32_t last_decile = 0;
-    const double rate = p.seconds > 0 ? p.chunks_run * chunk_size / p.seconds : 0;
-    const double eta = p.chunks_run ? p.seconds / p.chunks_run * (p.chunks_total - p.chunks_done) : 0;
-    const int width = 30;
-    const int filled = (int) ((double) p.chunks_done / p.chunks_total * width);
-    if (tty) {
-        std::fprintf(stderr, "\rimx collect [%.*s%*s] chunk %u/%u  %.0f tok/s  ETA %s ", filled,
-                     "==============================", width - filled, "", p.chunks_done, p.chunks_total, rate,
-                     clock_str(eta).c_str());
-        if (p.chunks_done == p.chunks_total) {
-            std::fputc('\n', stderr);
-        }
-    } else {
-        const uint32_t decile = p.chunks_done * 10 / p.chunks_total;
-        if (decile != last_decile || p.chunks_done == p.chunks_total) {
-            last_decile = decile;
-            std::fprintf(stderr, "imx collect: chunk %u/%u, %.0f tok/s, ETA %s\n", p.chunks_done, p.chunks_total,
-                         rate, clock_str(eta).c_str());
-        }
-    }
-}
 
 void print_summary(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
     std::fprintf(stderr, "imx collect: %zu tensors, %u chunks of %u tokens in %s (%.0f tok/s)%s -> %s\n",
@@ -116,8 +85,17 @@ Run add_collect(CLI::App & app) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
         }
-        const engine::CollectResult r =
-            engine::collect(c, [&](const engine::CollectProgress & p) { show_progress(p, c.chunk_size); });
+        // made after the first chunk: model loading and a resumed checkpoint's chunks stay out of the ETA
+        std::unique_ptr<Progress> bar;
+        const engine::CollectResult r = engine::collect(c, [&](const engine::CollectProgress & p) {
+            if (!bar) {
+                bar = std::make_unique<Progress>("imx collect", p.chunks_done);
+            }
+            const double rate = p.seconds > 0 ? p.chunks_run * (double) c.chunk_size / p.seconds : 0;
+            char detail[32];
+            std::snprintf(detail, sizeof detail, "%.0f tok/s", rate);
+            bar->update(p.chunks_done, p.chunks_total, "chunk", detail);
+        });
         save_imatrix(r.imatrix, c.output, resolve_format(o->format, c.output));
         std::filesystem::remove(engine::checkpoint_path(c.output));
         print_summary(r.imatrix, r, c.output);

@@ -17,5 +17,8 @@ Run add_stats(CLI::App & app);
 Run add_coverage(CLI::App & app);
 Run add_synth(CLI::App & app);
 Run add_diff(CLI::App & app);
+Run add_quantize(CLI::App & app);
+Run add_eval(CLI::App & app);
+Run add_sweep(CLI::App & app);
 
 }  // namespace imx::cli

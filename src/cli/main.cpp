@@ -20,6 +20,10 @@ int main(int argc, char ** argv) {
         runs[sub] = reg(*sub);
     };
     add("collect", "run a model over calibration text and write its importance matrix", imx::cli::add_collect);
+    add("quantize", "quantize a GGUF model with imatrix weights and a neutral prior (llama-quantize's types)",
+        imx::cli::add_quantize);
+    add("eval", "perplexity and KL-divergence of quantized models against their base", imx::cli::add_eval);
+    add("sweep", "quantize a grid of types x prior settings, evaluate each, print one table", imx::cli::add_sweep);
     add("stats", "per-tensor statistics (as llama-imatrix --show-statistics), expert coverage, HTML report",
         imx::cli::add_stats);
     add("coverage", "compare calibration texts by how many of a MoE model's experts they reach",

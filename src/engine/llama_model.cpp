@@ -12,8 +12,19 @@ namespace imx::engine {
 namespace {
 
 bool g_verbose = false;
+LogCapture * g_capture = nullptr;
+std::mutex g_capture_mutex;
 
 void log_callback(ggml_log_level level, const char * text, void *) {
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        if (g_capture) {
+            g_capture->on_line(level, text);
+            if (level == GGML_LOG_LEVEL_ERROR && !g_verbose) {
+                return;  // the capturing caller reports errors in its own words
+            }
+        }
+    }
     if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
         std::fputs(text, stderr);
     }
@@ -31,6 +42,24 @@ ModelPtr load(const std::string & path, llama_model_params p) {
 }
 
 }  // namespace
+
+LogCapture::LogCapture(std::function<void(const std::string &)> on_info) : on_info_(std::move(on_info)) {
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    g_capture = this;
+}
+
+LogCapture::~LogCapture() {
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    g_capture = nullptr;
+}
+
+void LogCapture::on_line(int level, const char * text) {
+    if (level == GGML_LOG_LEVEL_ERROR) {
+        errors_ += text;
+    } else if (on_info_ && level != GGML_LOG_LEVEL_CONT) {
+        on_info_(text);
+    }
+}
 
 void init_llama(bool verbose) {
     static std::once_flag once;

@@ -3,6 +3,7 @@
 
 #include "llama.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +17,22 @@ using ContextPtr = std::unique_ptr<llama_context, ContextFree>;
 
 // Initialises the backends once and routes llama.cpp's log: errors always, the rest only when verbose.
 void init_llama(bool verbose);
+
+// While alive, llama.cpp's error lines are collected (and not printed unless verbose) so that the caller can
+// report a failure in one line; other lines go to `on_info` (progress parsing). One at a time.
+class LogCapture {
+public:
+    explicit LogCapture(std::function<void(const std::string &)> on_info = {});
+    ~LogCapture();
+    LogCapture(const LogCapture &) = delete;
+    LogCapture & operator=(const LogCapture &) = delete;
+    const std::string & errors() const { return errors_; }
+    void on_line(int level, const char * text);
+
+private:
+    std::function<void(const std::string &)> on_info_;
+    std::string errors_;
+};
 
 struct ModelOptions {
     int n_gpu_layers = 99;

@@ -1,0 +1,132 @@
+// imx quantize -m MODEL --imatrix FILE -o OUT TYPE: libllama's quantizer, fed with imx's per-column weights
+// (neutral prior for thin data, neutral weights for experts that saw no token, MLA substitutes).
+#include "commands.h"
+#include "format_option.h"
+#include "progress.h"
+#include "core/error.h"
+#include "core/imatrix_file.h"
+#include "core/quant_weights.h"
+#include "engine/llama_model.h"
+#include "engine/quantize.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+namespace imx::cli {
+
+namespace {
+
+struct Options {
+    engine::QuantizeOptions q;
+    std::string             imatrix;
+    std::string             prior_target = "one";
+    double                  prior_weight = 0;
+    uint32_t                legacy_chunk_size = kDefaultLegacyChunkSize;
+    bool                    json = false;
+    bool                    verbose = false;
+};
+
+void warn_about_unseen(const Imatrix & im, const QuantWeights & w, const Prior & prior, const std::string & file) {
+    if (w.n_unseen == 0) {
+        return;
+    }
+    const double share = 100.0 * (double) w.n_unseen / (double) w.n_matrices;
+    if (!im.counts_per_expert_known) {
+        std::fprintf(stderr,
+                     "imx: warning: %s is a legacy .dat without per-expert counts: %lld of %lld matrices (%.1f%%) have "
+                     "all-zero data and are taken as never seen: they get the prior's target (%s) instead of zeros\n",
+                     file.c_str(), (long long) w.n_unseen, (long long) w.n_matrices, share,
+                     prior_target_name(prior.target));
+    } else {
+        std::fprintf(stderr, "imx: %lld of %lld matrices (%.1f%%) saw no token in %s: they get the prior's target (%s)\n",
+                     (long long) w.n_unseen, (long long) w.n_matrices, share, file.c_str(),
+                     prior_target_name(prior.target));
+    }
+}
+
+}  // namespace
+
+Run add_quantize(CLI::App & app) {
+    auto o = std::make_shared<Options>();
+    auto & q = o->q;
+    app.add_option("-m,--model", q.model, "GGUF model to quantize (F32/F16/BF16)")->required();
+    app.add_option("-o,--output", q.output, "quantized GGUF to write")->required();
+    app.add_option("type", q.type, "file type as llama-quantize names it: Q4_K_M, Q2_K, IQ2_XXS, ... ("
+                                   "`imx quantize --list-types`)");
+    app.add_option("--imatrix", o->imatrix, "importance matrix (GGUF or legacy .dat)");
+    app.add_option("--prior-weight", o->prior_weight, "W: the neutral prior is worth W tokens (0: upstream's weights)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    app.add_option("--prior", o->prior_target, "prior target: one, mean, geomean, hier (expert <- tensor <- 1)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"one", "mean", "geomean", "hier"}));
+    app.add_option("--tensor-type", q.tensor_types, "REGEX=TYPE: ggml type for matching tensors (repeatable)");
+    app.add_option("--output-tensor-type", q.output_tensor_type, "ggml type for output.weight");
+    app.add_option("--token-embedding-type", q.token_embedding_type, "ggml type for token_embd.weight");
+    app.add_flag("--allow-requantize", q.allow_requantize, "allow quantizing already quantized tensors");
+    app.add_flag("--pure", q.pure, "every tensor in the type's default type (no k-quant mixture)");
+    app.add_option("-t,--threads", q.threads, "threads (default: all cores)");
+    app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for a legacy .dat imatrix")
+        ->capture_default_str();
+    app.add_flag("--json", o->json, "print a JSON summary on stdout");
+    app.add_flag("-v,--verbose", o->verbose, "show llama.cpp's log");
+    app.add_flag_callback("--list-types", [] {
+        for (const std::string & t : engine::quant_type_names()) {
+            std::printf("%s\n", t.c_str());
+        }
+        throw CLI::Success();
+    }, "print the type names and exit");
+    return [o] {
+        auto & q = o->q;
+        if (q.type.empty()) {
+            throw Error("no quantization type given (e.g. imx quantize -m model.gguf -o out.gguf Q4_K_M)");
+        }
+        if (o->prior_weight > 0 && o->imatrix.empty()) {
+            throw Error("--prior-weight needs an --imatrix to weigh against");
+        }
+        engine::init_llama(o->verbose);
+        const Prior prior{o->prior_weight, parse_prior_target(o->prior_target)};
+        QuantWeights weights;
+        if (!o->imatrix.empty()) {
+            const Imatrix im = load_imatrix(o->imatrix, o->legacy_chunk_size);
+            weights = quant_weights(im, prior);
+            add_mla_substitutes(weights, engine::model_tensor_shapes(q.model));
+            warn_about_unseen(im, weights, prior, o->imatrix);
+            for (const std::string & note : weights.notes) {
+                std::fprintf(stderr, "imx: %s\n", note.c_str());
+            }
+            q.weights = &weights;
+            q.imatrix_file = o->imatrix;
+            q.imatrix_datasets = im.meta.datasets;
+            q.imatrix_chunks = im.meta.chunk_count;
+        }
+        Progress bar("imx quantize");
+        q.progress = [&](int done, int total) { bar.update((uint64_t) done, (uint64_t) total, "tensor"); };
+        engine::quantize_model(q);
+        const double secs = bar.seconds();
+        const auto in_size = std::filesystem::file_size(q.model), out_size = std::filesystem::file_size(q.output);
+        std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", q.model.c_str(),
+                     q.output.c_str(), q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0,
+                     clock_str(secs).c_str());
+        if (o->json) {
+            nlohmann::ordered_json j;
+            j["model"] = q.model;
+            j["output"] = q.output;
+            j["type"] = q.type;
+            j["imatrix"] = o->imatrix;
+            j["prior"] = prior_target_name(prior.target);
+            j["prior_weight"] = prior.weight;
+            j["matrices"] = weights.n_matrices;
+            j["matrices_unseen"] = weights.n_unseen;
+            j["input_bytes"] = in_size;
+            j["output_bytes"] = out_size;
+            j["seconds"] = secs;
+            std::printf("%s\n", j.dump(2).c_str());
+        }
+    };
+}
+
+}  // namespace imx::cli

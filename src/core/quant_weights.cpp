@@ -1,0 +1,174 @@
+#include "quant_weights.h"
+
+#include "error.h"
+
+#include <cmath>
+
+namespace imx {
+
+PriorTarget parse_prior_target(const std::string & name) {
+    if (name == "one") return PriorTarget::one;
+    if (name == "mean") return PriorTarget::mean;
+    if (name == "geomean") return PriorTarget::geomean;
+    if (name == "hier") return PriorTarget::hier;
+    throw Error("unknown prior target '" + name + "' (one of: one, mean, geomean, hier)");
+}
+
+const char * prior_target_name(PriorTarget t) {
+    switch (t) {
+        case PriorTarget::one: return "one";
+        case PriorTarget::mean: return "mean";
+        case PriorTarget::geomean: return "geomean";
+        case PriorTarget::hier: return "hier";
+    }
+    return "?";
+}
+
+namespace {
+
+// One count per matrix. A single shared count broadcasts (dense 3-D weights); in legacy data, where the one
+// count is the tensor's, a matrix with all-zero sums never saw a token.
+std::vector<int64_t> counts_per_matrix(const TensorStats & t, bool counts_per_expert_known) {
+    const int64_t n_mat = t.n_mat(), n_cols = t.n_cols();
+    const int64_t n_rows = n_cols == 0 ? 0 : (int64_t) t.sums.size() / n_cols;
+    std::vector<int64_t> counts(n_rows);
+    for (int64_t m = 0; m < n_rows; ++m) {
+        counts[m] = t.counts[n_mat == n_rows ? m : 0];
+        if (!counts_per_expert_known && n_mat != n_rows) {
+            bool all_zero = true;
+            for (int64_t j = 0; j < n_cols && all_zero; ++j) {
+                all_zero = t.sums[m * n_cols + j] == 0;
+            }
+            if (all_zero) {
+                counts[m] = 0;
+            }
+        }
+    }
+    return counts;
+}
+
+}  // namespace
+
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, bool counts_per_expert_known) {
+    const int64_t n_cols = t.n_cols();
+    const std::vector<int64_t> counts = counts_per_matrix(t, counts_per_expert_known);
+    const int64_t n_rows = (int64_t) counts.size();
+    const double W = prior.weight;
+
+    // the data of all matrices pooled, per column: what `mean`, `geomean` and `hier` lean on
+    std::vector<double> pooled_sum(n_cols, 0.0);
+    int64_t pooled_count = 0;
+    for (int64_t m = 0; m < n_rows; ++m) {
+        pooled_count += counts[m];
+        for (int64_t j = 0; j < n_cols; ++j) {
+            pooled_sum[j] += t.sums[m * n_cols + j];
+        }
+    }
+
+    std::vector<double> target(n_cols, 1.0);
+    if (pooled_count > 0 && prior.target == PriorTarget::mean) {
+        double s = 0;
+        for (double v : pooled_sum) s += v / (double) pooled_count;
+        target.assign(n_cols, s / (double) n_cols);
+    } else if (pooled_count > 0 && prior.target == PriorTarget::geomean) {
+        double log_sum = 0;
+        int64_t n = 0;
+        for (double v : pooled_sum) {
+            if (v > 0) {
+                log_sum += std::log(v / (double) pooled_count);
+                ++n;
+            }
+        }
+        target.assign(n_cols, n > 0 ? std::exp(log_sum / (double) n) : 1.0);
+    } else if (prior.target == PriorTarget::hier && n_rows > 1) {
+        for (int64_t j = 0; j < n_cols; ++j) {
+            const double denom = (double) pooled_count + W;
+            target[j] = denom > 0 ? (pooled_sum[j] + W) / denom : 1.0;
+        }
+    }
+
+    std::vector<float> w(t.sums.size());
+    for (int64_t m = 0; m < n_rows; ++m) {
+        const int64_t n = counts[m];
+        for (int64_t j = 0; j < n_cols; ++j) {
+            const size_t i = (size_t) (m * n_cols + j);
+            if (n == 0) {
+                w[i] = (float) target[j];
+            } else if (W == 0) {
+                w[i] = (float) t.sums[i] / (float) n;  // upstream's own float division, bit for bit
+            } else {
+                w[i] = (float) ((t.sums[i] + W * target[j]) / ((double) n + W));
+            }
+        }
+    }
+    return w;
+}
+
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior) {
+    QuantWeights out;
+    for (const auto & [name, t] : im.tensors) {
+        if (t.counts.empty() || t.sums.empty()) {
+            continue;
+        }
+        const std::vector<int64_t> counts = counts_per_matrix(t, im.counts_per_expert_known);
+        out.n_matrices += (int64_t) counts.size();
+        for (int64_t c : counts) {
+            out.n_unseen += c == 0;
+        }
+        out.tensors.emplace(name, quant_weights(t, prior, im.counts_per_expert_known));
+    }
+    return out;
+}
+
+namespace {
+
+// "blk.7.attn_kv_b.weight" → {"blk.7.", "attn_kv_b"}; false for other names
+bool split_mla_name(const std::string & name, std::string & prefix, std::string & kind) {
+    for (const char * k : {"attn_kv_b", "attn_v_b"}) {
+        const std::string tail = std::string(".") + k + ".weight";
+        if (name.size() > tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0) {
+            prefix = name.substr(0, name.size() - tail.size() + 1);
+            kind = k;
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+void add_mla_substitutes(QuantWeights & w, const std::map<std::string, std::array<int64_t, 3>> & model_shapes) {
+    for (const auto & [name, ne] : model_shapes) {
+        std::string prefix, kind;
+        if (!split_mla_name(name, prefix, kind) || w.tensors.count(name)) {
+            continue;
+        }
+        const std::string other = prefix + (kind == "attn_v_b" ? "attn_kv_b" : "attn_v_b") + ".weight";
+        const auto it = w.tensors.find(other);
+        if (it == w.tensors.end()) {
+            continue;
+        }
+        const std::vector<float> & src = it->second;
+        const int64_t n_cols = ne[0], n_mat = ne[2];
+        std::vector<float> dst;
+        if (kind == "attn_v_b" && (int64_t) src.size() == n_cols) {
+            for (int64_t h = 0; h < n_mat; ++h) {
+                dst.insert(dst.end(), src.begin(), src.end());
+            }
+        } else if (kind == "attn_kv_b" && n_mat == 1 && n_cols > 0 && (int64_t) src.size() % n_cols == 0) {
+            const int64_t heads = (int64_t) src.size() / n_cols;
+            dst.assign(n_cols, 0.0f);
+            for (int64_t j = 0; j < n_cols; ++j) {
+                double s = 0;
+                for (int64_t h = 0; h < heads; ++h) s += src[h * n_cols + j];
+                dst[j] = (float) (s / (double) heads);
+            }
+        } else {
+            continue;  // shapes that do not line up: leave the tensor without data, as upstream would
+        }
+        w.notes.push_back(name + " has no data: using " + other + "'s (MLA: both read the KV latent)");
+        w.tensors.emplace(name, std::move(dst));
+    }
+}
+
+}  // namespace imx

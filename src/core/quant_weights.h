@@ -1,0 +1,55 @@
+// From imatrix sums and token counts to the per-column weights a quantizer minimises its error against.
+//
+// For matrix m (an expert, or the one matrix of a dense weight) and input column j:
+//     weight[m][j] = (Σx²[m][j] + W·p[m][j]) / (count[m] + W)
+// a neutral prior worth W tokens pulling thin data toward a target p:
+//     one      p = 1                       (what quantizers assume without an imatrix)
+//     mean     p = the tensor's mean weight (all columns, all experts pooled)
+//     geomean  p = the geometric mean of the tensor's pooled column weights
+//     hier     p[j] = (Σ_m Σx²[m][j] + W) / (Σ_m count[m] + W): an expert leans on all experts of the tensor,
+//              which lean on 1 (for a single matrix this is `one`)
+// W = 0 gives upstream llama-quantize's weights exactly (same float division). A matrix with count 0 gets the
+// target p: an expert that saw no token is quantized neutrally instead of to zeros.
+#pragma once
+
+#include "imatrix.h"
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace imx {
+
+enum class PriorTarget { one, mean, geomean, hier };
+
+PriorTarget parse_prior_target(const std::string & name);  // throws Error for an unknown name
+const char * prior_target_name(PriorTarget t);
+
+struct Prior {
+    double      weight = 0;  // W, in tokens
+    PriorTarget target = PriorTarget::one;
+};
+
+// Weights of one tensor, n_mat × n_cols floats in the tensor's matrix order (what llama_model_quantize takes).
+// `counts_per_expert_known` is false for legacy .dat data: there, a matrix whose sums are all zero is taken as
+// never seen (count 0) although the file gives it the tensor's one count.
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, bool counts_per_expert_known = true);
+
+struct QuantWeights {
+    std::map<std::string, std::vector<float>> tensors;
+    int64_t n_matrices = 0;         // all matrices of all tensors
+    int64_t n_unseen = 0;           // of those, how many got the prior's target for lack of data
+    std::vector<std::string> notes; // things the user should know (MLA substitutions)
+};
+
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior);
+
+// MLA: attn_kv_b and attn_v_b both read the compressed KV latent, so the data of one can serve the other when
+// the model being quantized has a tensor the imatrix lacks. `model_shapes` maps the model's tensor names to
+// their ne[0..2]. attn_kv_b → attn_v_b repeats the kv_lora weights for every head; attn_v_b → attn_kv_b
+// averages the heads.
+void add_mla_substitutes(QuantWeights & w, const std::map<std::string, std::array<int64_t, 3>> & model_shapes);
+
+}  // namespace imx

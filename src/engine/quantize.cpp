@@ -1,0 +1,242 @@
+#include "quantize.h"
+
+#include "llama_model.h"
+#include "core/error.h"
+
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <regex>
+#include <unistd.h>
+
+namespace imx::engine {
+
+namespace {
+
+struct NamedType {
+    const char * name;
+    llama_ftype  ftype;
+};
+
+// llama-quantize's names for the file types (aliases included), so that users type what they know.
+const NamedType kTypes[] = {
+    {"Q1_0", LLAMA_FTYPE_MOSTLY_Q1_0},       {"Q2_0", LLAMA_FTYPE_MOSTLY_Q2_0},
+    {"Q4_0", LLAMA_FTYPE_MOSTLY_Q4_0},       {"Q4_1", LLAMA_FTYPE_MOSTLY_Q4_1},
+    {"MXFP4_MOE", LLAMA_FTYPE_MOSTLY_MXFP4_MOE},
+    {"Q5_0", LLAMA_FTYPE_MOSTLY_Q5_0},       {"Q5_1", LLAMA_FTYPE_MOSTLY_Q5_1},
+    {"IQ2_XXS", LLAMA_FTYPE_MOSTLY_IQ2_XXS}, {"IQ2_XS", LLAMA_FTYPE_MOSTLY_IQ2_XS},
+    {"IQ2_S", LLAMA_FTYPE_MOSTLY_IQ2_S},     {"IQ2_M", LLAMA_FTYPE_MOSTLY_IQ2_M},
+    {"IQ1_S", LLAMA_FTYPE_MOSTLY_IQ1_S},     {"IQ1_M", LLAMA_FTYPE_MOSTLY_IQ1_M},
+    {"TQ1_0", LLAMA_FTYPE_MOSTLY_TQ1_0},     {"TQ2_0", LLAMA_FTYPE_MOSTLY_TQ2_0},
+    {"Q2_K", LLAMA_FTYPE_MOSTLY_Q2_K},       {"Q2_K_S", LLAMA_FTYPE_MOSTLY_Q2_K_S},
+    {"IQ3_XXS", LLAMA_FTYPE_MOSTLY_IQ3_XXS}, {"IQ3_S", LLAMA_FTYPE_MOSTLY_IQ3_S},
+    {"IQ3_M", LLAMA_FTYPE_MOSTLY_IQ3_M},     {"Q3_K", LLAMA_FTYPE_MOSTLY_Q3_K_M},
+    {"IQ3_XS", LLAMA_FTYPE_MOSTLY_IQ3_XS},   {"Q3_K_S", LLAMA_FTYPE_MOSTLY_Q3_K_S},
+    {"Q3_K_M", LLAMA_FTYPE_MOSTLY_Q3_K_M},   {"Q3_K_L", LLAMA_FTYPE_MOSTLY_Q3_K_L},
+    {"IQ4_NL", LLAMA_FTYPE_MOSTLY_IQ4_NL},   {"IQ4_XS", LLAMA_FTYPE_MOSTLY_IQ4_XS},
+    {"Q4_K", LLAMA_FTYPE_MOSTLY_Q4_K_M},     {"Q4_K_S", LLAMA_FTYPE_MOSTLY_Q4_K_S},
+    {"Q4_K_M", LLAMA_FTYPE_MOSTLY_Q4_K_M},   {"Q5_K", LLAMA_FTYPE_MOSTLY_Q5_K_M},
+    {"Q5_K_S", LLAMA_FTYPE_MOSTLY_Q5_K_S},   {"Q5_K_M", LLAMA_FTYPE_MOSTLY_Q5_K_M},
+    {"Q6_K", LLAMA_FTYPE_MOSTLY_Q6_K},       {"Q8_0", LLAMA_FTYPE_MOSTLY_Q8_0},
+    {"F16", LLAMA_FTYPE_MOSTLY_F16},         {"BF16", LLAMA_FTYPE_MOSTLY_BF16},
+    {"F32", LLAMA_FTYPE_ALL_F32},
+};
+
+bool iequals(const std::string & a, const char * b) {
+    return a.size() == std::strlen(b) &&
+           std::equal(a.begin(), a.end(), b, [](char x, char y) { return std::toupper(x) == std::toupper(y); });
+}
+
+llama_ftype parse_ftype(const std::string & name) {
+    for (const NamedType & t : kTypes) {
+        if (iequals(name, t.name)) {
+            return t.ftype;
+        }
+    }
+    std::string known;
+    for (const NamedType & t : kTypes) {
+        known += std::string(known.empty() ? "" : " ") + t.name;
+    }
+    throw Error("unknown quantization type '" + name + "' (known: " + known + ")");
+}
+
+ggml_type parse_ggml_type(const std::string & name, const std::string & what) {
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const char * n = ggml_type_name((ggml_type) i);
+        if (n && iequals(name, n)) {
+            return (ggml_type) i;
+        }
+    }
+    throw Error(what + ": unknown ggml type '" + name + "'");
+}
+
+llama_model_kv_override kv_string(const char * key, const std::string & value) {
+    llama_model_kv_override kv{};
+    kv.tag = LLAMA_KV_OVERRIDE_TYPE_STR;
+    std::snprintf(kv.key, sizeof kv.key, "%s", key);
+    std::snprintf(kv.val_str, sizeof kv.val_str, "%s", value.c_str());  // llama-quantize keeps 127 bytes too
+    return kv;
+}
+
+llama_model_kv_override kv_int(const char * key, int64_t value) {
+    llama_model_kv_override kv{};
+    kv.tag = LLAMA_KV_OVERRIDE_TYPE_INT;
+    std::snprintf(kv.key, sizeof kv.key, "%s", key);
+    kv.val_i64 = value;
+    return kv;
+}
+
+// "... Missing importance matrix for tensor blk.2.ffn_down_exps.weight in ..." → the tensor name
+std::string tensor_named_in(const std::string & log) {
+    static const std::regex re(R"((?:for tensor|offending tensor:) (\S+))");
+    std::smatch m;
+    return std::regex_search(log, m, re) ? m[1].str() : "";
+}
+
+// The last "failed to quantize: ..." reason of the log, without llama.cpp's banners.
+std::string failure_reason(const std::string & log) {
+    const std::string marker = "failed to quantize: ";
+    const size_t at = log.rfind(marker);
+    if (at == std::string::npos) {
+        return "llama_model_quantize failed";
+    }
+    std::string r = log.substr(at + marker.size());
+    r.erase(std::find(r.begin(), r.end(), '\n'), r.end());
+    return r;
+}
+
+}  // namespace
+
+std::vector<std::string> quant_type_names() {
+    std::vector<std::string> names;
+    for (const NamedType & t : kTypes) {
+        names.push_back(t.name);
+    }
+    return names;
+}
+
+std::map<std::string, std::array<int64_t, 3>> model_tensor_shapes(const std::string & path) {
+    ggml_context * meta = nullptr;
+    gguf_context * ctx = gguf_init_from_file(path.c_str(), {true, &meta});
+    if (!ctx) {
+        throw Error(path + ": not a GGUF model (or unreadable)");
+    }
+    std::map<std::string, std::array<int64_t, 3>> shapes;
+    for (int64_t i = 0; i < gguf_get_n_tensors(ctx); ++i) {
+        const char * name = gguf_get_tensor_name(ctx, i);
+        const ggml_tensor * t = ggml_get_tensor(meta, name);
+        shapes[name] = {t->ne[0], t->ne[1], t->ne[2]};
+    }
+    gguf_free(ctx);
+    ggml_free(meta);
+    return shapes;
+}
+
+void quantize_model(const QuantizeOptions & o) {
+    namespace fs = std::filesystem;
+    if (!fs::exists(o.model)) {
+        throw Error(o.model + ": no such file");
+    }
+    if (fs::exists(o.output) && fs::equivalent(o.model, o.output)) {
+        throw Error(o.output + ": the output would overwrite the input model");
+    }
+    llama_model_quantize_params p = llama_model_quantize_default_params();
+    p.ftype = parse_ftype(o.type);
+    p.nthread = o.threads;
+    p.allow_requantize = o.allow_requantize;
+    p.pure = o.pure;
+    if (!o.output_tensor_type.empty()) {
+        p.output_tensor_type = parse_ggml_type(o.output_tensor_type, "--output-tensor-type");
+    }
+    if (!o.token_embedding_type.empty()) {
+        p.token_embedding_type = parse_ggml_type(o.token_embedding_type, "--token-embedding-type");
+    }
+
+    std::vector<llama_model_imatrix_data> imatrix;
+    std::vector<llama_model_kv_override> kvs;
+    if (o.weights) {
+        for (const auto & [name, w] : o.weights->tensors) {
+            imatrix.push_back({name.c_str(), w.data(), w.size()});
+        }
+        imatrix.push_back({nullptr, nullptr, 0});
+        p.imatrix = imatrix.data();
+        // the same metadata llama-quantize writes, in its order
+        kvs.push_back(kv_string("quantize.imatrix.file", o.imatrix_file));
+        if (!o.imatrix_datasets.empty()) {
+            kvs.push_back(kv_string("quantize.imatrix.dataset", o.imatrix_datasets[0]));
+        }
+        kvs.push_back(kv_int("quantize.imatrix.entries_count", (int64_t) o.weights->tensors.size()));
+        if (o.imatrix_chunks > 0) {
+            kvs.push_back(kv_int("quantize.imatrix.chunks_count", o.imatrix_chunks));
+        }
+        kvs.push_back(llama_model_kv_override{});  // terminator: empty key
+        p.kv_overrides = kvs.data();
+    }
+
+    std::vector<std::string> patterns;
+    std::vector<llama_model_tensor_override> tensor_types;
+    for (const std::string & spec : o.tensor_types) {
+        const size_t eq = spec.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+            throw Error("--tensor-type '" + spec + "': expected REGEX=TYPE");
+        }
+        std::string pattern = spec.substr(0, eq);
+        std::transform(pattern.begin(), pattern.end(), pattern.begin(), ::tolower);  // as llama-quantize
+        try {
+            std::regex check(pattern);
+        } catch (const std::regex_error & e) {
+            throw Error("--tensor-type '" + spec + "': bad regular expression (" + e.what() + ")");
+        }
+        patterns.push_back(pattern);
+        tensor_types.push_back({nullptr, parse_ggml_type(spec.substr(eq + 1), "--tensor-type '" + spec + "'")});
+    }
+    if (!tensor_types.empty()) {
+        for (size_t i = 0; i < patterns.size(); ++i) {
+            tensor_types[i].pattern = patterns[i].c_str();
+        }
+        tensor_types.push_back({nullptr, GGML_TYPE_COUNT});
+        p.tt_overrides = tensor_types.data();
+    }
+
+    // Written beside the output and renamed over it only when complete: no partial model is ever left.
+    const std::string tmp = o.output + ".tmp-" + std::to_string(getpid());
+    uint32_t rc = 0;
+    std::string log;
+    {
+        LogCapture capture([&](const std::string & line) {
+            int done = 0, total = 0;  // llama.cpp starts each tensor's line with "[   7/  93] "
+            if (o.progress && std::sscanf(line.c_str(), "[%d/%d]", &done, &total) == 2) {
+                o.progress(done, total);
+            }
+        });
+        rc = llama_model_quantize(o.model.c_str(), tmp.c_str(), &p);
+        log = capture.errors();
+    }
+    if (rc != 0) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        const std::string tensor = tensor_named_in(log);
+        if (log.find("requires an imatrix") != std::string::npos ||
+            log.find("Missing importance matrix") != std::string::npos) {
+            throw Error(o.model + ": " + o.type + " needs an importance matrix for tensor " + tensor +
+                        (o.weights ? ", and " + o.imatrix_file + " has no data for it"
+                                   : "; give one with --imatrix"));
+        }
+        throw Error(o.model + ": " + failure_reason(log));
+    }
+    std::error_code ec;
+    fs::rename(tmp, o.output, ec);
+    if (ec) {
+        fs::remove(tmp, ec);
+        throw Error(o.output + ": cannot write (" + ec.message() + ")");
+    }
+}
+
+}  // namespace imx::engine

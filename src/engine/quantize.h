@@ -1,0 +1,45 @@
+// Quantizing a GGUF model with libllama's llama_model_quantize: the same types, mixes and kernels as upstream's
+// llama-quantize, fed with imx's per-column weights. The output appears whole or not at all.
+#pragma once
+
+#include "core/quant_weights.h"
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace imx::engine {
+
+// The file types llama-quantize accepts by name (Q4_K_M, IQ2_XXS, ...), in its order.
+std::vector<std::string> quant_type_names();
+
+struct QuantizeOptions {
+    std::string model;
+    std::string output;
+    std::string type;  // a name from quant_type_names(), any case
+    int         threads = 0;  // <= 0: all cores
+    // Per-column weights by tensor name; null quantizes without an imatrix.
+    const QuantWeights * weights = nullptr;
+    // Recorded in the output as llama-quantize does (quantize.imatrix.*), so files compare byte for byte.
+    std::string              imatrix_file;
+    std::vector<std::string> imatrix_datasets;
+    uint32_t                 imatrix_chunks = 0;
+    // REGEX=TYPE: tensors whose name matches REGEX get ggml type TYPE, as llama-quantize --tensor-type.
+    std::vector<std::string> tensor_types;
+    std::string output_tensor_type;     // ggml type name for output.weight, empty: the mix decides
+    std::string token_embedding_type;   // ggml type name for token_embd.weight
+    bool        allow_requantize = false;
+    bool        pure = false;
+    std::function<void(int done, int total)> progress;  // per tensor, from llama.cpp's log
+};
+
+void quantize_model(const QuantizeOptions & o);
+
+// Names and ne[0..2] of the model's tensors, read from its GGUF header (no weights loaded).
+std::map<std::string, std::array<int64_t, 3>> model_tensor_shapes(const std::string & path);
+
+}  // namespace imx::engine
