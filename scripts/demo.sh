@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install what is missing, build, and collect an importance matrix.
-#   scripts/demo.sh [MODEL.gguf [TEXT]]   (defaults: the shared qwen3moe-tiny model and calibration text)
-# Writes build/demo/imatrix.gguf and prints the expert coverage summary.
+# The main job on a fresh machine: install what is missing, build, collect an importance matrix, then show what
+# it is for: a Q2_K quant with it and one without, measured against the original model on held-out text.
+#   scripts/demo.sh [MODEL.gguf [TEXT [HELDOUT]]]
+# (defaults: the shared qwen3moe-tiny model, calibration text and wiki.test.raw). Writes build/demo/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 model=$(realpath -m "${1:-$root/../shared/models/qwen3moe-tiny.gguf}")
 text=$(realpath -m "${2:-$root/../shared/data/calibration.txt}")
+heldout=$(realpath -m "${3:-$root/../shared/data/wiki.test.raw}")
 cd "$root"
 bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -13,3 +15,9 @@ cmake --build build -j "$(nproc)" --target imx
 mkdir -p build/demo
 ./build/imx collect -m "$model" -f "$text" -o build/demo/imatrix.gguf -c 512
 ./build/imx inspect build/demo/imatrix.gguf | head -8
+./build/imx quantize -m "$model" -o build/demo/model-Q2_K-plain.gguf Q2_K
+./build/imx quantize -m "$model" --imatrix build/demo/imatrix.gguf -o build/demo/model-Q2_K-imatrix.gguf Q2_K
+if [ -f "$heldout" ]; then
+  ./build/imx eval --base "$model" build/demo/model-Q2_K-plain.gguf build/demo/model-Q2_K-imatrix.gguf \
+    -f "$heldout" -c 512 --chunks 20
+fi

@@ -92,8 +92,9 @@ Run add_quantize(CLI::App & app) {
         QuantWeights weights;
         if (!o->imatrix.empty()) {
             const Imatrix im = load_imatrix(o->imatrix, o->legacy_chunk_size);
-            weights = quant_weights(im, prior);
-            add_mla_substitutes(weights, engine::model_tensor_shapes(q.model));
+            const ModelShapes shapes = engine::model_tensor_shapes(q.model);
+            weights = quant_weights(im, prior, shapes);
+            add_mla_substitutes(weights, shapes);
             warn_about_unseen(im, weights, prior, o->imatrix);
             for (const std::string & note : weights.notes) {
                 std::fprintf(stderr, "imx: %s\n", note.c_str());

@@ -141,7 +141,7 @@ Run add_sweep(CLI::App & app) {
             for (double w : o->weights) {
                 for (const std::string & p : o->priors) {
                     const Prior prior{w, parse_prior_target(p)};
-                    QuantWeights qw = quant_weights(im, prior);
+                    QuantWeights qw = quant_weights(im, prior, shapes);
                     add_mla_substitutes(qw, shapes);
                     QualityRow r{type, "imx W=" + weight_str(w) + " " + p,
                                  dir + "/" + type + "-w" + weight_str(w) + "-" + p + ".gguf"};

@@ -26,32 +26,33 @@ const char * prior_target_name(PriorTarget t) {
 
 namespace {
 
-// One count per matrix. A single shared count broadcasts (dense 3-D weights); in legacy data, where the one
-// count is the tensor's, a matrix with all-zero sums never saw a token.
-std::vector<int64_t> counts_per_matrix(const TensorStats & t, bool counts_per_expert_known) {
-    const int64_t n_mat = t.n_mat(), n_cols = t.n_cols();
+// One count per matrix: a single shared count applies to every matrix (dense 3-D weights).
+std::vector<int64_t> counts_per_matrix(const TensorStats & t) {
+    const int64_t n_cols = t.n_cols();
     const int64_t n_rows = n_cols == 0 ? 0 : (int64_t) t.sums.size() / n_cols;
-    std::vector<int64_t> counts(n_rows);
-    for (int64_t m = 0; m < n_rows; ++m) {
-        counts[m] = t.counts[n_mat == n_rows ? m : 0];
-        if (!counts_per_expert_known && n_mat != n_rows) {
-            bool all_zero = true;
-            for (int64_t j = 0; j < n_cols && all_zero; ++j) {
-                all_zero = t.sums[m * n_cols + j] == 0;
-            }
-            if (all_zero) {
-                counts[m] = 0;
-            }
+    return t.n_mat() == n_rows ? t.counts : std::vector<int64_t>(n_rows, t.counts.empty() ? 0 : t.counts[0]);
+}
+
+// Legacy data of an expert tensor: n_mat matrices share the tensor's one count, except those whose sums are
+// all zero, which never saw a token.
+TensorStats split_legacy(const TensorStats & t, int64_t n_mat) {
+    TensorStats s{t.sums, {}};
+    const int64_t n_cols = (int64_t) t.sums.size() / n_mat;
+    for (int64_t m = 0; m < n_mat; ++m) {
+        bool all_zero = true;
+        for (int64_t j = 0; j < n_cols && all_zero; ++j) {
+            all_zero = t.sums[m * n_cols + j] == 0;
         }
+        s.counts.push_back(all_zero ? 0 : t.counts[0]);
     }
-    return counts;
+    return s;
 }
 
 }  // namespace
 
-std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, bool counts_per_expert_known) {
-    const int64_t n_cols = t.n_cols();
-    const std::vector<int64_t> counts = counts_per_matrix(t, counts_per_expert_known);
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior) {
+    const std::vector<int64_t> counts = counts_per_matrix(t);
+    const int64_t n_cols = counts.empty() ? 0 : (int64_t) t.sums.size() / (int64_t) counts.size();
     const int64_t n_rows = (int64_t) counts.size();
     const double W = prior.weight;
 
@@ -104,18 +105,26 @@ std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, boo
     return w;
 }
 
-QuantWeights quant_weights(const Imatrix & im, const Prior & prior) {
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes) {
     QuantWeights out;
-    for (const auto & [name, t] : im.tensors) {
-        if (t.counts.empty() || t.sums.empty()) {
+    for (const auto & [name, stats] : im.tensors) {
+        if (stats.counts.empty() || stats.sums.empty()) {
             continue;
         }
-        const std::vector<int64_t> counts = counts_per_matrix(t, im.counts_per_expert_known);
+        const TensorStats * t = &stats;
+        TensorStats split;
+        const auto shape = shapes.find(name);
+        if (!im.counts_per_expert_known && stats.n_mat() == 1 && shape != shapes.end() && shape->second[2] > 1 &&
+            (int64_t) stats.sums.size() == shape->second[0] * shape->second[2]) {
+            split = split_legacy(stats, shape->second[2]);
+            t = &split;
+        }
+        const std::vector<int64_t> counts = counts_per_matrix(*t);
         out.n_matrices += (int64_t) counts.size();
         for (int64_t c : counts) {
             out.n_unseen += c == 0;
         }
-        out.tensors.emplace(name, quant_weights(t, prior, im.counts_per_expert_known));
+        out.tensors.emplace(name, quant_weights(*t, prior));
     }
     return out;
 }
@@ -137,7 +146,7 @@ bool split_mla_name(const std::string & name, std::string & prefix, std::string 
 
 }  // namespace
 
-void add_mla_substitutes(QuantWeights & w, const std::map<std::string, std::array<int64_t, 3>> & model_shapes) {
+void add_mla_substitutes(QuantWeights & w, const ModelShapes & model_shapes) {
     for (const auto & [name, ne] : model_shapes) {
         std::string prefix, kind;
         if (!split_mla_name(name, prefix, kind) || w.tensors.count(name)) {

@@ -33,9 +33,8 @@ struct Prior {
 };
 
 // Weights of one tensor, n_mat × n_cols floats in the tensor's matrix order (what llama_model_quantize takes).
-// `counts_per_expert_known` is false for legacy .dat data: there, a matrix whose sums are all zero is taken as
-// never seen (count 0) although the file gives it the tensor's one count.
-std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, bool counts_per_expert_known = true);
+// A single count shared by several matrices (dense 3-D weights) applies to each of them.
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior);
 
 struct QuantWeights {
     std::map<std::string, std::vector<float>> tensors;
@@ -44,12 +43,18 @@ struct QuantWeights {
     std::vector<std::string> notes; // things the user should know (MLA substitutions)
 };
 
-QuantWeights quant_weights(const Imatrix & im, const Prior & prior);
+// Names of the model's tensors and their ne[0..2].
+using ModelShapes = std::map<std::string, std::array<int64_t, 3>>;
+
+// All tensors of an imatrix. Legacy .dat data has one count per tensor and does not say how many experts a
+// tensor has: `shapes` (the model's) tells, and an expert whose sums are all zero is taken as never seen
+// (count 0, so it gets the prior's target where upstream would quantize it against zero weights).
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes = {});
 
 // MLA: attn_kv_b and attn_v_b both read the compressed KV latent, so the data of one can serve the other when
 // the model being quantized has a tensor the imatrix lacks. `model_shapes` maps the model's tensor names to
 // their ne[0..2]. attn_kv_b → attn_v_b repeats the kv_lora weights for every head; attn_v_b → attn_kv_b
 // averages the heads.
-void add_mla_substitutes(QuantWeights & w, const std::map<std::string, std::array<int64_t, 3>> & model_shapes);
+void add_mla_substitutes(QuantWeights & w, const ModelShapes & model_shapes);
 
 }  // namespace imx

@@ -87,16 +87,9 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     for (uint32_t i = next; i < n_chunks; ++i) {
         llama_memory_clear(llama_get_memory(ctx.get()), true);
         const Chunk & chunk = chunks[i];
-        batch.n_tokens = (int32_t) chunk.size();
-        for (size_t k = 0; k < chunk.size(); ++k) {
-            batch.token[k] = chunk[k];
-            batch.pos[k] = (llama_pos) k;
-            batch.n_seq_id[k] = 1;
-            batch.seq_id[k][0] = 0;
-            // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
-            // and their activations would be missing from that layer's sums
-            batch.logits[k] = 1;
-        }
+        // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
+        // and their activations would be missing from that layer's sums
+        fill_batch(batch, chunk, 0);
         collector.begin_chunk(o.first_chunk + i);
         const int32_t rc = llama_decode(ctx.get(), batch);
         if (!collector.error().empty()) {

@@ -155,14 +155,7 @@ void Evaluator::run(const std::string & path, const std::function<void(size_t, c
     for (size_t c = 0; c < chunks_.size(); ++c) {
         llama_memory_clear(llama_get_memory(ctx.get()), true);
         const auto & chunk = chunks_[c];
-        batch.n_tokens = (int32_t) chunk.size();
-        for (size_t k = 0; k < chunk.size(); ++k) {
-            batch.token[k] = chunk[k];
-            batch.pos[k] = (llama_pos) k;
-            batch.n_seq_id[k] = 1;
-            batch.seq_id[k][0] = 0;
-            batch.logits[k] = k >= first;  // as llama-perplexity: only the scored half needs logits
-        }
+        fill_batch(batch, chunk, first);  // as llama-perplexity: only the scored half needs logits
         if (llama_decode(ctx.get(), batch) != 0) {
             llama_batch_free(batch);
             throw Error(path + ": llama_decode failed at chunk " + std::to_string(c));

@@ -103,6 +103,17 @@ ModelPtr load_model(const std::string & path, const ModelOptions & o) {
     return load(path, p);
 }
 
+void fill_batch(llama_batch & batch, const std::vector<llama_token> & tokens, size_t first_output) {
+    batch.n_tokens = (int32_t) tokens.size();
+    for (size_t k = 0; k < tokens.size(); ++k) {
+        batch.token[k] = tokens[k];
+        batch.pos[k] = (llama_pos) k;
+        batch.n_seq_id[k] = 1;
+        batch.seq_id[k][0] = 0;
+        batch.logits[k] = k >= first_output;
+    }
+}
+
 std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
     // add_special = true, as upstream's imatrix and perplexity tools do (a BOS where the vocab wants one)
     int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), nullptr, 0, true, parse_special);

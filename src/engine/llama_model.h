@@ -46,6 +46,9 @@ std::string model_architecture(const std::string & path);
 // The model's metadata and vocabulary only (no weights): enough to tokenize.
 ModelPtr load_vocab_only(const std::string & path);
 
+// Puts one sequence (id 0, positions from 0) into `batch`; tokens from `first_output` on produce logits.
+void fill_batch(llama_batch & batch, const std::vector<llama_token> & tokens, size_t first_output);
+
 std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special);
 
 }  // namespace imx::engine

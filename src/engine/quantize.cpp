@@ -122,13 +122,13 @@ std::vector<std::string> quant_type_names() {
     return names;
 }
 
-std::map<std::string, std::array<int64_t, 3>> model_tensor_shapes(const std::string & path) {
+ModelShapes model_tensor_shapes(const std::string & path) {
     ggml_context * meta = nullptr;
     gguf_context * ctx = gguf_init_from_file(path.c_str(), {true, &meta});
     if (!ctx) {
         throw Error(path + ": not a GGUF model (or unreadable)");
     }
-    std::map<std::string, std::array<int64_t, 3>> shapes;
+    ModelShapes shapes;
     for (int64_t i = 0; i < gguf_get_n_tensors(ctx); ++i) {
         const char * name = gguf_get_tensor_name(ctx, i);
         const ggml_tensor * t = ggml_get_tensor(meta, name);

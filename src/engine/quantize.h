@@ -40,6 +40,6 @@ struct QuantizeOptions {
 void quantize_model(const QuantizeOptions & o);
 
 // Names and ne[0..2] of the model's tensors, read from its GGUF header (no weights loaded).
-std::map<std::string, std::array<int64_t, 3>> model_tensor_shapes(const std::string & path);
+ModelShapes model_tensor_shapes(const std::string & path);
 
 }  // namespace imx::engine

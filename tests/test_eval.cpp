@@ -1,0 +1,97 @@
+// imx eval: the same perplexity as llama-perplexity, KLD 0 against itself, a cache that is reused and
+// survives corruption, and a sweep table.
+#include "helpers.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+using namespace imx::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kModel = "qwen3moe-tiny.gguf";
+
+std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
+
+double number_after(const std::string & text, const std::string & key) {
+    const size_t at = text.find(key);
+    return at == std::string::npos ? NAN : std::stod(text.substr(at + key.size()));
+}
+
+// a Q2_K quant made once per build tree
+std::string q2k() {
+    const std::string out = work_dir("eval") + "/q2k.gguf";
+    if (!file_exists(out)) {
+        const RunResult r = run(imx_bin() + " quantize -m " + shared("models/" + kModel) + " -o " + out + " Q2_K -t 2");
+        EXPECT_EQ(r.exit_code, 0) << tail(r.output);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST(Eval, PerplexityMatchesLlamaPerplexity) {
+    const std::string q = q2k();
+    const RunResult up = run(upstream("llama-perplexity") + " -m " + q + " -f " + shared("data/wiki.test.raw") +
+                             " -c 512 --chunks 4 -t 2");
+    ASSERT_EQ(up.exit_code, 0) << tail(up.output);
+    const double up_ppl = number_after(up.output, "Final estimate: PPL = ");
+    const RunResult r = run(imx_bin() + " eval --base " + shared("models/" + kModel) + " " + q + " -f " +
+                            shared("data/wiki.test.raw") + " -c 512 --chunks 4 -t 2 --no-cache --json");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    // the second model's PPL: after the base's
+    const size_t quant = r.output.find("\"label\": \"" + q + "\"");
+    ASSERT_NE(quant, std::string::npos) << r.output;
+    const double ppl = number_after(r.output.substr(quant), "\"ppl\": {\n        \"value\": ");
+    EXPECT_NEAR(ppl / up_ppl, 1.0, 1e-3) << "imx " << ppl << " vs llama-perplexity " << up_ppl;
+}
+
+TEST(Eval, BaseAgainstItselfHasZeroKldAndTheCacheIsReused) {
+    const std::string cache = work_dir("eval-cache");
+    fs::remove_all(cache);
+    const std::string cmd = imx_bin() + " eval --base " + shared("models/" + kModel) + " " + shared("models/" + kModel) +
+                            " -f " + shared("data/wiki.test.raw") + " -c 128 --chunks 3 -t 2 --cache-dir " + cache + " --json";
+    const RunResult first = run(cmd);
+    ASSERT_EQ(first.exit_code, 0) << tail(first.output);
+    EXPECT_EQ(first.output.find("from " + cache), std::string::npos);
+    EXPECT_NE(first.output.find("\"kld_mean\": {\n        \"value\": 0.0,"), std::string::npos) << first.output;
+    EXPECT_NE(first.output.find("\"top1\": {\n        \"value\": 1.0,"), std::string::npos);
+
+    const RunResult second = run(cmd);
+    ASSERT_EQ(second.exit_code, 0) << tail(second.output);
+    EXPECT_NE(second.output.find("base log-probabilities from " + cache), std::string::npos) << second.output;
+    const auto json = [](const std::string & s) { return s.substr(s.find('{')); };
+    EXPECT_EQ(json(first.output), json(second.output));
+
+    // a damaged cache is recomputed, not trusted
+    for (const auto & e : fs::directory_iterator(cache)) {
+        fs::resize_file(e.path(), fs::file_size(e.path()) / 2);
+    }
+    const RunResult third = run(cmd);
+    ASSERT_EQ(third.exit_code, 0) << tail(third.output);
+    EXPECT_EQ(third.output.find("base log-probabilities from"), std::string::npos);
+    EXPECT_EQ(json(first.output), json(third.output));
+}
+
+TEST(Eval, SweepPrintsOneTableAndMarksTheBest) {
+    const std::string dir = work_dir("sweep");
+    const std::string im = upstream_imatrix(kModel, "--chunks 6", ".gguf");
+    const RunResult r = run(imx_bin() + " sweep -m " + shared("models/" + kModel) + " --imatrix " + im + " -f " +
+                            shared("data/wiki.test.raw") + " -c 128 --chunks 2 -t 2 --no-cache --types Q2_K,IQ1_S " +
+                            "--weights 0,64 --priors one,mean --row other:Q2_K=" + q2k() + " --work-dir " + dir +
+                            " --json " + dir + "/sweep.json");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    // Q2_K: other + no imatrix + 4 imx rows; IQ1_S: a note + 4 imx rows
+    const std::regex row(R"(\n\| (Q2_K|IQ1_S) \|)");
+    EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), row), std::sregex_iterator()), 11);
+    EXPECT_NE(r.output.find("| IQ1_S | no imatrix | | needs an imatrix |"), std::string::npos) << r.output;
+    const std::regex best(R"(\| (Q2_K|IQ1_S) \| \*\*[^|]*\*\* \(best\) \|)");
+    EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), best), std::sregex_iterator()), 2);
+    EXPECT_TRUE(file_exists(dir + "/sweep.json"));
+    EXPECT_FALSE(file_exists(dir + "/Q2_K-w0-one.gguf")) << "quants are removed without --keep";
+}
