@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     --types) types=$2; shift ;;
     --weights) weights=$2; shift ;;
     --priors) priors=$2; shift ;;
-    *) models+=("$1") ;;
+    *) models+=("$(realpath "$1")") ;;
   esac
   shift
 done

@@ -12,7 +12,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift ;;
     --threads) threads=$2; shift ;;
     --types) types=$2; shift ;;
-    *) models+=("$1") ;;
+    *) models+=("$(realpath "$1")") ;;
   esac
   shift
 done
