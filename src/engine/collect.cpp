@@ -66,16 +66,9 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         result.chunks_resumed = next;
     }
 
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = o.chunk_size;
-    cp.n_batch = o.chunk_size;
-    cp.n_ubatch = o.chunk_size;
-    cp.n_seq_max = 1;
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
+    llama_context_params cp = chunk_context_params(o.chunk_size, threads);
     cp.cb_eval = ActivationCollector::eval_callback;
     cp.cb_eval_user_data = &collector;
-    cp.no_perf = true;
     ContextPtr ctx(llama_init_from_model(model.get(), cp));
     if (!ctx) {
         throw Error(o.model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");

@@ -9,7 +9,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 #include <unistd.h>
 
 namespace imx::engine {
@@ -136,16 +135,7 @@ void Evaluator::run(const std::string & path, const std::function<void(size_t, c
     if ((size_t) llama_vocab_n_tokens(llama_model_get_vocab(model.get())) != n_vocab_) {
         throw Error(path + ": its vocabulary differs from the base model's");
     }
-    const int threads = o_.threads > 0 ? o_.threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = o_.ctx;
-    cp.n_batch = o_.ctx;
-    cp.n_ubatch = o_.ctx;
-    cp.n_seq_max = 1;
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
-    cp.no_perf = true;
-    ContextPtr ctx(llama_init_from_model(model.get(), cp));
+    ContextPtr ctx(llama_init_from_model(model.get(), chunk_context_params(o_.ctx, o_.threads)));
     if (!ctx) {
         throw Error(path + ": could not create a context of " + std::to_string(o_.ctx) + " tokens");
     }

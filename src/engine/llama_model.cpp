@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <thread>
 
 namespace imx::engine {
 
@@ -101,6 +102,21 @@ ModelPtr load_model(const std::string & path, const ModelOptions & o) {
         p.kv_overrides = overrides.data();
     }
     return load(path, p);
+}
+
+llama_context_params chunk_context_params(uint32_t chunk, int threads) {
+    if (threads <= 0) {
+        threads = (int) std::max(1u, std::thread::hardware_concurrency());
+    }
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = chunk;
+    cp.n_batch = chunk;
+    cp.n_ubatch = chunk;
+    cp.n_seq_max = 1;
+    cp.n_threads = threads;
+    cp.n_threads_batch = threads;
+    cp.no_perf = true;
+    return cp;
 }
 
 void fill_batch(llama_batch & batch, const std::vector<llama_token> & tokens, size_t first_output) {

@@ -46,6 +46,10 @@ std::string model_architecture(const std::string & path);
 // The model's metadata and vocabulary only (no weights): enough to tokenize.
 ModelPtr load_vocab_only(const std::string & path);
 
+// A context for one chunk at a time: n_ctx = n_batch = n_ubatch = `chunk` tokens, one sequence, so that the
+// result for a chunk never depends on batch sizes. threads <= 0: all cores.
+llama_context_params chunk_context_params(uint32_t chunk, int threads);
+
 // Puts one sequence (id 0, positions from 0) into `batch`; tokens from `first_output` on produce logits.
 void fill_batch(llama_batch & batch, const std::vector<llama_token> & tokens, size_t first_output);
 
