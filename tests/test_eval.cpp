@@ -92,6 +92,9 @@ TEST(Eval, SweepPrintsOneTableAndMarksTheBest) {
     EXPECT_NE(r.output.find("| IQ1_S | no imatrix | | needs an imatrix |"), std::string::npos) << r.output;
     const std::regex best(R"(\| (Q2_K|IQ1_S) \| \*\*[^|]*\*\* \(best\) \|)");
     EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), best), std::sregex_iterator()), 2);
+    // the setting picked on chunk 1 and measured on chunk 2, for the type with a reference row
+    EXPECT_NE(r.output.find("imx setting chosen on chunks 1-1, measured on chunks 2-2"), std::string::npos);
+    EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(\n- Q2_K: imx W=\d+ \w+, [+-]0\.\d{5} \[)")));
     EXPECT_TRUE(file_exists(dir + "/sweep.json"));
     EXPECT_FALSE(file_exists(dir + "/Q2_K-w0-one.gguf")) << "quants are removed without --keep";
 }

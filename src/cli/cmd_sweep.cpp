@@ -59,6 +59,58 @@ std::string weight_str(double w) {
     return s.str();
 }
 
+// The best row of a table is picked on the same tokens it is scored on, which flatters it. The honest version:
+// pick each type's imx setting on the first half of the chunks, report it on the second half only.
+struct HeldOutChoice {
+    std::string type, label;
+    Estimate    delta;  // mean KLD minus the reference's, second half, paired
+};
+
+std::vector<HeldOutChoice> choose_on_first_half(const std::vector<QualityRow> & rows,
+                                                const std::vector<std::pair<size_t, TokenScores>> & kept,
+                                                const std::map<std::string, TokenScores> & ref_scores,
+                                                uint32_t n_chunks) {
+    std::vector<HeldOutChoice> out;
+    if (n_chunks < 2) {
+        return out;
+    }
+    std::map<std::string, std::pair<double, size_t>> best;  // type → (first-half mean KLD, index into kept)
+    for (size_t k = 0; k < kept.size(); ++k) {
+        const QualityRow & r = rows[kept[k].first];
+        const std::vector<float> & kld = kept[k].second.kld;
+        if (r.label.rfind("imx", 0) != 0 || !ref_scores.count(r.group) || kld.empty()) {
+            continue;
+        }
+        const size_t half = kld.size() / n_chunks * (n_chunks / 2);
+        const double first = mean_estimate(std::span<const float>(kld.data(), half)).value;
+        auto it = best.find(r.group);
+        if (it == best.end() || first < it->second.first) {
+            best[r.group] = {first, k};
+        }
+    }
+    for (const auto & [type, b] : best) {
+        const std::vector<float> & kld = kept[b.second].second.kld;
+        const std::vector<float> & ref = ref_scores.at(type).kld;
+        const size_t half = kld.size() / n_chunks * (n_chunks / 2);
+        out.push_back({type, rows[kept[b.second].first].label,
+                       paired_difference(std::span<const float>(kld).subspan(half),
+                                         std::span<const float>(ref).subspan(half))});
+    }
+    return out;
+}
+
+void print_choices(FILE * f, const std::vector<HeldOutChoice> & choices, const std::string & ref_label, uint32_t n_chunks) {
+    if (choices.empty()) {
+        return;
+    }
+    std::fprintf(f, "\nimx setting chosen on chunks 1-%u, measured on chunks %u-%u (ΔKLD vs %s, 95%%):\n\n",
+                 n_chunks / 2, n_chunks / 2 + 1, n_chunks, ref_label.c_str());
+    for (const HeldOutChoice & c : choices) {
+        std::fprintf(f, "- %s: %s, %+.5f [%+.5f, %+.5f]\n", c.type.c_str(), c.label.c_str(), c.delta.value,
+                     c.delta.lo, c.delta.hi);
+    }
+}
+
 }  // namespace
 
 Run add_sweep(CLI::App & app) {
@@ -160,16 +212,19 @@ Run add_sweep(CLI::App & app) {
             }
         }
         mark_best(rows);
+        const std::vector<HeldOutChoice> choices = choose_on_first_half(rows, kept, ref_scores, ev.chunks());
 
         std::printf("base %s, %u chunks of %u tokens of %s (%zu scored tokens), base PPL %.3f\n\n", o->base.c_str(),
                     ev.chunks(), o->e.ctx, o->e.text_file.c_str(), ev.base_scores().nll.size(),
                     summarize(ev.base_scores()).ppl.value);
         print_quality_table(stdout, rows, ref_label);
+        print_choices(stdout, choices, ref_label, ev.chunks());
         if (!o->markdown_file.empty()) {
             char * buf = nullptr;
             size_t len = 0;
             FILE * mem = open_memstream(&buf, &len);
             print_quality_table(mem, rows, ref_label);
+            print_choices(mem, choices, ref_label, ev.chunks());
             std::fclose(mem);
             write_file_atomic(o->markdown_file, std::span<const uint8_t>((const uint8_t *) buf, len));
             std::free(buf);
@@ -184,6 +239,11 @@ Run add_sweep(CLI::App & app) {
             j["base_ppl"] = summarize(ev.base_scores()).ppl.value;
             j["reference"] = ref_label;
             j["rows"] = quality_json(rows);
+            for (const HeldOutChoice & c : choices) {
+                j["held_out_choice"].push_back({{"type", c.type}, {"label", c.label},
+                                                {"kld_minus_reference_second_half",
+                                                 {{"value", c.delta.value}, {"lo", c.delta.lo}, {"hi", c.delta.hi}}}});
+            }
             const std::string s = j.dump(2) + "\n";
             write_file_atomic(o->json_file, std::span<const uint8_t>((const uint8_t *) s.data(), s.size()));
         }
