@@ -3,6 +3,7 @@
 #include "calibration.h"
 #include "llama_model.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -19,17 +20,9 @@ namespace {
 
 constexpr char kCacheMagic[8] = {'I', 'M', 'X', 'L', 'O', 'G', 'P', '1'};
 
-uint64_t fnv1a(uint64_t h, const void * data, size_t n) {
-    const auto * p = static_cast<const uint8_t *>(data);
-    for (size_t i = 0; i < n; ++i) {
-        h = (h ^ p[i]) * 1099511628211ull;
-    }
-    return h;
-}
-
 // What the cached log-probs depend on: the base file (path, size, time), the tokens and the chunk size.
 uint64_t cache_key(const std::string & base, const std::vector<std::vector<int32_t>> & chunks, uint32_t ctx) {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = kFnv1aOffset;
     const std::string path = fs::canonical(base).string();
     h = fnv1a(h, path.data(), path.size());
     const uint64_t size = fs::file_size(base);
