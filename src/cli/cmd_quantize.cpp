@@ -92,9 +92,7 @@ Run add_quantize(CLI::App & app) {
         QuantWeights weights;
         if (!o->imatrix.empty()) {
             const Imatrix im = load_imatrix(o->imatrix, o->legacy_chunk_size);
-            const ModelShapes shapes = engine::model_tensor_shapes(q.model);
-            weights = quant_weights(im, prior, shapes);
-            add_mla_substitutes(weights, shapes);
+            weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model));
             warn_about_unseen(im, weights, prior, o->imatrix);
             for (const std::string & note : weights.notes) {
                 std::fprintf(stderr, "imx: %s\n", note.c_str());

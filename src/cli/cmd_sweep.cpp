@@ -6,6 +6,7 @@
 #include "quality_table.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/imatrix_file.h"
 #include "core/quant_weights.h"
 #include "engine/evaluate.h"
@@ -48,9 +49,7 @@ Extra parse_extra(const std::string & spec) {
 // model where every expert was reached) are evaluated once.
 uint64_t content_hash(const std::string & path) {
     const std::vector<uint8_t> bytes = read_file(path);
-    uint64_t h = 1469598103934665603ull;
-    for (uint8_t b : bytes) h = (h ^ b) * 1099511628211ull;
-    return h ^ bytes.size();
+    return fnv1a(kFnv1aOffset, bytes.data(), bytes.size()) ^ bytes.size();
 }
 
 std::string weight_str(double w) {
@@ -194,7 +193,6 @@ Run add_sweep(CLI::App & app) {
                 for (const std::string & p : o->priors) {
                     const Prior prior{w, parse_prior_target(p)};
                     QuantWeights qw = quant_weights(im, prior, shapes);
-                    add_mla_substitutes(qw, shapes);
                     QualityRow r{type, "imx W=" + weight_str(w) + " " + p,
                                  dir + "/" + type + "-w" + weight_str(w) + "-" + p + ".gguf"};
                     engine::QuantizeOptions q{o->base, r.path, type, o->e.threads, &qw, o->imatrix,

@@ -126,6 +126,7 @@ QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelS
         }
         out.tensors.emplace(name, quant_weights(*t, prior));
     }
+    add_mla_substitutes(out, shapes);
     return out;
 }
 

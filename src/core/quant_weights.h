@@ -49,6 +49,7 @@ using ModelShapes = std::map<std::string, std::array<int64_t, 3>>;
 // All tensors of an imatrix. Legacy .dat data has one count per tensor and does not say how many experts a
 // tensor has: `shapes` (the model's) tells, and an expert whose sums are all zero is taken as never seen
 // (count 0, so it gets the prior's target where upstream would quantize it against zero weights).
+// With `shapes`, MLA substitutes are added too (add_mla_substitutes).
 QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes = {});
 
 // MLA: attn_kv_b and attn_v_b both read the compressed KV latent, so the data of one can serve the other when
