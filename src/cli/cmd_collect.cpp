@@ -24,7 +24,25 @@ struct Options {
     int                    ubatch = 0;
     bool                   json = false;
     std::string            format;
+    bool                   covariance = false;
+    double                 covariance_mib = 4096;
 };
+
+// "covariance: 12 inputs (8 whole, 4 in blocks of 256), 176 MiB in memory"
+std::string covariance_summary(const Imatrix & im) {
+    int64_t whole = 0, blocks = 0, readers = 0;
+    uint64_t bytes = 0;
+    for (const Covariance & c : im.covariances) {
+        (c.full() ? whole : blocks) += 1;
+        readers += (int64_t) c.readers.size();
+        bytes += covariance_bytes(c.n_cols, c.block, c.n_mat);
+    }
+    char s[160];
+    std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256), %.0f MiB in memory",
+                  im.covariances.size(), (long long) readers, (long long) whole, (long long) blocks,
+                  bytes / 1048576.0);
+    return s;
+}
 
 void print_summary(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
     std::fprintf(stderr, "imx collect: %zu tensors, %u chunks of %u tokens in %s (%.0f tok/s)%s -> %s\n",
@@ -32,6 +50,9 @@ void print_summary(const Imatrix & im, const engine::CollectResult & r, const st
                  r.seconds > 0 ? r.tokens / r.seconds : 0.0,
                  r.chunks_resumed ? (", resumed after chunk " + std::to_string(r.chunks_resumed)).c_str() : "",
                  out.c_str());
+    if (!im.covariances.empty()) {
+        std::fprintf(stderr, "covariance: %s\n", covariance_summary(im).c_str());
+    }
     print_coverage_table(stderr, im);
 }
 
@@ -44,6 +65,9 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.seconds > 0 ? r.tokens / r.seconds : 0.0;
     j["tensors"] = im.tensors.size();
+    if (!im.covariances.empty()) {
+        j["covariance"] = covariance_summary(im);
+    }
     j["coverage"] = coverage_json(im);
     std::printf("%s\n", j.dump(2).c_str());
 }
@@ -76,6 +100,12 @@ Run add_collect(CLI::App & app) {
     app.add_flag("--device-sums", c.device_sums,
                  "sum x² with ggml ops on the activations' backend even on the CPU (GPU inputs always are)");
     app.add_flag("--host-sums", c.host_sums, "copy GPU activations to the host and sum there (upstream's way; slower)");
+    app.add_flag("--covariance", o->covariance,
+                 "also accumulate XᵀX of every matmul input, per expert (for quantize --method hessian; GGUF only)");
+    app.add_option("--covariance-budget", o->covariance_mib,
+                   "MiB of memory for XᵀX: inputs seen first are kept whole, then in 256-column diagonal blocks, "
+                   "then not at all")
+        ->capture_default_str();
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
     add_format_option(app, o->format);
@@ -84,6 +114,12 @@ Run add_collect(CLI::App & app) {
         if ((o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) || (o->batch > 0 && (uint32_t) o->batch < c.chunk_size)) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
+        }
+        if (o->covariance) {
+            if (resolve_format(o->format, c.output) != ImatrixFormat::gguf) {
+                throw Error(c.output + ": --covariance needs the GGUF format (legacy .dat files cannot hold it)");
+            }
+            c.covariance_budget = (uint64_t) (o->covariance_mib * 1048576.0);
         }
         // made after the first chunk: model loading and a resumed checkpoint's chunks stay out of the ETA
         std::unique_ptr<Progress> bar;

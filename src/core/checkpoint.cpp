@@ -9,7 +9,8 @@ namespace imx {
 
 namespace {
 
-const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '1'};
+const char kMagicV1[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '1'};
+const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '2'};  // v1 + covariances
 
 struct Out {
     std::vector<uint8_t> b;
@@ -82,6 +83,23 @@ void save_checkpoint(const Checkpoint & c, const std::string & path) {
             o.put<double>(x);
         }
     }
+    o.put<uint32_t>((uint32_t) c.data.covariances.size());
+    for (const Covariance & cov : c.data.covariances) {
+        o.put<uint64_t>(cov.readers.size());
+        for (const auto & r : cov.readers) {
+            o.str(r);
+        }
+        o.put<int64_t>(cov.n_cols);
+        o.put<int64_t>(cov.block);
+        o.put<int64_t>(cov.n_mat);
+        o.put<uint64_t>(cov.counts.size());
+        for (int64_t x : cov.counts) {
+            o.put<int64_t>(x);
+        }
+        o.put<uint64_t>(cov.values.size());
+        o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.values.data()),
+                   reinterpret_cast<const uint8_t *>(cov.values.data() + cov.values.size()));
+    }
     write_file_atomic(path, o.b);
 }
 
@@ -89,7 +107,8 @@ Checkpoint load_checkpoint(const std::string & path) {
     const std::vector<uint8_t> bytes = read_file(path);
     In in{bytes, path};
     in.need(8);
-    if (std::memcmp(bytes.data(), kMagic, 8) != 0) {
+    const bool v1 = std::memcmp(bytes.data(), kMagicV1, 8) == 0;
+    if (!v1 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
         throw Error(path + ": not an imx checkpoint");
     }
     in.pos = 8;
@@ -112,6 +131,26 @@ Checkpoint load_checkpoint(const std::string & path) {
             throw Error(path + ": corrupt checkpoint (tensor " + name + ")");
         }
         c.data.tensors.emplace(name, std::move(ts));
+    }
+    const uint32_t n_cov = v1 ? 0 : in.get<uint32_t>();
+    for (uint32_t i = 0; i < n_cov; ++i) {
+        Covariance cov;
+        const uint64_t n_readers = in.get<uint64_t>();
+        in.need(n_readers);
+        for (uint64_t r = 0; r < n_readers; ++r) {
+            cov.readers.push_back(in.str());
+        }
+        cov.n_cols = in.get<int64_t>();
+        cov.block = in.get<int64_t>();
+        cov.n_mat = in.get<int64_t>();
+        in.array(cov.counts);
+        in.array(cov.values);
+        if (cov.readers.empty() || cov.block < 1 || cov.n_cols < 1 || cov.n_mat < 1 ||
+            (int64_t) cov.counts.size() != cov.n_mat ||
+            cov.values.size() != (uint64_t) (cov.n_cols * cov.block * cov.n_mat)) {
+            throw Error(path + ": corrupt checkpoint (covariance " + std::to_string(i) + ")");
+        }
+        c.data.covariances.push_back(std::move(cov));
     }
     return c;
 }

@@ -21,7 +21,29 @@ static void broadcast_counts(TensorStats & t, int64_t n_mat) {
     }
 }
 
-void merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
+const Covariance * Imatrix::covariance_of(const std::string & weight) const {
+    for (const Covariance & c : covariances) {
+        if (std::find(c.readers.begin(), c.readers.end(), weight) != c.readers.end()) {
+            return &c;
+        }
+    }
+    return nullptr;
+}
+
+std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
+    std::vector<std::string> dropped;
+    std::vector<Covariance> kept;
+    for (Covariance & c : into.covariances) {
+        const Covariance * o = other.covariance_of(c.readers[0]);
+        if (o) {
+            add_covariance(c, *o, what);
+            kept.push_back(std::move(c));
+        } else {
+            dropped.push_back(c.readers[0]);
+        }
+    }
+    into.covariances = std::move(kept);
+
     for (const auto & [name, src] : other.tensors) {
         auto it = into.tensors.find(name);
         if (it == into.tensors.end()) {
@@ -64,6 +86,7 @@ void merge_into(Imatrix & into, const Imatrix & other, const std::string & what)
         m.chunk_count += (uint32_t) (((uint64_t) o.chunk_count * o.chunk_size) / m.chunk_size);
     }
     into.counts_per_expert_known = into.counts_per_expert_known && other.counts_per_expert_known;
+    return dropped;
 }
 
 }  // namespace imx

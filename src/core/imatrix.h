@@ -9,6 +9,8 @@
 // counts.size() is the number of count groups and n_cols() = sums.size() / counts.size().
 #pragma once
 
+#include "covariance.h"
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -42,11 +44,18 @@ struct Imatrix {
     ImatrixFormat                      source_format = ImatrixFormat::gguf;
     // Legacy files store means per chunk and one count per tensor, so per-expert token counts are unknown.
     bool                               counts_per_expert_known = true;
+    // XᵀX of matmul inputs (imx collect --covariance), sorted by their first reader's name.
+    std::vector<Covariance>            covariances;
+
+    // The covariance of the input `weight` multiplies, or null.
+    const Covariance * covariance_of(const std::string & weight) const;
 };
 
 // Adds `other` into `into`: sums and per-matrix counts add exactly, whatever the chunk sizes.
 // A single shared count broadcasts to all matrices (legacy data, or dense 3-D tensors).
 // Throws imx::Error naming the tensor when shapes disagree; `what` names the source in the message.
-void merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
+// Covariances add where both hold one for the same input; one that `other` lacks is dropped (it would be
+// the covariance of part of the text only). Returns the readers' names of those dropped.
+std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
 
 }  // namespace imx

@@ -18,6 +18,9 @@ const char * const kKeyChunkCount = "imatrix.chunk_count";
 const char * const kKeyChunkSize  = "imatrix.chunk_size";
 const std::string  kSumsSuffix    = ".in_sum2";
 const std::string  kCountsSuffix  = ".counts";
+const std::string  kCovSuffix     = ".in_cov";
+const char * const kKeyCovReaders = "imx.in_cov.readers";
+
 
 bool remove_suffix(std::string & s, const std::string & suffix) {
     if (s.size() < suffix.size() || s.compare(s.size() - suffix.size(), suffix.size(), suffix) != 0) {
@@ -53,6 +56,85 @@ void check_sums(const std::vector<double> & sums, const std::string & source, co
             throw Error(source + ": tensor " + name + ": value " + std::to_string(i) + " is " +
                         std::to_string(sums[i]) + " (sums of squares must be finite and >= 0)");
         }
+    }
+}
+
+std::vector<std::string> split_commas(const std::string & s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    for (size_t p; (p = s.find(',', start)) != std::string::npos; start = p + 1) {
+        out.push_back(s.substr(start, p - start));
+    }
+    out.push_back(s.substr(start));
+    return out;
+}
+
+std::string join_commas(const std::vector<std::string> & v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) {
+        s += (i ? "," : "") + v[i];
+    }
+    return s;
+}
+
+// The covariances of an imx file: "<first reader>.in_cov" F32 [block, n_cols, n_mat], and in
+// imx.in_cov.readers one comma-separated list of readers per such tensor, in tensor order.
+void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & source) {
+    const gguf::Value * readers = f.find(kKeyCovReaders);
+    std::vector<const gguf::Tensor *> tensors;
+    for (const auto & t : f.tensors) {
+        std::string base = t.name;
+        if (remove_suffix(base, kCovSuffix)) {
+            tensors.push_back(&t);
+        }
+    }
+    if (!readers && tensors.empty()) {
+        return;
+    }
+    if (!readers || readers->type != gguf::Type::array || readers->elem_type != gguf::Type::string ||
+        readers->strings.size() != tensors.size()) {
+        throw Error(source + ": " + kKeyCovReaders + " must list the readers of each of the " +
+                    std::to_string(tensors.size()) + " " + kCovSuffix + " tensors");
+    }
+    for (size_t i = 0; i < tensors.size(); ++i) {
+        const gguf::Tensor & t = *tensors[i];
+        Covariance c;
+        c.readers = split_commas(readers->strings[i]);
+        if (t.name != c.readers[0] + kCovSuffix) {
+            throw Error(source + ": tensor " + t.name + " is listed with readers " + readers->strings[i]);
+        }
+        const auto it = im.tensors.find(c.readers[0]);
+        if (t.type != gguf::kGgmlTypeF32 || t.ne.size() < 2 || it == im.tensors.end()) {
+            throw Error(source + ": tensor " + t.name + " must be F32 and belong to a tensor with sums and counts");
+        }
+        c.block = t.ne[0];
+        c.n_cols = t.ne[1];
+        c.n_mat = t.ne.size() > 2 ? t.ne[2] : 1;
+        const TensorStats & ts = it->second;
+        if (c.n_cols != ts.n_cols() || c.n_mat != ts.n_mat() || c.block < 1 || c.n_cols % c.block != 0) {
+            throw Error(source + ": tensor " + t.name + ": shape " + shape_str(t.ne) + " does not fit the sums " +
+                        "of " + c.readers[0] + " (" + std::to_string(ts.n_cols()) + " columns, " +
+                        std::to_string(ts.n_mat()) + " matrices)");
+        }
+        for (const std::string & r : c.readers) {
+            const auto rt = im.tensors.find(r);
+            if (rt == im.tensors.end() || rt->second.n_cols() != c.n_cols) {
+                throw Error(source + ": tensor " + t.name + " names reader " + r + ", which has no sums of " +
+                            std::to_string(c.n_cols) + " columns");
+            }
+        }
+        c.values.assign(t.data.begin(), t.data.end());
+        for (int64_t m = 0; m < c.n_mat; ++m) {
+            for (int64_t j = 0; j < c.n_cols; ++j) {
+                const double d = c.values[(m * c.n_cols + j) * c.block + (j - c.block_start(j))];
+                if (!std::isfinite(d) || d < 0) {
+                    throw Error(source + ": tensor " + t.name + ": diagonal value " + std::to_string(j) +
+                                " of matrix " + std::to_string(m) + " is " + std::to_string(d));
+                }
+            }
+        }
+        c.counts = ts.counts;
+        im.covariances.push_back(std::move(c));
     }
 }
 
@@ -119,6 +201,7 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
     if (im.tensors.empty()) {
         throw Error(source + ": imatrix file holds no tensors");
     }
+    decode_covariances(f, im, source);
     return im;
 }
 
@@ -235,6 +318,22 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
         counts.data.assign(ts.counts.begin(), ts.counts.end());
         f.tensors.push_back(std::move(sums));
         f.tensors.push_back(std::move(counts));
+    }
+    // after upstream's tensors, which its tools read alone (they skip tensors of other names)
+    if (!im.covariances.empty()) {
+        std::vector<const Covariance *> sorted;
+        for (const Covariance & c : im.covariances) {
+            sorted.push_back(&c);
+        }
+        std::sort(sorted.begin(), sorted.end(), [](auto * a, auto * b) { return a->readers[0] < b->readers[0]; });
+        std::vector<std::string> readers;
+        for (const Covariance * c : sorted) {
+            readers.push_back(join_commas(c->readers));
+            gguf::Tensor t{c->readers[0] + kCovSuffix, {c->block, c->n_cols, c->n_mat}, {}};
+            t.data.assign(c->values.begin(), c->values.end());
+            f.tensors.push_back(std::move(t));
+        }
+        f.kvs.push_back({kKeyCovReaders, gguf::make_string_array(readers)});
     }
     return gguf::serialize(f);
 }

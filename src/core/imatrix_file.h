@@ -6,6 +6,9 @@
 //   per tensor, sorted by name: "<name>.in_sum2" F32 [n_cols, n_mat]  Σx² per column and matrix
 //                               "<name>.counts"  F32 [1, n_mat]       tokens per matrix
 //   Values are raw sums (not means) so that files merge exactly; counts are exact integers below 2^24.
+//   imx extension (collect --covariance), after those and ignored by upstream: "<name>.in_cov" F32
+//   [block, n_cols, n_mat] per shared input (core/covariance.h), and imatrix KV imx.in_cov.readers: [string],
+//   the comma-separated weights that read each, in tensor order.
 //
 // Legacy imatrix.dat (upstream before #9400, still read and written by it), little-endian:
 //   i32 n_entries

@@ -3,6 +3,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -62,6 +63,14 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
     if (same_input_as_last(t)) {
         apply(name);  // a non-finite contribution already stopped the run at its first use
         last_collected_ = name;
+        if (last_covariance_ >= 0) {
+            auto & readers = data_.covariances[last_covariance_].readers;
+            if (std::find(readers.begin(), readers.end(), name) == readers.end()) {
+                readers.push_back(name);
+                std::sort(readers.begin(), readers.end());
+                covariance_index_[name] = last_covariance_;
+            }
+        }
         return false;
     }
     return true;
@@ -84,20 +93,30 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
     if ((!on_host || force_device_) && !force_host_) {
         computed = t->op == GGML_OP_MUL_MAT_ID ? experts_on_device(t) : dense_on_device(t);
     }
-    if (!computed) {
-        const char * data = static_cast<const char *>(src1->data);
-        if (!on_host) {
-            // the input lives on a device and the device path cannot take this shape: bring it over
-            host_copy_.resize(ggml_nbytes(src1));
-            ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
-            data = host_copy_.data();
+    const char * data = nullptr;
+    auto host_data = [&] {
+        if (!data) {
+            data = static_cast<const char *>(src1->data);
+            if (!on_host) {
+                // the input lives on a device (and the device path cannot take this shape, or XᵀX is wanted)
+                host_copy_.resize(ggml_nbytes(src1));
+                ggml_backend_tensor_get(src1, host_copy_.data(), 0, host_copy_.size());
+                data = host_copy_.data();
+            }
         }
-        t->op == GGML_OP_MUL_MAT_ID ? experts_on_host(t, data) : dense_on_host(t, data);
+        return data;
+    };
+    if (!computed) {
+        t->op == GGML_OP_MUL_MAT_ID ? experts_on_host(t, host_data()) : dense_on_host(t, host_data());
     }
     last_ = {src1, t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr, t->op,
              (int64_t) delta_.sums.size() / delta_.n_cols};
-    const bool ok = apply(name);
+    bool ok = apply(name);
     last_collected_ = name;
+    last_covariance_ = -1;
+    if (ok && covariance_budget_ > 0) {
+        add_covariance(t, name, host_data());
+    }
     // false ends this graph split: after the final weight only the output head is left
     return ok && name != final_weight_;
 }
@@ -232,6 +251,87 @@ const std::vector<int32_t> & ActivationCollector::host_ids(const ggml_tensor * i
         }
     }
     return ids_host_;
+}
+
+int ActivationCollector::covariance_index(const ggml_tensor * t, const std::string & name) {
+    if (const auto it = covariance_index_.find(name); it != covariance_index_.end()) {
+        return it->second;
+    }
+    int index = -1;
+    for (size_t i = 0; i < data_.covariances.size(); ++i) {  // resumed from a checkpoint
+        const auto & readers = data_.covariances[i].readers;
+        if (std::find(readers.begin(), readers.end(), name) != readers.end()) {
+            index = (int) i;
+        }
+    }
+    const ggml_tensor * w = t->src[0];
+    const bool experts = t->op == GGML_OP_MUL_MAT_ID;
+    const int64_t n_cols = t->src[1]->ne[0], n_mat = experts ? w->ne[2] : 1;
+    const uint64_t left = covariance_budget_ - std::min(covariance_budget_, covariance_used_);
+    if (index >= 0) {
+        const Covariance & c = data_.covariances[index];
+        covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
+    } else if (experts || (w->ne[2] == 1 && w->ne[3] == 1)) {
+        if (const int64_t block = choose_covariance_block(n_cols, n_mat, left); block > 0) {
+            data_.covariances.emplace_back(n_cols, block, n_mat);
+            data_.covariances.back().readers = {name};
+            covariance_used_ += covariance_bytes(n_cols, block, n_mat);
+            index = (int) data_.covariances.size() - 1;
+        }
+    }
+    covariance_index_[name] = index;
+    return index;
+}
+
+void ActivationCollector::add_covariance(const ggml_tensor * t, const std::string & name, const char * data) {
+    last_covariance_ = covariance_index(t, name);
+    if (last_covariance_ < 0) {
+        return;
+    }
+    Covariance & c = data_.covariances[last_covariance_];
+    const ggml_tensor * x = t->src[1];
+    const int64_t n_cols = x->ne[0];
+    if (t->op != GGML_OP_MUL_MAT_ID) {
+        // a 2-D weight: every row of x (over ne[1..3]) is one token
+        const int64_t n_rows = ggml_nrows(x);
+        columns_.resize(n_cols * n_rows);
+        int64_t r = 0;
+        for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+            for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
+                for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
+                    const float * row = (const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
+                    for (int64_t j = 0; j < n_cols; ++j) {
+                        columns_[j * n_rows + r] = row[j];
+                    }
+                }
+            }
+        }
+        c.add(0, columns_.data(), n_rows, threads_);
+        c.counts[0] += n_rows;
+        return;
+    }
+    // experts: the tokens routed to each, in token order (ids_host_ is this matmul's routing, see host_ids)
+    const int64_t n_used = t->src[2]->ne[0], n_tokens = t->src[2]->ne[1];
+    std::vector<const float *> rows;
+    for (int64_t e = 0; e < c.n_mat; ++e) {
+        rows.clear();
+        for (int64_t tok = 0; tok < n_tokens; ++tok) {
+            for (int64_t k = 0; k < n_used; ++k) {
+                if (ids_host_[tok * n_used + k] == e) {
+                    rows.push_back((const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]));
+                }
+            }
+        }
+        const int64_t n_rows = (int64_t) rows.size();
+        columns_.resize(n_cols * n_rows);
+        for (int64_t r = 0; r < n_rows; ++r) {
+            for (int64_t j = 0; j < n_cols; ++j) {
+                columns_[j * n_rows + r] = rows[r][j];
+            }
+        }
+        c.add(e, columns_.data(), n_rows, threads_);
+        c.counts[e] += n_rows;
+    }
 }
 
 bool ActivationCollector::fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before) {

@@ -12,6 +12,10 @@
 // Determinism: every product is widened to double and summed in token order (token-major, then routing slot)
 // over the ubatch — always exactly one chunk — then added to the totals; so the result depends only on the
 // activations. Matmuls that read the same input (q/k/v; gate/up) share one contribution.
+//
+// Covariance (optional, for the Hessian encoder): XᵀX of each distinct input, per expert, on the host (core/
+// covariance.h). Its layout is chosen when an input is first seen: whole while the memory budget lasts, then
+// diagonal blocks of 256, then none. Per-head 3-D weights (attn_k_b) get none: their encoder stays diagonal.
 #pragma once
 
 #include "core/imatrix.h"
@@ -31,8 +35,11 @@ public:
     // Activations on a GPU are summed there (DeviceSums). force_device: do the same for host activations, on
     // the CPU backend with cpu_threads (tests of that path). force_host: copy device activations to the host
     // and sum there instead (upstream's way; to compare the two paths).
-    ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads)
-        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads) {}
+    // covariance_budget: bytes of XᵀX to keep in memory; 0 collects none.
+    ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads,
+                        uint64_t covariance_budget = 0)
+        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads),
+          threads_(cpu_threads), covariance_budget_(covariance_budget) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
@@ -42,6 +49,7 @@ public:
         first_chunk_ = chunk;
         tokens_this_batch_.clear();
         last_ = {};  // tensors of the next graph may reuse this one's addresses
+        last_covariance_ = -1;
         if (!last_collected_.empty()) {
             final_weight_ = last_collected_;
         }
@@ -79,6 +87,9 @@ private:
     bool apply(const std::string & name);
     const std::vector<int32_t> & host_ids(const ggml_tensor * ids);
     bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
+    // XᵀX of the input of weight `name` (host data); sets last_covariance_.
+    void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
+    int covariance_index(const ggml_tensor * t, const std::string & name);
 
     uint32_t                       chunk_size_;
     bool                           force_device_;
@@ -99,6 +110,12 @@ private:
     // collect, so the callback stops the computation there. We never read the logits.
     std::string                    last_collected_;
     std::string                    final_weight_;
+    int                            threads_;
+    uint64_t                       covariance_budget_;
+    uint64_t                       covariance_used_ = 0;
+    std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
+    int                            last_covariance_ = -1;  // of the last collected input
+    std::vector<float>             columns_;              // one matrix's input rows, transposed
 };
 
 }  // namespace imx::engine

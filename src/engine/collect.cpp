@@ -32,7 +32,8 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " model_bytes=" + std::to_string(std::filesystem::file_size(o.model)) +
            " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
-           " experts_used=" + std::to_string(o.experts_used);
+           " experts_used=" + std::to_string(o.experts_used) +
+           (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) : "");
 }
 
 }  // namespace
@@ -51,7 +52,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads);
+    ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);

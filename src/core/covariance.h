@@ -1,0 +1,54 @@
+// Second moments of matmul inputs: the Hessian beyond the imatrix's diagonal.
+//
+// A weight row w multiplied with inputs x_t and replaced by a quantized row q changes the outputs by
+//     Σ_t ((w − q)·x_t)² = (w − q)ᵀ H (w − q),        H = Σ_t x_t x_tᵀ = XᵀX.
+// The imatrix keeps only diag(H) (Σx²). A Covariance keeps H itself for one matmul input, per matrix that reads
+// it (an expert sees only its own tokens): whole, or as diagonal blocks of `block` columns aligned with the
+// quant super-blocks where the whole would not fit the memory budget.
+//
+// Layout: values[(m*n_cols + i)*block + k] = H_m(i, block_start(i) + k); block == n_cols keeps the whole matrix.
+// Every weight that multiplies the same input (q, k and v; an expert layer's gate and up) shares one
+// Covariance: `readers` lists them, sorted, and the first names it in files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace imx {
+
+struct Covariance {
+    int64_t                  n_cols = 0;
+    int64_t                  block = 0;
+    int64_t                  n_mat = 0;
+    std::vector<double>      values;   // n_mat × n_cols × block
+    std::vector<int64_t>     counts;   // tokens per matrix (the readers' imatrix counts)
+    std::vector<std::string> readers;
+
+    Covariance() = default;
+    Covariance(int64_t cols, int64_t blk, int64_t mats);
+
+    int64_t block_start(int64_t i) const { return i / block * block; }
+    bool full() const { return block == n_cols; }
+    // H_m as a dense n_cols × n_cols matrix (zeros outside the kept blocks).
+    std::vector<double> dense(int64_t m) const;
+    // Adds x xᵀ for every row x of a matrix's tokens. `columns` holds them transposed: column-major
+    // n_cols × n_rows (columns[i*n_rows + t] = x_t[i]), so each entry is one contiguous dot product.
+    // Products are summed in float over the rows in a fixed order, then added in double: deterministic.
+    void add(int64_t m, const float * columns, int64_t n_rows, int threads);
+};
+
+// Bytes a Covariance of this shape holds in memory.
+inline uint64_t covariance_bytes(int64_t n_cols, int64_t block, int64_t n_mat) {
+    return (uint64_t) n_cols * (uint64_t) block * (uint64_t) n_mat * sizeof(double);
+}
+
+// The widest layout that fits `budget_left` bytes: the whole matrix, else diagonal blocks of 256 columns (the
+// k-quant super-block) where n_cols allows them, else 0: none (the quantizer falls back to the diagonal).
+int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left);
+
+// Adds `other` into `into` (same readers, shape and layout), for merges and shards. Throws imx::Error naming
+// the input otherwise; `what` names the source.
+void add_covariance(Covariance & into, const Covariance & other, const std::string & what);
+
+}  // namespace imx
