@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/imatrix_file.h"
 #include "core/quant_weights.h"
+#include "engine/hessian_encoder.h"
 #include "engine/llama_model.h"
 #include "engine/quantize.h"
 
@@ -27,7 +28,27 @@ struct Options {
     uint32_t                legacy_chunk_size = kDefaultLegacyChunkSize;
     bool                    json = false;
     bool                    verbose = false;
+    std::string             method = "diagonal";
+    engine::HessianOptions  hessian;
 };
+
+struct HessianSummary {
+    int64_t tensors = 0, rows = 0, rows_improved = 0, pooled = 0;
+    double  loss_diagonal = 0, loss_final = 0;
+};
+
+HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports) {
+    HessianSummary s;
+    for (const auto & r : reports) {
+        s.tensors += 1;
+        s.rows += r.rows;
+        s.rows_improved += r.rows_improved;
+        s.pooled += r.pooled_matrices;
+        s.loss_diagonal += r.loss_diagonal;
+        s.loss_final += r.loss_final;
+    }
+    return s;
+}
 
 void warn_about_unseen(const Imatrix & im, const QuantWeights & w, const Prior & prior, const std::string & file) {
     if (w.n_unseen == 0) {
@@ -71,6 +92,18 @@ Run add_quantize(CLI::App & app) {
     app.add_option("-t,--threads", q.threads, "threads (default: all cores)");
     app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for a legacy .dat imatrix")
         ->capture_default_str();
+    app.add_option("--method", o->method,
+                   "diagonal: llama.cpp's encoders with imatrix weights; hessian: re-encode tensors whose input "
+                   "covariance the imatrix holds (imx collect --covariance) with GPTQ-style error feedback")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"diagonal", "hessian"}));
+    app.add_option("--damp", o->hessian.rounding.damp, "hessian: damping, a fraction of the mean diagonal")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--refinements", o->hessian.rounding.refinements,
+                   "hessian: target shifts tried per block after the diagonal encoding")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", o->verbose, "show llama.cpp's log");
     app.add_flag_callback("--list-types", [] {
@@ -90,8 +123,15 @@ Run add_quantize(CLI::App & app) {
         engine::init_llama(o->verbose);
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target)};
         QuantWeights weights;
+        Imatrix im;
+        if (o->method == "hessian" && o->imatrix.empty()) {
+            throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance)");
+        }
         if (!o->imatrix.empty()) {
-            const Imatrix im = load_imatrix(o->imatrix, o->legacy_chunk_size);
+            im = load_imatrix(o->imatrix, o->legacy_chunk_size);
+            if (o->method == "hessian" && im.covariances.empty()) {
+                throw Error(o->imatrix + ": holds no covariance; collect one with imx collect --covariance");
+            }
             weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model));
             warn_about_unseen(im, weights, prior, o->imatrix);
             for (const std::string & note : weights.notes) {
@@ -104,8 +144,37 @@ Run add_quantize(CLI::App & app) {
         }
         Progress bar("imx quantize");
         q.progress = [&](int done, int total) { bar.update((uint64_t) done, (uint64_t) total, "tensor"); };
+        std::vector<engine::HessianTensorReport> reports;
+        if (o->method == "hessian") {
+            o->hessian.threads = q.threads;
+            o->hessian.prior_weight = o->prior_weight;
+            q.finish = [&](const std::string & written) {
+                Progress hbar("imx quantize: hessian");
+                reports = engine::hessian_reencode(q.model, written, im, o->hessian, [&](int done, int total) {
+                    hbar.update((uint64_t) done, (uint64_t) total, "tensor");
+                });
+            };
+        }
         engine::quantize_model(q);
         const double secs = bar.seconds();
+        const HessianSummary hs = summarize(reports);
+        if (o->method == "hessian") {
+            std::fprintf(stderr,
+                         "imx quantize: hessian: %lld tensors re-encoded (%lld of %lld rows changed), output error "
+                         "%.1f%% below the diagonal encoder's; %lld experts without tokens used the pooled covariance; "
+                         "other tensors keep the diagonal encoding\n",
+                         (long long) hs.tensors, (long long) hs.rows_improved, (long long) hs.rows,
+                         hs.loss_diagonal > 0 ? 100.0 * (1.0 - hs.loss_final / hs.loss_diagonal) : 0.0,
+                         (long long) hs.pooled);
+            if (o->verbose) {
+                for (const auto & r : reports) {
+                    std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)\n",
+                                 r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
+                                 r.loss_diagonal, r.loss_final,
+                                 r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0);
+                }
+            }
+        }
         const auto in_size = std::filesystem::file_size(q.model), out_size = std::filesystem::file_size(q.output);
         std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", q.model.c_str(),
                      q.output.c_str(), q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0,
@@ -123,6 +192,15 @@ Run add_quantize(CLI::App & app) {
             j["input_bytes"] = in_size;
             j["output_bytes"] = out_size;
             j["seconds"] = secs;
+            j["method"] = o->method;
+            if (o->method == "hessian") {
+                j["hessian_tensors"] = hs.tensors;
+                j["hessian_rows_changed"] = hs.rows_improved;
+                j["hessian_rows"] = hs.rows;
+                j["hessian_error_diagonal"] = hs.loss_diagonal;
+                j["hessian_error"] = hs.loss_final;
+                j["hessian_pooled_experts"] = hs.pooled;
+            }
             std::printf("%s\n", j.dump(2).c_str());
         }
     };

@@ -231,6 +231,15 @@ void quantize_model(const QuantizeOptions & o) {
         }
         throw Error(o.model + ": " + failure_reason(log));
     }
+    if (o.finish) {
+        try {
+            o.finish(tmp);
+        } catch (...) {
+            std::error_code ec;
+            fs::remove(tmp, ec);
+            throw;
+        }
+    }
     std::error_code ec;
     fs::rename(tmp, o.output, ec);
     if (ec) {

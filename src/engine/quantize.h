@@ -35,6 +35,9 @@ struct QuantizeOptions {
     bool        allow_requantize = false;
     bool        pure = false;
     std::function<void(int done, int total)> progress;  // per tensor, from llama.cpp's log
+    // Runs on the complete temporary output before it is renamed into place (the Hessian encoder's pass);
+    // if it throws, nothing is left behind.
+    std::function<void(const std::string & written)> finish;
 };
 
 void quantize_model(const QuantizeOptions & o);

@@ -1,0 +1,48 @@
+// imx quantize --method hessian: after llama_model_quantize has written a model with the diagonal (imatrix)
+// encoder, every tensor whose input covariance the imatrix holds is encoded again, row by row, with
+// core/hessian_rounding and ggml's own quantizer of the type the recipe chose for that tensor. Types, sizes and
+// layout stay exactly llama-quantize's: only the blocks' contents change, so any llama.cpp decodes the file.
+//
+// Per row, the result is whichever of the two encodings (the diagonal one llama-quantize wrote, the Hessian
+// one) has the lower output error (w − q)ᵀ H (w − q): the calibration objective never gets worse.
+//
+// H per matrix (expert) m is the covariance per token with a prior toward the tensor's pooled covariance C̄:
+//     H_m = (XᵀX_m + W·C̄) / (n_m + W),     C̄ = Σ_m XᵀX_m / Σ_m n_m
+// W = 0 uses each expert's own data; an expert that saw no token gets C̄ (the stated fallback for dead experts).
+// Tensors without a covariance (none collected, over the budget, per-head MLA attn_k_b) keep the diagonal.
+#pragma once
+
+#include "core/hessian_rounding.h"
+#include "core/imatrix.h"
+#include "core/quant_weights.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace imx::engine {
+
+struct HessianOptions {
+    HessianRoundingOptions rounding;
+    double                 prior_weight = 0;  // W, in tokens
+    int                    threads = 0;       // <= 0: all cores
+};
+
+struct HessianTensorReport {
+    std::string name;
+    std::string type;             // ggml type name
+    int64_t     rows = 0;
+    int64_t     rows_improved = 0;  // rows where the Hessian encoding won
+    int64_t     pooled_matrices = 0;  // experts without tokens, encoded against C̄
+    double      loss_diagonal = 0;  // Σ over rows of (w − q)ᵀ H (w − q), llama-quantize's encoding
+    double      loss_final = 0;     // the same after re-encoding
+};
+
+// Re-encodes, in place, the tensors of `quantized` (just written by llama_model_quantize from `model` with
+// weights `w`) that `im` has a covariance for. `progress(done, total)` counts tensors. Throws imx::Error naming
+// the tensor on a shape mismatch.
+std::vector<HessianTensorReport> hessian_reencode(const std::string & model, const std::string & quantized,
+                                                  const Imatrix & im, const HessianOptions & o,
+                                                  const std::function<void(int, int)> & progress);
+
+}  // namespace imx::engine
