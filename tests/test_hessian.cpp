@@ -1,0 +1,210 @@
+// Beyond the diagonal, on the shared models: collect --covariance (its diagonal is the imatrix, its blocks are
+// the whole matrix's, upstream reads the file, resume is exact) and quantize --method hessian (same types and
+// size as llama-quantize, loads in llama-perplexity, lower output error and KL-divergence).
+#include "core/imatrix_file.h"
+#include "helpers.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <thread>
+
+using namespace imx;
+using namespace imx::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string tail(const std::string & s) { return s.substr(s.size() > 2000 ? s.size() - 2000 : 0); }
+
+std::string collect_cmd(const std::string & model, const std::string & out, const std::string & extra) {
+    return imx_bin() + " collect -m " + shared("models/" + model) + " -f " + shared("data/calibration.txt") +
+           " -o " + out + " -c 512 -t 2 " + extra;
+}
+
+// Collected once per build tree and argument set, like the upstream runs.
+std::string collected(const std::string & model, const std::string & name, const std::string & extra) {
+    const std::string out = work_dir("hessian") + "/" + name;
+    if (!file_exists(out)) {
+        const RunResult r = run(collect_cmd(model, out, extra));
+        EXPECT_EQ(r.exit_code, 0) << tail(r.output);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST(CollectCovariance, DiagonalIsTheImatrixAndReadersShareOneInput) {
+    for (const std::string model : {"qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"}) {
+        const Imatrix im = load_imatrix(collected(model, model + "-cov3.gguf", "--chunks 3 --covariance"));
+        const Imatrix plain = load_imatrix(collected(model, model + "-plain3.gguf", "--chunks 3"));
+        ASSERT_FALSE(im.covariances.empty()) << model;
+        // the sums and counts are those of a run without covariance
+        ASSERT_EQ(im.tensors.size(), plain.tensors.size());
+        for (const auto & [name, ts] : plain.tensors) {
+            EXPECT_EQ(im.tensors.at(name).sums, ts.sums) << name;
+            EXPECT_EQ(im.tensors.at(name).counts, ts.counts) << name;
+        }
+        size_t shared_inputs = 0, readers = 0;
+        for (const Covariance & c : im.covariances) {
+            shared_inputs += c.readers.size() > 1;
+            readers += c.readers.size();
+            for (const std::string & r : c.readers) {
+                const TensorStats & ts = im.tensors.at(r);
+                ASSERT_EQ(ts.counts, c.counts) << r;
+                for (int64_t m = 0; m < c.n_mat; ++m) {
+                    for (int64_t j = 0; j < c.n_cols; ++j) {
+                        const double d = c.values[(m * c.n_cols + j) * c.block + (j - c.block_start(j))];
+                        const double s = ts.sums[m * c.n_cols + j];
+                        ASSERT_NEAR(d, s, 1e-5 * s + 1e-6) << r << " matrix " << m << " column " << j;
+                    }
+                }
+            }
+        }
+        EXPECT_GT(shared_inputs, 0u) << model << ": q/k/v (or q_a/kv_a) and gate/up read one input each";
+        // every 2-D weight and expert tensor has one; per-head 3-D weights (MLA attn_k_b/attn_v_b) do not
+        for (const auto & [name, ts] : im.tensors) {
+            const bool per_head = name.find("attn_k_b") != std::string::npos || name.find("attn_v_b") != std::string::npos;
+            EXPECT_EQ(im.covariance_of(name) != nullptr, !per_head) << name;
+        }
+        RecordProperty(model + "_inputs", std::to_string(im.covariances.size()) + " for " + std::to_string(readers));
+    }
+}
+
+TEST(CollectCovariance, BudgetKeepsDiagonalBlocksOfTheWholeMatrix) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const Imatrix whole = load_imatrix(collected(model, "qwen-cov3.gguf", "--chunks 3 --covariance"));
+    // 24 MiB: the first dense inputs whole (2 MiB each), the 16-expert gate/up input (32 MiB whole) in
+    // 256-blocks (16 MiB), then what still fits
+    const Imatrix part = load_imatrix(collected(model, "qwen-cov3-24m.gguf", "--chunks 3 --covariance --covariance-budget 24"));
+    size_t blocked = 0;
+    for (const Covariance & c : part.covariances) {
+        const Covariance * w = whole.covariance_of(c.readers[0]);
+        ASSERT_NE(w, nullptr);
+        ASSERT_TRUE(w->full());
+        blocked += !c.full();
+        for (int64_t m = 0; m < c.n_mat; ++m) {
+            const auto a = w->dense(m), b = c.dense(m);
+            for (int64_t i = 0; i < c.n_cols; ++i) {
+                for (int64_t j = 0; j < c.n_cols; ++j) {
+                    const bool kept = c.block_start(i) == c.block_start(j);
+                    ASSERT_EQ(b[i * c.n_cols + j], kept ? a[i * c.n_cols + j] : 0.0) << c.readers[0] << " " << i << "," << j;
+                }
+            }
+        }
+    }
+    EXPECT_GT(blocked, 0u);
+    EXPECT_LT(part.covariances.size(), whole.covariances.size()) << "the budget also runs out";
+    // legacy files cannot hold covariances: a clear error, not a silent drop
+    const RunResult dat = run(collect_cmd(model, work_dir("hessian") + "/x.dat", "--chunks 1 --covariance"));
+    EXPECT_EQ(dat.exit_code, 2);
+    EXPECT_NE(dat.output.find("--covariance needs the GGUF format"), std::string::npos) << tail(dat.output);
+}
+
+TEST(CollectCovariance, UpstreamQuantizeReadsTheFileAsWithoutCovariance) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const std::string a = work_dir("hessian-up-a"), b = work_dir("hessian-up-b");
+    fs::copy_file(collected(model, "qwen-cov3.gguf", "--chunks 3 --covariance"), a + "/im.gguf",
+                  fs::copy_options::overwrite_existing);
+    fs::copy_file(collected(model, "qwen-plain3.gguf", "--chunks 3"), b + "/im.gguf",
+                  fs::copy_options::overwrite_existing);
+    for (const std::string & d : {a, b}) {
+        const RunResult r = run("cd " + d + " && " + upstream("llama-quantize") + " --imatrix im.gguf " +
+                                shared("models/" + model) + " out.gguf Q2_K 2");
+        ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    }
+    EXPECT_TRUE(bytes_of(a + "/out.gguf") == bytes_of(b + "/out.gguf"));
+}
+
+TEST(CollectCovariance, ResumeAfterKill9GivesTheSameBytes) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const std::string whole = collected(model, "qwen-cov6.gguf", "--chunks 6 --covariance");
+    const std::string out = work_dir("hessian") + "/qwen-cov6-killed.gguf", ckpt = out + ".ckpt";
+    fs::remove(out);
+    fs::remove(ckpt);
+    const std::string cmd = collect_cmd(model, out, "--chunks 6 --covariance --save-every 2");
+    const RunResult started = run("sh -c '" + cmd + " >/dev/null 2>&1 & echo $!'");
+    const pid_t pid = std::stoi(started.output);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!fs::exists(ckpt) && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint appeared";
+    ::kill(pid, SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const RunResult resumed = run(cmd + " --resume");
+    ASSERT_EQ(resumed.exit_code, 0) << tail(resumed.output);
+    EXPECT_NE(resumed.output.find("resumed after chunk"), std::string::npos) << tail(resumed.output);
+    EXPECT_TRUE(bytes_of(out) == bytes_of(whole));
+}
+
+// Same recipe, same size, a file llama.cpp loads; the output error falls and so does KL-divergence.
+TEST(QuantizeHessian, SameSizeLoadsUpstreamAndLowersKld) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const std::string dir = work_dir("hessian-quantize");
+    const std::string im = collected(model, "qwen-cov6.gguf", "--chunks 6 --covariance");
+    const std::string m = shared("models/" + model);
+    const RunResult d = run(imx_bin() + " quantize -m " + m + " --imatrix " + im + " -o " + dir + "/diag.gguf Q2_K -t 2");
+    ASSERT_EQ(d.exit_code, 0) << tail(d.output);
+    const RunResult h = run(imx_bin() + " quantize -m " + m + " --imatrix " + im + " -o " + dir +
+                            "/hess.gguf Q2_K -t 2 --method hessian --json");
+    ASSERT_EQ(h.exit_code, 0) << tail(h.output);
+    const auto j = nlohmann::json::parse(h.output.substr(h.output.find("\n{") + 1));
+    EXPECT_GT(j["hessian_tensors"].get<int>(), 20);
+    EXPECT_LT(j["hessian_error"].get<double>(), 0.8 * j["hessian_error_diagonal"].get<double>());
+    EXPECT_EQ(fs::file_size(dir + "/diag.gguf"), fs::file_size(dir + "/hess.gguf"));
+    EXPECT_FALSE(bytes_of(dir + "/diag.gguf") == bytes_of(dir + "/hess.gguf"));
+
+    // llama.cpp decodes it: llama-perplexity runs, and its PPL is imx eval's
+    const RunResult ppl = run(upstream("llama-perplexity") + " -m " + dir + "/hess.gguf -f " +
+                              shared("data/wiki.test.raw") + " -c 512 --chunks 4 -t 2 -b 512");
+    ASSERT_EQ(ppl.exit_code, 0) << tail(ppl.output);
+    const size_t at = ppl.output.find("Final estimate: PPL = ");
+    ASSERT_NE(at, std::string::npos) << tail(ppl.output);
+    const double upstream_ppl = std::stod(ppl.output.substr(at + 22));
+
+    const RunResult e = run(imx_bin() + " eval --base " + m + " -f " + shared("data/wiki.test.raw") +
+                            " --chunks 20 -t 2 --json --cache-dir " + dir + "/cache " + dir + "/diag.gguf " + dir +
+                            "/hess.gguf");
+    ASSERT_EQ(e.exit_code, 0) << tail(e.output);
+    const auto ev = nlohmann::json::parse(e.output.substr(e.output.find('{')));
+    double kld_diag = -1, kld_hess = -1;
+    for (const auto & row : ev["models"]) {
+        const std::string path = row["path"];
+        if (path.ends_with("diag.gguf")) kld_diag = row["kld_mean"]["value"];
+        if (path.ends_with("hess.gguf")) kld_hess = row["kld_mean"]["value"];
+    }
+    ASSERT_GT(kld_diag, 0);
+    ASSERT_GT(kld_hess, 0);
+    EXPECT_LT(kld_hess, 0.95 * kld_diag) << "diagonal " << kld_diag << ", hessian " << kld_hess;
+    RecordProperty("kld_diag", std::to_string(kld_diag));
+    RecordProperty("kld_hessian", std::to_string(kld_hess));
+
+    const RunResult e4 = run(imx_bin() + " eval --base " + m + " -f " + shared("data/wiki.test.raw") +
+                             " --chunks 4 -t 2 --json --cache-dir " + dir + "/cache " + dir + "/hess.gguf");
+    ASSERT_EQ(e4.exit_code, 0) << tail(e4.output);
+    const auto ev4 = nlohmann::json::parse(e4.output.substr(e4.output.find('{')));
+    double ppl4 = -1;
+    for (const auto & row : ev4["models"]) {
+        if (row["path"].get<std::string>().ends_with("hess.gguf")) ppl4 = row["ppl"]["value"];
+    }
+    EXPECT_NEAR(ppl4, upstream_ppl, 1e-3 * upstream_ppl);
+}
+
+TEST(QuantizeHessian, ClearErrorsWithoutCovariance) {
+    const std::string dir = work_dir("hessian-errors");
+    const std::string m = shared("models/qwen3moe-tiny.gguf");
+    const RunResult none = run(imx_bin() + " quantize -m " + m + " -o " + dir + "/x.gguf Q2_K --method hessian");
+    EXPECT_EQ(none.exit_code, 2);
+    EXPECT_NE(none.output.find("--method hessian needs an --imatrix"), std::string::npos) << tail(none.output);
+    const std::string plain = collected("qwen3moe-tiny.gguf", "qwen-plain3.gguf", "--chunks 3");
+    const RunResult diag = run(imx_bin() + " quantize -m " + m + " --imatrix " + plain + " -o " + dir +
+                               "/x.gguf Q2_K --method hessian");
+    EXPECT_EQ(diag.exit_code, 2);
+    EXPECT_NE(diag.output.find("holds no covariance"), std::string::npos) << tail(diag.output);
+    EXPECT_FALSE(fs::exists(dir + "/x.gguf"));
+}
