@@ -31,7 +31,7 @@ struct BlockQuantizer {
 
 struct HessianRoundingOptions {
     double damp = 0.01;       // λ
-    int    refinements = 3;   // target shifts tried per block after the diagonal encoding
+    int    refinements = 6;   // target shifts tried per block after the diagonal encoding (α = 1, ½, ¼, …)
 };
 
 class HessianRounder {
