@@ -99,6 +99,12 @@ TEST(CollectCovariance, BudgetKeepsDiagonalBlocksOfTheWholeMatrix) {
     }
     EXPECT_GT(blocked, 0u);
     EXPECT_LT(part.covariances.size(), whole.covariances.size()) << "the budget also runs out";
+    // --covariance-blocks: 256-column blocks wherever the width allows, whatever the budget
+    const Imatrix blocks = load_imatrix(collected(model, "qwen-cov1-blocks.gguf", "--chunks 1 --covariance --covariance-blocks"));
+    ASSERT_EQ(blocks.covariances.size(), whole.covariances.size());
+    for (const Covariance & c : blocks.covariances) {
+        EXPECT_EQ(c.block, 256) << c.readers[0];
+    }
     // legacy files cannot hold covariances: a clear error, not a silent drop
     const RunResult dat = run(collect_cmd(model, work_dir("hessian") + "/x.dat", "--chunks 1 --covariance"));
     EXPECT_EQ(dat.exit_code, 2);

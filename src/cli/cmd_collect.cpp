@@ -106,6 +106,9 @@ Run add_collect(CLI::App & app) {
                    "MiB of memory for XᵀX: inputs seen first are kept whole, then in 256-column diagonal blocks, "
                    "then not at all")
         ->capture_default_str();
+    app.add_flag("--covariance-blocks", c.covariance_blocks,
+                 "keep XᵀX as 256-column diagonal blocks even where the whole matrix would fit (large models: "
+                 "spreads the budget over all layers)");
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
     add_format_option(app, o->format);

@@ -73,11 +73,12 @@ void Covariance::add(int64_t m, const float * columns, int64_t n_rows, int threa
     }
 }
 
-int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left) {
-    if (covariance_bytes(n_cols, n_cols, n_mat) <= budget_left) {
+int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left, bool blocks_only) {
+    constexpr int64_t kSuperBlock = 256;
+    const bool blocks_possible = n_cols % kSuperBlock == 0 && n_cols > kSuperBlock;
+    if (!(blocks_only && blocks_possible) && covariance_bytes(n_cols, n_cols, n_mat) <= budget_left) {
         return n_cols;
     }
-    constexpr int64_t kSuperBlock = 256;
     if (n_cols % kSuperBlock == 0 && covariance_bytes(n_cols, kSuperBlock, n_mat) <= budget_left) {
         return kSuperBlock;
     }

@@ -45,7 +45,8 @@ inline uint64_t covariance_bytes(int64_t n_cols, int64_t block, int64_t n_mat) {
 
 // The widest layout that fits `budget_left` bytes: the whole matrix, else diagonal blocks of 256 columns (the
 // k-quant super-block) where n_cols allows them, else 0: none (the quantizer falls back to the diagonal).
-int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left);
+// blocks_only skips the whole matrix where blocks are possible (spreads a budget over many layers).
+int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left, bool blocks_only = false);
 
 // Adds `other` into `into` (same readers, shape and layout), for merges and shards. Throws imx::Error naming
 // the input otherwise; `what` names the source.

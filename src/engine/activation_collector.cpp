@@ -272,7 +272,7 @@ int ActivationCollector::covariance_index(const ggml_tensor * t, const std::stri
         const Covariance & c = data_.covariances[index];
         covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
     } else if (experts || (w->ne[2] == 1 && w->ne[3] == 1)) {
-        if (const int64_t block = choose_covariance_block(n_cols, n_mat, left); block > 0) {
+        if (const int64_t block = choose_covariance_block(n_cols, n_mat, left, covariance_blocks_only_); block > 0) {
             data_.covariances.emplace_back(n_cols, block, n_mat);
             data_.covariances.back().readers = {name};
             covariance_used_ += covariance_bytes(n_cols, block, n_mat);

@@ -37,9 +37,10 @@ public:
     // and sum there instead (upstream's way; to compare the two paths).
     // covariance_budget: bytes of XᵀX to keep in memory; 0 collects none.
     ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads,
-                        uint64_t covariance_budget = 0)
+                        uint64_t covariance_budget = 0, bool covariance_blocks_only = false)
         : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads),
-          threads_(cpu_threads), covariance_budget_(covariance_budget) {}
+          threads_(cpu_threads), covariance_budget_(covariance_budget),
+          covariance_blocks_only_(covariance_blocks_only) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
@@ -112,6 +113,7 @@ private:
     std::string                    final_weight_;
     int                            threads_;
     uint64_t                       covariance_budget_;
+    bool                           covariance_blocks_only_;
     uint64_t                       covariance_used_ = 0;
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input

@@ -33,7 +33,8 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
            " experts_used=" + std::to_string(o.experts_used) +
-           (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) : "");
+           (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
+                                      (o.covariance_blocks ? " blocks" : "") : "");
 }
 
 }  // namespace
@@ -52,7 +53,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget);
+    ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
+                                  o.covariance_blocks);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);

@@ -35,6 +35,7 @@ struct CollectOptions {
     bool        device_sums = false;   // compute Σx² with ggml ops even for host activations (tests that path)
     bool        host_sums = false;     // copy GPU activations to the host and sum there (upstream's way)
     uint64_t    covariance_budget = 0; // --covariance: bytes of XᵀX to keep (0: none), see ActivationCollector
+    bool        covariance_blocks = false;  // --covariance-blocks: 256-column blocks wherever possible
 };
 
 struct CollectProgress {
