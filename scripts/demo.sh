@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install what is missing, build, collect an importance matrix, then show what
-# it is for: a Q2_K quant with it and one without, measured against the original model on held-out text.
+# it is for: Q2_K quants without it, with it (llama.cpp's encoder), and with its covariance (imx's Hessian
+# encoder), measured against the original model on held-out text.
 #   scripts/demo.sh [MODEL.gguf [TEXT [HELDOUT]]]
 # (defaults: the shared qwen3moe-tiny model, calibration text and wiki.test.raw). Writes build/demo/.
 set -euo pipefail
@@ -13,11 +14,14 @@ bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target imx
 mkdir -p build/demo
-./build/imx collect -m "$model" -f "$text" -o build/demo/imatrix.gguf -c 512
+./build/imx collect -m "$model" -f "$text" -o build/demo/imatrix.gguf -c 512 --covariance
 ./build/imx inspect build/demo/imatrix.gguf | head -8
 ./build/imx quantize -m "$model" -o build/demo/model-Q2_K-plain.gguf Q2_K
 ./build/imx quantize -m "$model" --imatrix build/demo/imatrix.gguf -o build/demo/model-Q2_K-imatrix.gguf Q2_K
+./build/imx quantize -m "$model" --imatrix build/demo/imatrix.gguf -o build/demo/model-Q2_K-hessian.gguf Q2_K \
+  --method hessian
 if [ -f "$heldout" ]; then
   ./build/imx eval --base "$model" build/demo/model-Q2_K-plain.gguf build/demo/model-Q2_K-imatrix.gguf \
+    build/demo/model-Q2_K-hessian.gguf \
     -f "$heldout" -c 512 --chunks 20
 fi

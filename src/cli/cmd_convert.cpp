@@ -24,6 +24,10 @@ Run add_convert(CLI::App & app) {
         const Imatrix im = load_imatrix(o->in, o->legacy_chunk_size);
         const ImatrixFormat fmt = resolve_format(o->format, o->out);
         if (fmt == ImatrixFormat::legacy) {
+            if (!im.covariances.empty()) {
+                std::fprintf(stderr, "imx: warning: the legacy format cannot hold covariances: the %zu in %s are "
+                                     "left out\n", im.covariances.size(), o->in.c_str());
+            }
             for (const auto & [name, ts] : im.tensors) {
                 if (!ts.has_data()) {
                     std::fprintf(stderr, "imx: warning: %s has no data; the legacy format cannot store it\n",

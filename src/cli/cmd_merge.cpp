@@ -34,7 +34,12 @@ Run add_merge(CLI::App & app) {
             if (i == 0) {
                 merged = im;
             } else {
-                merge_into(merged, im, o->inputs[i]);
+                const auto dropped = merge_into(merged, im, o->inputs[i]);
+                if (!dropped.empty()) {
+                    std::fprintf(stderr, "imx: warning: %s lacks the covariance of %zu inputs (first: %s): the merged "
+                                         "file keeps none for them\n", o->inputs[i].c_str(), dropped.size(),
+                                 dropped[0].c_str());
+                }
             }
         }
         save_imatrix(merged, o->out, resolve_format(o->format, o->out));

@@ -100,6 +100,14 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--damp", o->hessian.rounding.damp, "hessian: damping, a fraction of the mean diagonal")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    app.add_option("--covariance-prior", o->hessian.prior_weight,
+                   "hessian: an expert's covariance leans on the tensor's pooled one with this weight in tokens")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    app.add_option("--hessian-tensors", o->hessian.tensors,
+                   "hessian: re-encode only tensors whose name matches this regex (others stay diagonal)");
+    app.add_flag("--hessian-per-head", o->hessian.per_head,
+                 "hessian: also re-encode per-head 3-D weights (MLA attn_k_b/attn_v_b; off: it raised KLD)");
     app.add_option("--refinements", o->hessian.rounding.refinements,
                    "hessian: target shifts tried per block after the diagonal encoding")
         ->capture_default_str()
@@ -147,7 +155,6 @@ Run add_quantize(CLI::App & app) {
         std::vector<engine::HessianTensorReport> reports;
         if (o->method == "hessian") {
             o->hessian.threads = q.threads;
-            o->hessian.prior_weight = o->prior_weight;
             q.finish = [&](const std::string & written) {
                 Progress hbar("imx quantize: hessian");
                 reports = engine::hessian_reencode(q.model, written, im, o->hessian, [&](int done, int total) {

@@ -53,6 +53,7 @@ private:
     std::vector<double>   h_;           // damped
     std::vector<double>   u_;           // upper Cholesky factor of h_⁻¹, row-major
     std::vector<double>   block_inv_;   // per block: (U_bb)⁻¹, upper, block×block
+    std::vector<double>   block_inv_t_; // the same transposed, so that both products read rows
     std::vector<float>    importance_;  // diag(S_b) per column
 };
 

@@ -111,14 +111,17 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
         c.n_cols = t.ne[1];
         c.n_mat = t.ne.size() > 2 ? t.ne[2] : 1;
         const TensorStats & ts = it->second;
-        if (c.n_cols != ts.n_cols() || c.n_mat != ts.n_mat() || c.block < 1 || c.n_cols % c.block != 0) {
+        // per-head 3-D weights keep one count for all heads (ts.n_mat() == 1, sums of n_cols × heads)
+        const bool per_head = ts.n_mat() == 1 && c.n_mat > 1;
+        if ((int64_t) ts.sums.size() != c.n_cols * c.n_mat || (c.n_mat != ts.n_mat() && !per_head) ||
+            c.block < 1 || c.n_cols % c.block != 0) {
             throw Error(source + ": tensor " + t.name + ": shape " + shape_str(t.ne) + " does not fit the sums " +
                         "of " + c.readers[0] + " (" + std::to_string(ts.n_cols()) + " columns, " +
                         std::to_string(ts.n_mat()) + " matrices)");
         }
         for (const std::string & r : c.readers) {
             const auto rt = im.tensors.find(r);
-            if (rt == im.tensors.end() || rt->second.n_cols() != c.n_cols) {
+            if (rt == im.tensors.end() || (int64_t) rt->second.sums.size() != c.n_cols * c.n_mat) {
                 throw Error(source + ": tensor " + t.name + " names reader " + r + ", which has no sums of " +
                             std::to_string(c.n_cols) + " columns");
             }
@@ -133,7 +136,7 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                 }
             }
         }
-        c.counts = ts.counts;
+        c.counts = per_head ? std::vector<int64_t>((size_t) c.n_mat, ts.counts[0]) : ts.counts;
         im.covariances.push_back(std::move(c));
     }
 }

@@ -266,12 +266,12 @@ int ActivationCollector::covariance_index(const ggml_tensor * t, const std::stri
     }
     const ggml_tensor * w = t->src[0];
     const bool experts = t->op == GGML_OP_MUL_MAT_ID;
-    const int64_t n_cols = t->src[1]->ne[0], n_mat = experts ? w->ne[2] : 1;
+    const int64_t n_cols = t->src[1]->ne[0], n_mat = w->ne[2];  // experts, heads, or 1
     const uint64_t left = covariance_budget_ - std::min(covariance_budget_, covariance_used_);
     if (index >= 0) {
         const Covariance & c = data_.covariances[index];
         covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
-    } else if (experts || (w->ne[2] == 1 && w->ne[3] == 1)) {
+    } else if (experts || w->ne[3] == 1) {
         if (const int64_t block = choose_covariance_block(n_cols, n_mat, left, covariance_blocks_only_); block > 0) {
             data_.covariances.emplace_back(n_cols, block, n_mat);
             data_.covariances.back().readers = {name};
@@ -292,22 +292,29 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
     const ggml_tensor * x = t->src[1];
     const int64_t n_cols = x->ne[0];
     if (t->op != GGML_OP_MUL_MAT_ID) {
-        // a 2-D weight: every row of x (over ne[1..3]) is one token
-        const int64_t n_rows = ggml_nrows(x);
-        columns_.resize(n_cols * n_rows);
-        int64_t r = 0;
-        for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
-            for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
-                for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
-                    const float * row = (const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
-                    for (int64_t j = 0; j < n_cols; ++j) {
-                        columns_[j * n_rows + r] = row[j];
+        // every row of x (over ne[1..3]) is one token of the matrix (head) its slice multiplies, as in
+        // dense_on_host; a 2-D weight has one matrix
+        const int64_t n_heads = t->src[0]->ne[2];
+        for (int64_t m = 0; m < n_heads; ++m) {
+            int64_t n_rows = 0;
+            for (int64_t i2 = m; i2 < x->ne[2]; i2 += n_heads) {
+                n_rows += x->ne[1] * x->ne[3];
+            }
+            columns_.resize(n_cols * n_rows);
+            int64_t r = 0;
+            for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+                for (int64_t i2 = m; i2 < x->ne[2]; i2 += n_heads) {
+                    for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
+                        const float * row = (const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
+                        for (int64_t j = 0; j < n_cols; ++j) {
+                            columns_[j * n_rows + r] = row[j];
+                        }
                     }
                 }
             }
+            c.add(m, columns_.data(), n_rows, threads_);
+            c.counts[m] += n_rows;
         }
-        c.add(0, columns_.data(), n_rows, threads_);
-        c.counts[0] += n_rows;
         return;
     }
     // experts: the tokens routed to each, in token order (ids_host_ is this matmul's routing, see host_ids)

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <thread>
 
 namespace imx::engine {
@@ -106,8 +107,14 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
     // the work: readers of each covariance that the output holds in a quantized type
     struct Job { const Covariance * cov; std::string name; };
     std::vector<Job> jobs;
+    const std::regex only(o.tensors.empty() ? std::string(".*") : o.tensors);
     for (const Covariance & c : im.covariances) {
         for (const std::string & r : c.readers) {
+            const auto ts = im.tensors.find(r);
+            const bool per_head = ts != im.tensors.end() && ts->second.n_mat() == 1 && c.n_mat > 1;
+            if (!std::regex_search(r, only) || (per_head && !o.per_head)) {
+                continue;
+            }
             const ggml_tensor * t = dst.find(r);
             if (t && ggml_is_quantized(t->type) && t->ne[0] == c.n_cols && t->ne[0] % ggml_blck_size(t->type) == 0 &&
                 t->ne[2] == c.n_mat && t->ne[3] == 1) {

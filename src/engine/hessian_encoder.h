@@ -26,6 +26,10 @@ struct HessianOptions {
     HessianRoundingOptions rounding;
     double                 prior_weight = 0;  // W, in tokens
     int                    threads = 0;       // <= 0: all cores
+    std::string            tensors;           // a regex: only matching tensors are re-encoded (empty: all)
+    // Per-head 3-D weights (MLA attn_k_b/attn_v_b) stay diagonal unless asked: re-encoding them raised KLD on
+    // deepseek3-tiny (docs/hessian.md).
+    bool                   per_head = false;
 };
 
 struct HessianTensorReport {
