@@ -36,8 +36,14 @@ Run add_diff(CLI::App & app) {
         list("different token counts", c.count_mismatches);
         std::printf("worst relative difference of sums: %.3g%s%s\n", c.worst_relative,
                     c.worst_at.empty() ? "" : " at ", c.worst_at.c_str());
+        if (c.covariances_compared > 0) {
+            std::printf("worst relative difference of %zu covariances: %.3g%s%s\n", c.covariances_compared,
+                        c.worst_covariance, c.worst_covariance_at.empty() ? "" : " at ",
+                        c.worst_covariance_at.c_str());
+        }
         const bool same = c.only_in_a.empty() && c.only_in_b.empty() && c.shape_mismatches.empty() &&
-                          c.count_mismatches.empty() && c.worst_relative <= o->tolerance;
+                          c.count_mismatches.empty() && c.worst_relative <= o->tolerance &&
+                          c.worst_covariance <= o->tolerance;
         std::printf("%s\n", same ? "agree" : "differ");
         if (!same) {
             std::exit(3);
