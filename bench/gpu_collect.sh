@@ -3,33 +3,12 @@
 # shapes in ../shared/docs/anchors.md (1.43B dense Qwen3, 2.60B Qwen3-MoE 32 experts top-8), plus a check that
 # GPU sums equal CPU sums.
 #   bench/gpu_collect.sh --llama-source DIR --vocab-from MODEL.gguf --text FILE [--chunks N] [--rounds R]
-# An offline GPU machine cannot fetch llama.cpp: --llama-source names a copy of the pinned tree.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-src=""; vocab=""; text=""; chunks=200; rounds=1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --llama-source) src=$2; shift ;;
-    --vocab-from) vocab=$2; shift ;;
-    --text) text=$2; shift ;;
-    --chunks) chunks=$2; shift ;;
-    --rounds) rounds=$2; shift ;;
-    *) echo "gpu_collect.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-  shift
-done
-build=${IMX_BUILD:-$root/build-gpu}
-export IMX_CACHE_DIR=${IMX_CACHE_DIR:-$build/cache} IMX_CUDA_ARCHITECTURES=${IMX_CUDA_ARCHITECTURES:-native}
-t0=$(date +%s)
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DIMX_CUDA=ON -DIMX_BUILD_TESTS=OFF \
-  ${src:+-DIMX_LLAMA_SOURCE=$src} ${IMX_PREFIX:+-DCMAKE_PREFIX_PATH=$IMX_PREFIX} >"$build.configure.log" 2>&1 \
-  || { tail -40 "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target imx >"$build.build.log" 2>&1 || { tail -40 "$build.build.log"; exit 1; }
-echo "# build (llama.cpp with CUDA + imx): $(( $(date +%s) - t0 )) s"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/# GPU: /'
+chunks=200; rounds=1; extra_opts="chunks rounds"
+source "$root/bench/gpu_build.sh"
 
 models=$build/models; mkdir -p "$models"
-imx=$build/imx
 [ -f "$models/dense-1.4b.gguf" ] || "$imx" synth --arch qwen3 --vocab-from "$vocab" -o "$models/dense-1.4b.gguf" --layers 28 --embd 2048 --ff 6144 \
   --heads 16 --kv-heads 8 --head-dim 128
 [ -f "$models/moe-2.6b.gguf" ] || "$imx" synth --arch qwen3moe --vocab-from "$vocab" -o "$models/moe-2.6b.gguf" --layers 16 --embd 2048 \

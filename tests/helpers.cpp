@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <chrono>
+#include <csignal>
+#include <thread>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -58,6 +61,18 @@ std::string upstream_imatrix(const std::string & model, const std::string & extr
         fs::rename(part, out);
     }
     return out;
+}
+
+bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint) {
+    const RunResult started = run("sh -c '" + command + " >/dev/null 2>&1 & echo $!'");
+    const pid_t pid = std::stoi(started.output);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!fs::exists(checkpoint) && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ::kill(pid, SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    return fs::exists(checkpoint);
 }
 
 std::vector<uint8_t> bytes_of(const std::string & path) { return imx::read_file(path); }

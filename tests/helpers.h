@@ -22,6 +22,10 @@ RunResult run(const std::string & command);
 // of its output file. `extra` is appended to: -m MODEL -f calibration.txt -o OUT -c 512 -t 2.
 std::string upstream_imatrix(const std::string & model, const std::string & extra, const std::string & ext);
 
+// Starts `command` in the background, waits (up to 2 minutes) for `checkpoint` to appear, then kills it with
+// SIGKILL, as a crash or power cut would. Returns whether the checkpoint appeared.
+bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint);
+
 std::vector<uint8_t> bytes_of(const std::string & path);
 bool file_exists(const std::string & path);
 

@@ -6,12 +6,9 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <fstream>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
-#include <thread>
 
 using namespace imx;
 using namespace imx::test;
@@ -104,16 +101,7 @@ TEST_P(Collect, ResumeAfterKill9GivesTheSameBytes) {
     const std::string cmd = imx_bin() + " collect -m " + shared("models/" + model()) + " -f " +
                             shared("data/calibration.txt") + " -o " + out +
                             " -c 512 -t 2 --chunks 12 -b 512 --save-every 2";
-    // start it in the background, wait for its first checkpoint, then kill -9
-    const RunResult started = run("sh -c '" + cmd + " >/dev/null 2>&1 & echo $!'");
-    const pid_t pid = std::stoi(started.output);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (!fs::exists(ckpt) && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint appeared";
-    ::kill(pid, SIGKILL);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ASSERT_TRUE(kill_after_checkpoint(cmd, ckpt)) << "no checkpoint appeared";
     EXPECT_FALSE(fs::exists(out)) << "killed before the end: no output yet";
 
     const RunResult resumed = run(cmd + " --resume");
@@ -129,13 +117,7 @@ TEST_P(Collect, ResumeRefusesACheckpointOfAnotherRun) {
     // make a checkpoint with 6 chunks, then resume asking for 4
     const std::string cmd_base = imx_bin() + " collect -m " + shared("models/" + model()) + " -f " +
                                  shared("data/calibration.txt") + " -o " + out + " -c 512 -t 2 -b 512 ";
-    const RunResult bg = run("sh -c '" + cmd_base + "--chunks 40 --save-every 2 >/dev/null 2>&1 & echo $!'");
-    const pid_t pid = std::stoi(bg.output);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (!fs::exists(out + ".ckpt") && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ::kill(pid, SIGKILL);
+    kill_after_checkpoint(cmd_base + "--chunks 40 --save-every 2", out + ".ckpt");
     const RunResult r = run(cmd_base + "--chunks 4 --resume");
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.output.find(out + ".ckpt: made by a different run"), std::string::npos) << r.output;

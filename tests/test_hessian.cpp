@@ -7,11 +7,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <chrono>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
-#include <thread>
 
 using namespace imx;
 using namespace imx::test;
@@ -136,15 +133,7 @@ TEST(CollectCovariance, ResumeAfterKill9GivesTheSameBytes) {
     fs::remove(out);
     fs::remove(ckpt);
     const std::string cmd = collect_cmd(model, out, "--chunks 6 --covariance --save-every 2");
-    const RunResult started = run("sh -c '" + cmd + " >/dev/null 2>&1 & echo $!'");
-    const pid_t pid = std::stoi(started.output);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (!fs::exists(ckpt) && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint appeared";
-    ::kill(pid, SIGKILL);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ASSERT_TRUE(kill_after_checkpoint(cmd, ckpt)) << "no checkpoint appeared";
     const RunResult resumed = run(cmd + " --resume");
     ASSERT_EQ(resumed.exit_code, 0) << tail(resumed.output);
     EXPECT_NE(resumed.output.find("resumed after chunk"), std::string::npos) << tail(resumed.output);

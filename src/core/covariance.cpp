@@ -1,5 +1,6 @@
 #include "covariance.h"
 
+#include "dot.h"
 #include "error.h"
 
 #include <thread>
@@ -21,25 +22,6 @@ std::vector<double> Covariance::dense(int64_t m) const {
     return h;
 }
 
-namespace {
-
-// Eight independent partial sums let the compiler vectorise the loop without reordering float additions.
-float dot(const float * a, const float * b, int64_t n) {
-    float acc[8] = {};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8) {
-        for (int l = 0; l < 8; ++l) {
-            acc[l] += a[t + l] * b[t + l];
-        }
-    }
-    for (; t < n; ++t) {
-        acc[0] += a[t] * b[t];
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-}  // namespace
-
 void Covariance::add(int64_t m, const float * columns, int64_t n_rows, int threads) {
     if (n_rows == 0) {
         return;
@@ -51,7 +33,7 @@ void Covariance::add(int64_t m, const float * columns, int64_t n_rows, int threa
             const int64_t s = block_start(i);
             const float * xi = columns + i * n_rows;
             for (int64_t j = i; j < s + block; ++j) {
-                v[i * block + (j - s)] += (double) dot(xi, columns + j * n_rows, n_rows);
+                v[i * block + (j - s)] += (double) dot<8>(xi, columns + j * n_rows, n_rows);
             }
         }
     };

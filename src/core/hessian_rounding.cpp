@@ -1,5 +1,6 @@
 #include "hessian_rounding.h"
 
+#include "dot.h"
 #include "error.h"
 
 #include <cmath>
@@ -33,21 +34,6 @@ bool cholesky_lower(std::vector<double> & a, int64_t n) {
 }
 
 namespace {
-
-// Four partial sums: vectorisable without reassociating the compiler's own additions.
-double dot(const double * a, const double * b, int64_t n) {
-    double acc[4] = {};
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        for (int l = 0; l < 4; ++l) {
-            acc[l] += a[i + l] * b[i + l];
-        }
-    }
-    for (; i < n; ++i) {
-        acc[0] += a[i] * b[i];
-    }
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
 
 // Inverse of a lower triangular n×n matrix, in place.
 void invert_lower(std::vector<double> & l, int64_t n) {
@@ -149,7 +135,7 @@ double HessianRounder::loss(const float * w, const float * decoded) const {
     }
     double total = 0;
     for (int64_t i = 0; i < n_; ++i) {
-        total += d[i] * dot(h_.data() + i * n_, d.data(), n_);
+        total += d[i] * dot<4>(h_.data() + i * n_, d.data(), n_);
     }
     return total;
 }
@@ -175,7 +161,7 @@ double HessianRounder::round_row(const float * w, const BlockQuantizer & q, uint
                 // t' = q − α diag(S)⁻¹ S Δ at the best solution so far, S Δ = V⁻¹ E; α halves each round
                 const double alpha = 1.0 / (1 << (round - 1));
                 for (int64_t i = 0; i < b; ++i) {
-                    const double v = dot(vinv + i * b + i, best_e.data() + i, b - i);
+                    const double v = dot<4>(vinv + i * b + i, best_e.data() + i, b - i);
                     target[i] = (float) (best_dec[i] - alpha * v / imp[i]);
                 }
             }
@@ -185,7 +171,7 @@ double HessianRounder::round_row(const float * w, const BlockQuantizer & q, uint
             }
             double l = 0;  // E = V⁻ᵀ Δ: E_k = Σ_{i<=k} V⁻¹_{ik} Δ_i
             for (int64_t k = 0; k < b; ++k) {
-                const double v = dot(vinv_t + k * b, delta.data(), k + 1);
+                const double v = dot<4>(vinv_t + k * b, delta.data(), k + 1);
                 e[k] = v;
                 l += v * v;
             }
