@@ -23,9 +23,20 @@ std::string collect_cmd(const std::string & model, const std::string & out, cons
            " -o " + out + " -c 512 -t 2 " + extra;
 }
 
-// Collected once per build tree and argument set, like the upstream runs.
+// Collected once per imx binary and argument set: cached under a folder named after the binary's time and size,
+// so a rebuilt imx never meets files of an older one.
 std::string collected(const std::string & model, const std::string & name, const std::string & extra) {
-    const std::string out = work_dir("hessian") + "/" + name;
+    static const std::string dir = [] {
+        const auto stamp = std::to_string(fs::last_write_time(imx_bin()).time_since_epoch().count()) + "-" +
+                           std::to_string(fs::file_size(imx_bin()));
+        for (const auto & e : fs::directory_iterator(work_dir("hessian"))) {
+            if (e.path().filename() != stamp) {
+                fs::remove_all(e.path());  // an older binary's
+            }
+        }
+        return work_dir("hessian/" + stamp);
+    }();
+    const std::string out = dir + "/" + name;
     if (!file_exists(out)) {
         const RunResult r = run(collect_cmd(model, out, extra));
         EXPECT_EQ(r.exit_code, 0) << tail(r.output);
@@ -106,7 +117,7 @@ TEST(CollectCovariance, BudgetKeepsDiagonalBlocksOfTheWholeMatrix) {
         EXPECT_EQ(c.block, 256) << c.readers[0];
     }
     // legacy files cannot hold covariances: a clear error, not a silent drop
-    const RunResult dat = run(collect_cmd(model, work_dir("hessian") + "/x.dat", "--chunks 1 --covariance"));
+    const RunResult dat = run(collect_cmd(model, work_dir("hessian-errors") + "/x.dat", "--chunks 1 --covariance"));
     EXPECT_EQ(dat.exit_code, 2);
     EXPECT_NE(dat.output.find("--covariance needs the GGUF format"), std::string::npos) << tail(dat.output);
 }
@@ -129,7 +140,7 @@ TEST(CollectCovariance, UpstreamQuantizeReadsTheFileAsWithoutCovariance) {
 TEST(CollectCovariance, ResumeAfterKill9GivesTheSameBytes) {
     const std::string model = "qwen3moe-tiny.gguf";
     const std::string whole = collected(model, "qwen-cov6.gguf", "--chunks 6 --covariance");
-    const std::string out = work_dir("hessian") + "/qwen-cov6-killed.gguf", ckpt = out + ".ckpt";
+    const std::string out = work_dir("hessian-resume") + "/qwen-cov6-killed.gguf", ckpt = out + ".ckpt";
     fs::remove(out);
     fs::remove(ckpt);
     const std::string cmd = collect_cmd(model, out, "--chunks 6 --covariance --save-every 2");
