@@ -41,6 +41,11 @@ void print_json(const Options & o, const Imatrix & im) {
         j["tensors"].push_back({{"name", name}, {"n_cols", ts.n_cols()}, {"n_mat", ts.n_mat()},
                                 {"counts", ts.counts}, {"unseen", unseen_matrices(ts)}});
     }
+    j["covariances"] = nlohmann::json::array();
+    for (const Covariance & c : im.covariances) {
+        j["covariances"].push_back({{"readers", c.readers}, {"n_cols", c.n_cols}, {"block", c.block},
+                                    {"n_mat", c.n_mat}});
+    }
     std::printf("%s\n", j.dump(2).c_str());
 }
 
@@ -62,7 +67,16 @@ void print_text(const Options & o, const Imatrix & im) {
     for (const auto & [name, ts] : im.tensors) {
         n_partial += ts.n_unseen() > 0;
     }
-    std::printf("tensors:   %zu (%d with matrices that saw no token)\n\n", im.tensors.size(), n_partial);
+    std::printf("tensors:   %zu (%d with matrices that saw no token)\n", im.tensors.size(), n_partial);
+    if (!im.covariances.empty()) {
+        int whole = 0;
+        for (const Covariance & c : im.covariances) {
+            whole += c.full();
+        }
+        std::printf("covariance: %zu inputs (%d whole, %zu in blocks of 256), for imx quantize --method hessian\n",
+                    im.covariances.size(), whole, im.covariances.size() - whole);
+    }
+    std::printf("\n");
     std::printf("%-36s %7s %6s %12s %12s  %s\n", "tensor", "cols", "mats", "min tokens", "max tokens", "unseen");
     for (const auto & [name, ts] : im.tensors) {
         const auto [mn, mx] = std::minmax_element(ts.counts.begin(), ts.counts.end());
