@@ -66,7 +66,11 @@ up, h = rows["up.gguf"], rows["hess.gguf"]
 e = lambda x, f="%.5f": (f % x["value"]) + " [" + (f % x["lo"]) + ", " + (f % x["hi"]) + "]"
 d = h["kld_minus_reference"]
 ppl_imx = [r for r in json.load(open(f"{tmp}/eval10.json"))["models"] if r["path"].endswith("hess.gguf")][0]["ppl"]["value"]
-ppl_up = float(re.search(r"Final estimate: PPL = ([0-9.]+)", open(f"{tmp}/ppl.log").read()).group(1))
+log = open(f"{tmp}/ppl.log").read()
+# llama-perplexity's last log line can be lost at exit (its logger is asynchronous): the running value after
+# the last chunk is the same number
+final = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+ppl_up = float(final.group(1) if final else re.findall(r"\[\d+\]([0-9.]+),", log)[-1])
 cu, ci = open(f"{tmp}/up.cost").read().split(), open(f"{tmp}/imx.cost").read().split()
 print(f"| {name} | {t} | {up['bytes'] / 1048576:.2f} | {e(up['kld_mean'])} | {e(h['kld_mean'])} | {e(d, '%+.5f')} | "
       f"{100 * (h['kld_mean']['value'] / up['kld_mean']['value'] - 1):+.1f}% | {ppl_up:.4f} / {ppl_imx:.4f} | "
