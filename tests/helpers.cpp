@@ -63,16 +63,52 @@ std::string upstream_imatrix(const std::string & model, const std::string & extr
     return out;
 }
 
-bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint) {
-    const RunResult started = run("sh -c '" + command + " >/dev/null 2>&1 & echo $!'");
-    const pid_t pid = std::stoi(started.output);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (!fs::exists(checkpoint) && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+Background start(const std::string & command, const std::string & log) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        const std::string line = "exec " + command + " >" + log + " 2>&1";
+        execl("/bin/sh", "sh", "-c", line.c_str(), (char *) nullptr);
+        _exit(127);
     }
-    ::kill(pid, SIGKILL);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    return fs::exists(checkpoint);
+    return {pid, log};
+}
+
+std::string wait_for_file(const std::string & prefix, bool exact, int seconds) {
+    const fs::path p(prefix);
+    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    const std::string start = p.filename().string();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    while (std::chrono::steady_clock::now() < deadline) {
+        std::error_code ec;
+        for (const auto & e : fs::directory_iterator(dir, ec)) {
+            const std::string name = e.path().filename().string();
+            if (exact ? name == start : name.rfind(start, 0) == 0) {
+                return e.path().string();
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return "";
+}
+
+RunResult finish(const Background & b) {
+    int status = 0;
+    waitpid(b.pid, &status, 0);
+    RunResult r{WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1, ""};
+    std::error_code ec;
+    if (fs::exists(b.log, ec)) {
+        const auto bytes = imx::read_file(b.log);
+        r.output.assign(bytes.begin(), bytes.end());
+    }
+    return r;
+}
+
+bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint) {
+    const Background b = start(command, "/dev/null");
+    const bool appeared = !wait_for_file(checkpoint, true).empty();
+    ::kill(b.pid, SIGKILL);
+    finish(b);
+    return appeared;
 }
 
 std::vector<uint8_t> bytes_of(const std::string & path) { return imx::read_file(path); }

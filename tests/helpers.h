@@ -22,6 +22,18 @@ RunResult run(const std::string & command);
 // of its output file. `extra` is appended to: -m MODEL -f calibration.txt -o OUT -c 512 -t 2.
 std::string upstream_imatrix(const std::string & model, const std::string & extra, const std::string & ext);
 
+// A command running in the background (sh -c "exec COMMAND", so signals reach the program itself).
+struct Background {
+    int         pid;
+    std::string log;  // stdout and stderr
+};
+Background start(const std::string & command, const std::string & log);
+// Waits (up to `seconds`) until a file whose path starts with `prefix` (is `prefix`, if exact) exists;
+// returns its path, or "".
+std::string wait_for_file(const std::string & prefix, bool exact = false, int seconds = 120);
+// Waits for the program's end: its exit code (128 + N if signal N ended it) and its output.
+RunResult finish(const Background & b);
+
 // Starts `command` in the background, waits (up to 2 minutes) for `checkpoint` to appear, then kills it with
 // SIGKILL, as a crash or power cut would. Returns whether the checkpoint appeared.
 bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint);

@@ -88,7 +88,7 @@ TEST_P(MalformedInput, OneLineErrorExit2NoOutput) {
         EXPECT_FALSE(fs::exists(out));
     }
     for (const auto & e : fs::directory_iterator(d)) {
-        EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << "left behind: " << e.path();
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
     }
     // inspect and merge fail the same way
     EXPECT_EQ(run(imx_bin() + " inspect " + in).exit_code, 2);

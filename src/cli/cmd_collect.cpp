@@ -118,6 +118,7 @@ Run add_collect(CLI::App & app) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
         }
+        prepare_outputs({c.output, c.save_every > 0 || c.resume ? engine::checkpoint_path(c.output) : ""});
         if (o->covariance) {
             if (resolve_format(o->format, c.output) != ImatrixFormat::gguf) {
                 throw Error(c.output + ": --covariance needs the GGUF format (legacy .dat files cannot hold it)");

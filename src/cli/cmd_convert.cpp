@@ -21,6 +21,7 @@ Run add_convert(CLI::App & app) {
     app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for legacy .dat input")
         ->capture_default_str();
     return [o] {
+        prepare_outputs({o->out});
         const Imatrix im = load_imatrix(o->in, o->legacy_chunk_size);
         const ImatrixFormat fmt = resolve_format(o->format, o->out);
         if (fmt == ImatrixFormat::legacy) {

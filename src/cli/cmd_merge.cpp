@@ -22,6 +22,7 @@ Run add_merge(CLI::App & app) {
     app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for legacy .dat inputs")
         ->capture_default_str();
     return [o] {
+        prepare_outputs({o->out});
         Imatrix merged;
         for (size_t i = 0; i < o->inputs.size(); ++i) {
             const Imatrix im = load_imatrix(o->inputs[i], o->legacy_chunk_size);

@@ -128,6 +128,7 @@ Run add_quantize(CLI::App & app) {
         if (o->prior_weight > 0 && o->imatrix.empty()) {
             throw Error("--prior-weight needs an --imatrix to weigh against");
         }
+        prepare_outputs({q.output});
         engine::init_llama(o->verbose);
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target)};
         QuantWeights weights;

@@ -78,6 +78,7 @@ Run add_stats(CLI::App & app) {
     app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for legacy .dat input")
         ->capture_default_str();
     return [o] {
+        prepare_outputs({o->html});
         const Imatrix im = load_imatrix(o->file, o->legacy_chunk_size);
         const auto ts = tensor_statistics(im);
         const auto ls = layer_statistics(ts);

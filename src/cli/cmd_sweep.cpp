@@ -142,6 +142,7 @@ Run add_sweep(CLI::App & app) {
         const std::string dir = temp_dir ? (fs::temp_directory_path() / ("imx-sweep-" + std::to_string(getpid()))).string()
                                          : o->work_dir;
         fs::create_directories(dir);
+        prepare_outputs({o->markdown_file, o->json_file});
 
         const Imatrix im = load_imatrix(o->imatrix);
         const auto shapes = engine::model_tensor_shapes(o->base);

@@ -3,7 +3,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/atomic_file.h"
+
+#include <cstdio>
 #include <functional>
+#include <initializer_list>
+#include <string>
 
 namespace imx::cli {
 
@@ -20,5 +25,17 @@ Run add_diff(CLI::App & app);
 Run add_quantize(CLI::App & app);
 Run add_eval(CLI::App & app);
 Run add_sweep(CLI::App & app);
+
+// Before any work: every output (empty names skipped) can be created, else Error naming it; temporary files
+// of ended runs are removed, each with a line.
+inline void prepare_outputs(std::initializer_list<std::string> paths) {
+    for (const std::string & p : paths) {
+        if (!p.empty()) {
+            for (const std::string & line : prepare_output(p)) {
+                std::fprintf(stderr, "imx: %s\n", line.c_str());
+            }
+        }
+    }
+}
 
 }  // namespace imx::cli

@@ -1,8 +1,10 @@
 // imx: importance matrices for quantizing GGUF models. This file only dispatches to the subcommands.
 //
-// Exit codes: 0 success, 1 usage error, 2 bad input or failed I/O (one line on stderr names the file).
+// Exit codes: 0 success, 1 usage error, 2 bad input or failed I/O (one line on stderr names the file),
+// 128 + N ended by signal N (130 Ctrl-C, 143 SIGTERM), temporary files removed.
 #include "commands.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 
 #include <cstdio>
 #include <map>
@@ -48,10 +50,14 @@ int main(int argc, char ** argv) {
         const int rc = app.exit(e);
         return rc == 0 ? 0 : 1;
     }
+    imx::install_interrupt_handlers();
     try {
         for (CLI::App * sub : app.get_subcommands()) {
             runs.at(sub)();
         }
+    } catch (const imx::Interrupted & e) {
+        std::fprintf(stderr, "imx: %s\n", e.what());
+        return 128 + e.signal();
     } catch (const imx::Error & e) {
         std::fprintf(stderr, "imx: error: %s\n", e.what());
         return 2;

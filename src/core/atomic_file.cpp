@@ -1,14 +1,20 @@
 #include "atomic_file.h"
 
 #include "error.h"
+#include "interrupt.h"
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 namespace imx {
+
+namespace fs = std::filesystem;
 
 std::vector<uint8_t> read_file(const std::string & path) {
     FILE * f = std::fopen(path.c_str(), "rb");
@@ -29,9 +35,11 @@ std::vector<uint8_t> read_file(const std::string & path) {
     return bytes;
 }
 
+std::string temporary_path(const std::string & path) { return path + ".tmp-" + std::to_string(getpid()); }
+
 void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes) {
-    const std::string tmp = path + ".tmp." + std::to_string(getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const TemporaryFile tmp(temporary_path(path));
+    const int fd = ::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
     }
@@ -45,11 +53,67 @@ void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes)
     const int err = errno;
     ok = ok && ::fsync(fd) == 0;
     ok = (::close(fd) == 0) && ok;
-    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    if (!ok || std::rename(tmp.path().c_str(), path.c_str()) != 0) {
         const int e = ok ? errno : err;
-        std::remove(tmp.c_str());
+        std::remove(tmp.path().c_str());
         throw Error(path + ": cannot write (" + std::strerror(e) + ")");
     }
+}
+
+std::vector<std::string> prepare_output(const std::string & path) {
+    const fs::path p(path);
+    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+        throw Error(path + ": is a folder, not a file name");
+    }
+    if (!fs::is_directory(dir, ec)) {
+        throw Error(path + ": cannot create (no folder " + dir.string() + ")");
+    }
+    // The real test: create (and remove) the very temporary file the output will be written under.
+    const std::string probe = temporary_path(path);
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+        throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
+    }
+    ::close(fd);
+    ::unlink(probe.c_str());
+
+    std::vector<std::string> removed;
+    const std::string prefix = p.filename().string() + ".tmp-";
+    for (const auto & e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) {
+            continue;
+        }
+        const std::string digits = name.substr(prefix.size());
+        if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) {
+            continue;
+        }
+        const pid_t pid = (pid_t) std::stol(digits);
+        if (pid == getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) {
+            continue;  // that process still runs (or is not ours to judge): its file is in use
+        }
+        std::error_code rec;
+        const uintmax_t bytes = fs::file_size(e.path(), rec);
+        if (fs::remove(e.path(), rec)) {
+            char line[64];
+            std::snprintf(line, sizeof line, " (%.1f MiB) left by an ended run (pid %d)", bytes / 1048576.0, (int) pid);
+            removed.push_back("removed " + e.path().string() + line);
+        }
+    }
+    return removed;
+}
+
+std::string write_failure_reason(const std::string & path, const std::string & fallback) {
+    const fs::path p(path);
+    const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
+    struct statvfs s{};
+    // a write that failed for want of space leaves (almost) nothing free; allow for reserved blocks
+    if (::statvfs(dir.c_str(), &s) == 0 && (uint64_t) s.f_bavail * s.f_frsize < (1u << 20)) {
+        return std::strerror(ENOSPC);
+    }
+    return fallback;
 }
 
 }  // namespace imx

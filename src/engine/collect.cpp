@@ -5,6 +5,7 @@
 #include "core/atomic_file.h"
 #include "core/checkpoint.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "llama_model.h"
 
 #include <chrono>
@@ -80,7 +81,27 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     llama_batch batch = llama_batch_init((int32_t) o.chunk_size, 0, 1);
     const auto t0 = std::chrono::steady_clock::now();
     uint32_t last_checkpoint = next;
+    auto save = [&](uint32_t done) {
+        Checkpoint c{fp, done, collector.data()};
+        c.data.meta = {{o.text_file}, done, o.chunk_size};
+        save_checkpoint(c, ckpt);
+        last_checkpoint = done;
+    };
+    // Ctrl-C / SIGTERM between chunks: keep what was done (a checkpoint when one was asked for), then stop.
+    const DeferInterrupts defer;
     for (uint32_t i = next; i < n_chunks; ++i) {
+        if (const int sig = interrupted()) {
+            llama_batch_free(batch);
+            std::string what = "interrupted (signal " + std::to_string(sig) + ") after " + std::to_string(i) + " of " +
+                               std::to_string(n_chunks) + " chunks";
+            if (o.save_every > 0 && i > last_checkpoint) {
+                save(i);
+            }
+            what += o.save_every > 0 && last_checkpoint > 0
+                        ? "; " + ckpt + " holds " + std::to_string(last_checkpoint) + " chunks, --resume continues"
+                        : "; nothing saved (--save-every N keeps a checkpoint)";
+            throw Interrupted(sig, what);
+        }
         llama_memory_clear(llama_get_memory(ctx.get()), true);
         const Chunk & chunk = chunks[i];
         // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
@@ -100,10 +121,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         const uint32_t done = i + 1;
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (o.save_every > 0 && done < n_chunks && done - last_checkpoint >= (uint32_t) o.save_every) {
-            Checkpoint c{fp, done, collector.data()};
-            c.data.meta = {{o.text_file}, done, o.chunk_size};
-            save_checkpoint(c, ckpt);
-            last_checkpoint = done;
+            save(done);
         }
         progress({done, n_chunks, secs, done - result.chunks_resumed});
     }

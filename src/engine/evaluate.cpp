@@ -2,7 +2,9 @@
 
 #include "calibration.h"
 #include "llama_model.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "core/hash.h"
 
 #include <algorithm>
@@ -51,7 +53,8 @@ bool read_cache(const std::string & path, uint64_t key, size_t n_vocab, size_t n
 // Written to a temporary file and renamed: a cache file is whole or absent, even if imx is killed.
 void write_cache(const std::string & path, uint64_t key, size_t n_vocab, size_t n_scored, const std::vector<float> & data) {
     fs::create_directories(fs::path(path).parent_path());
-    const std::string tmp = path + ".tmp-" + std::to_string(getpid());
+    const TemporaryFile tmp_file(temporary_path(path));
+    const std::string & tmp = tmp_file.path();
     {
         std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
         const uint64_t hdr[3] = {key, n_vocab, n_scored};

@@ -1,7 +1,9 @@
 #include "quantize.h"
 
 #include "llama_model.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 
 #include "ggml.h"
 #include "gguf.h"
@@ -205,8 +207,10 @@ void quantize_model(const QuantizeOptions & o) {
         p.tt_overrides = tensor_types.data();
     }
 
-    // Written beside the output and renamed over it only when complete: no partial model is ever left.
-    const std::string tmp = o.output + ".tmp-" + std::to_string(getpid());
+    // Written beside the output and renamed over it only when complete: no partial model is ever left, also
+    // when the run is interrupted (the temporary file is registered for removal).
+    const TemporaryFile tmp_file(temporary_path(o.output));
+    const std::string & tmp = tmp_file.path();
     uint32_t rc = 0;
     std::string log;
     {
@@ -220,8 +224,17 @@ void quantize_model(const QuantizeOptions & o) {
         log = capture.errors();
     }
     if (rc != 0) {
+        const std::string reason = failure_reason(log);
+        // llama.cpp's output stream throws "basic_ios::clear: iostream error" when a write fails: that is the
+        // output's fault (a full disk), not the model's. Ask the file system while the temporary file is there.
+        const bool write_failed = reason.find("iostream") != std::string::npos ||
+                                  reason.find("basic_ios") != std::string::npos;
+        const std::string cause = write_failed ? write_failure_reason(tmp, "write error") : "";
         std::error_code ec;
         fs::remove(tmp, ec);
+        if (write_failed) {
+            throw Error(o.output + ": cannot write (" + cause + ")");
+        }
         const std::string tensor = tensor_named_in(log);
         if (log.find("requires an imatrix") != std::string::npos ||
             log.find("Missing importance matrix") != std::string::npos) {
@@ -229,7 +242,7 @@ void quantize_model(const QuantizeOptions & o) {
                         (o.weights ? ", and " + o.imatrix_file + " has no data for it"
                                    : "; give one with --imatrix"));
         }
-        throw Error(o.model + ": " + failure_reason(log));
+        throw Error(o.model + ": " + reason);
     }
     if (o.finish) {
         try {

@@ -1,6 +1,8 @@
 #include "synth_model.h"
 
+#include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 
 #include "ggml.h"
 #include "gguf.h"
@@ -126,7 +128,8 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
         }
     }
 
-    const std::string tmp = o.output + ".tmp";
+    const TemporaryFile tmp_file(temporary_path(o.output));
+    const std::string & tmp = tmp_file.path();
     FILE * f = std::fopen(tmp.c_str(), "wb");
     if (!f) {
         throw Error(o.output + ": cannot create");
