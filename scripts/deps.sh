@@ -2,6 +2,7 @@
 # Installs the Debian packages imx needs to build and test, where they are missing (needs root or sudo).
 set -euo pipefail
 packages=(cmake g++ git clang libclang-rt-14-dev libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+          libopenblas-dev liblapacke-dev
           chromium bc)
 missing=()
 for p in "${packages[@]}"; do

@@ -86,7 +86,8 @@ TEST(HessianRounding, LossOfTheBlocksIsTheLossOfTheRow) {
         }
         std::vector<uint8_t> bytes((n / block) * q.block_bytes);
         const double claimed = r.round_row(w.data(), q, bytes.data(), dec.data());
-        EXPECT_NEAR(claimed, r.loss(w.data(), dec.data()), 1e-9 * r.loss(w.data(), dec.data()));
+        // the factors are float (LAPACK's spotrf/strtri, as GPTQ): the two ways agree to float rounding
+        EXPECT_NEAR(claimed, r.loss(w.data(), dec.data()), 1e-4 * r.loss(w.data(), dec.data()));
         // the bytes decode to what round_row reported
         for (int64_t b = 0; b < n / block; ++b) {
             float scale;
@@ -153,6 +154,83 @@ TEST(HessianRounding, DiagonalHessianChangesNothing) {
         q.encode(w.data() + b, imp.data() + b, bytes.data(), plain.data() + b);
     }
     EXPECT_EQ(dec, plain);
+}
+
+std::vector<float> gaussian_rows(int64_t rows, int64_t n, std::mt19937 & rng) {
+    std::normal_distribution<float> g(0, 1);
+    std::vector<float> w((size_t) (rows * n));
+    for (auto & x : w) {
+        x = g(rng);
+    }
+    return w;
+}
+
+// All rows at once (feedback by matrix products over groups of 256 columns) against the plain per-row way:
+// the same algorithm summed in another order. Float rounding moves the toy quantizer's float scales in the
+// last bits from the second group on, and now and then tips a rounding choice, so: 9 rows in 10 within 1e-4
+// of the per-row loss, the total within 1%. n = 640 with blocks of 32: groups of 8 blocks and a partial one.
+TEST(HessianRounding, AllRowsAtOnceEqualRowByRow) {
+    std::mt19937 rng(5);
+    const int64_t n = 640, block = 32, rows = 48;
+    const HessianRounder r(correlated_hessian(n, 2000, rng), n, block, {});
+    const BlockQuantizer q = toy_quantizer(block);
+    const std::vector<float> w = gaussian_rows(rows, n, rng);
+    const size_t row_bytes = (size_t) (n / block) * q.block_bytes;
+    std::vector<uint8_t> batched(rows * row_bytes), single(rows * row_bytes);
+    std::vector<float> dec_batched((size_t) (rows * n)), dec_single((size_t) (rows * n));
+    std::vector<double> loss_batched((size_t) rows), loss_check((size_t) rows);
+    r.round_rows(w.data(), rows, q, batched.data(), dec_batched.data(), loss_batched.data(), 3);
+    r.losses(w.data(), dec_batched.data(), rows, loss_check.data());
+    double total_batched = 0, total_single = 0;
+    int close_rows = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+        const double l = r.round_row(w.data() + i * n, q, single.data() + i * row_bytes, dec_single.data() + i * n);
+        EXPECT_NEAR(loss_batched[i], loss_check[i], 1e-4 * loss_check[i]) << "row " << i << ": reported = real";
+        total_batched += loss_batched[i];
+        total_single += l;
+        close_rows += std::fabs(loss_batched[i] - l) <= 1e-4 * l;
+        // the first group is computed the same way in both: the same bytes
+        EXPECT_TRUE(std::equal(batched.begin() + i * row_bytes, batched.begin() + i * row_bytes + 8 * q.block_bytes,
+                               single.begin() + i * row_bytes)) << "row " << i;
+    }
+    EXPECT_NEAR(total_batched, total_single, 1e-2 * total_single);
+    EXPECT_GE(close_rows, rows * 9 / 10);
+    RecordProperty("close_rows", close_rows);
+}
+
+// A block-diagonal H given as segments (a covariance kept in 256-blocks) is the same as the dense matrix with
+// zeros between the blocks — with n·segment memory instead of n².
+// (LAPACK's blocking differs with the size, so float rounding differs.)
+TEST(HessianRounding, SegmentsEqualTheDenseBlockDiagonalMatrix) {
+    std::mt19937 rng(6);
+    const int64_t n = 512, seg = 256, block = 32, rows = 16;
+    const std::vector<double> whole = correlated_hessian(n, 1000, rng);
+    std::vector<double> dense((size_t) (n * n), 0.0), packed((size_t) (n * seg));
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = i / seg * seg; j < (i / seg + 1) * seg; ++j) {
+            dense[i * n + j] = whole[i * n + j];
+            packed[i * seg + j - i / seg * seg] = whole[i * n + j];
+        }
+    }
+    const HessianRounder a(dense, n, block, {}), b(packed.data(), 1.0, n, seg, block, {});
+    EXPECT_LT(b.bytes(), a.bytes());
+    const BlockQuantizer q = toy_quantizer(block);
+    const std::vector<float> w = gaussian_rows(rows, n, rng);
+    const size_t row_bytes = (size_t) (n / block) * q.block_bytes;
+    std::vector<uint8_t> ba(rows * row_bytes), bb(rows * row_bytes);
+    std::vector<double> la((size_t) rows), lb((size_t) rows);
+    a.round_rows(w.data(), rows, q, ba.data(), nullptr, la.data(), 2);
+    b.round_rows(w.data(), rows, q, bb.data(), nullptr, lb.data(), 2);
+    // the same up to float rounding, which may tip a choice in a row now and then (as above)
+    double ta = 0, tb = 0;
+    int close_rows = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+        ta += la[i];
+        tb += lb[i];
+        close_rows += std::fabs(la[i] - lb[i]) <= 1e-4 * la[i];
+    }
+    EXPECT_NEAR(ta, tb, 1e-2 * ta);
+    EXPECT_GE(close_rows, rows * 3 / 4);
 }
 
 TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {

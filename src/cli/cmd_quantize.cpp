@@ -112,6 +112,10 @@ Run add_quantize(CLI::App & app) {
                    "hessian: target shifts tried per block after the diagonal encoding")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
+    app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
+                   "hessian: a block stops refining after a shift that lowers its error by less than this share")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", o->verbose, "show llama.cpp's log");
     app.add_flag_callback("--list-types", [] {
@@ -159,7 +163,7 @@ Run add_quantize(CLI::App & app) {
             q.finish = [&](const std::string & written) {
                 Progress hbar("imx quantize: hessian");
                 reports = engine::hessian_reencode(q.model, written, im, o->hessian, [&](int done, int total) {
-                    hbar.update((uint64_t) done, (uint64_t) total, "tensor");
+                    hbar.update((uint64_t) done, (uint64_t) total, "matrix");
                 });
             };
         }
@@ -176,10 +180,12 @@ Run add_quantize(CLI::App & app) {
                          (long long) hs.pooled);
             if (o->verbose) {
                 for (const auto & r : reports) {
-                    std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)\n",
+                    std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
+                                         "%.1f s factor, %.1f s error, %.1f s encode\n",
                                  r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
                                  r.loss_diagonal, r.loss_final,
-                                 r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0);
+                                 r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
+                                 r.seconds_factor, r.seconds_loss, r.seconds_round);
                 }
             }
         }

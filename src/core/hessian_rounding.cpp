@@ -2,40 +2,24 @@
 
 #include "dot.h"
 #include "error.h"
+#include "parallel.h"
 
+#include <cblas.h>
+extern "C" void openblas_set_num_threads(int);  // OpenBLAS's own; cblas.h may be another BLAS's header
+#include <lapacke.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 namespace imx {
 
-bool cholesky_lower(std::vector<double> & a, int64_t n) {
-    for (int64_t j = 0; j < n; ++j) {
-        double d = a[j * n + j];
-        for (int64_t k = 0; k < j; ++k) {
-            d -= a[j * n + k] * a[j * n + k];
-        }
-        if (!(d > 0)) {
-            return false;
-        }
-        d = std::sqrt(d);
-        a[j * n + j] = d;
-        for (int64_t i = j + 1; i < n; ++i) {
-            double s = a[i * n + j];
-            for (int64_t k = 0; k < j; ++k) {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
-        }
-        for (int64_t k = j + 1; k < n; ++k) {
-            a[j * n + k] = 0;
-        }
-    }
-    return true;
-}
-
 namespace {
 
-// Inverse of a lower triangular n×n matrix, in place.
+// Columns whose errors are fed forward by one matrix product: a k-quant super-block, or 8 blocks of 32.
+constexpr int64_t kGroup = 256;
+
+// Inverse of a lower triangular n×n matrix (row-major), in place.
 void invert_lower(std::vector<double> & l, int64_t n) {
     std::vector<double> inv((size_t) (n * n), 0.0);
     for (int64_t j = 0; j < n; ++j) {
@@ -51,71 +35,98 @@ void invert_lower(std::vector<double> & l, int64_t n) {
     l.swap(inv);
 }
 
+// U with H⁻¹ = UᵀU for one segment: with J the order reversal, J·H·J = L·Lᵀ (Cholesky), so H = V·Vᵀ with
+// V = J·L·J upper, and U = V⁻¹ = J·L⁻¹·J. J·M·J of a row-major matrix is its storage read backwards, and a
+// row-major lower triangle is a column-major upper one (what LAPACK is called with). False if H (damped) is
+// not positive definite in float.
+bool upper_factor_of_inverse(float * a, int64_t n) {
+    std::reverse(a, a + n * n);
+    if (LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int) n, a, (lapack_int) n) != 0) {
+        return false;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        std::fill(a + i * n + i + 1, a + (i + 1) * n, 0.0f);  // LAPACK leaves the other half as it was
+    }
+    if (LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int) n, a, (lapack_int) n) != 0) {
+        return false;
+    }
+    std::reverse(a, a + n * n);
+    return std::all_of(a, a + n * n, [](float v) { return std::isfinite(v); });
+}
+
 }  // namespace
 
-HessianRounder::HessianRounder(const std::vector<double> & h, int64_t n, int64_t block,
-                               const HessianRoundingOptions & o)
-    : n_(n), block_(block), opt_(o) {
-    if (block < 1 || n % block != 0 || (int64_t) h.size() != n * n) {
-        throw Error("HessianRounder: " + std::to_string(n) + " columns do not split into blocks of " +
-                    std::to_string(block));
+struct HessianRounder::Scratch {
+    std::vector<float>   target, dec, best_dec;
+    std::vector<uint8_t> code;
+    std::vector<float>   delta, e;
+    Scratch(int64_t b, size_t block_bytes)
+        : target((size_t) b), dec((size_t) b), best_dec((size_t) b), code(block_bytes), delta((size_t) b),
+          e((size_t) b) {}
+};
+
+HessianRounder::HessianRounder(const std::vector<double> & h, int64_t n, int64_t block, const HessianRoundingOptions & o)
+    : HessianRounder(h.data(), 1.0, n, n, block, o) {
+    if ((int64_t) h.size() != n * n) {
+        throw Error("HessianRounder: " + std::to_string(h.size()) + " values are not a " + std::to_string(n) + "² matrix");
     }
+}
+
+HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_t segment, int64_t block,
+                               const HessianRoundingOptions & o)
+    : n_(n), segment_(segment), block_(block), opt_(o) {
+    if (block < 1 || segment < 1 || n % segment != 0 || segment % block != 0) {
+        throw Error("HessianRounder: " + std::to_string(n) + " columns in segments of " + std::to_string(segment) +
+                    " do not split into blocks of " + std::to_string(block));
+    }
+    const auto at = [&](int64_t i, int64_t j) { return scale * h[i * segment + j - i / segment * segment]; };
     double mean_diag = 0;
     for (int64_t i = 0; i < n; ++i) {
-        mean_diag += h[i * n + i];
+        mean_diag += at(i, i);
     }
     mean_diag = mean_diag > 0 ? mean_diag / n : 1.0;
-    // damping grows tenfold until the Cholesky factorisation succeeds (rank-deficient H from few tokens)
-    std::vector<double> l;
-    for (double damp = opt_.damp;; damp *= 10) {
-        h_ = h;
-        for (int64_t i = 0; i < n; ++i) {
-            h_[i * n + i] += damp * mean_diag + (h[i * n + i] == 0 ? mean_diag : 0.0);  // dead columns, as GPTQ
-        }
-        l = h_;
-        if (cholesky_lower(l, n)) {
-            break;
-        }
-        if (damp > 1e6) {
-            throw Error("HessianRounder: the Hessian is not positive definite even with damping");
-        }
-    }
-    // H⁻¹ = L⁻ᵀ L⁻¹, then its Cholesky factor H⁻¹ = M Mᵀ, U = Mᵀ
-    invert_lower(l, n);
-    std::vector<double> hinv((size_t) (n * n), 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = 0; j <= i; ++j) {
-            double s = 0;
-            for (int64_t k = i; k < n; ++k) {  // (L⁻¹)_{k,i} (L⁻¹)_{k,j}, nonzero for k >= max(i, j) = i
-                s += l[k * n + i] * l[k * n + j];
+
+    u_.resize((size_t) (n * segment));
+    for (int64_t s0 = 0; s0 < n; s0 += segment) {
+        float * a = u_.data() + s0 * segment;  // the segment's rows: segment × segment, factorised in place
+        // damping grows tenfold until the factorisation succeeds (rank-deficient H from few tokens)
+        for (double damp = opt_.damp;; damp *= 10) {
+            for (int64_t i = 0; i < segment; ++i) {
+                for (int64_t j = 0; j < segment; ++j) {
+                    a[i * segment + j] = (float) at(s0 + i, s0 + j);
+                }
+                const double d = at(s0 + i, s0 + i);
+                a[i * segment + i] = (float) (d + damp * mean_diag + (d == 0 ? mean_diag : 0.0));  // dead columns
             }
-            hinv[i * n + j] = hinv[j * n + i] = s;
+            if (upper_factor_of_inverse(a, segment)) {
+                break;
+            }
+            if (damp > 1e6) {
+                throw Error("HessianRounder: the Hessian is not positive definite even with damping");
+            }
         }
     }
-    if (!cholesky_lower(hinv, n)) {
-        throw Error("HessianRounder: the inverse Hessian lost positive definiteness (ill-conditioned)");
-    }
-    u_.assign((size_t) (n * n), 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = i; j < n; ++j) {
-            u_[i * n + j] = hinv[j * n + i];
-        }
-    }
+
     // per block: V = U_bb (upper), V⁻¹ via the lower inverse of Vᵀ; diag(S_b) = row norms² of V⁻¹
     const int64_t b = block_;
-    block_inv_.assign((size_t) (n * b), 0.0);
-    block_inv_t_.assign((size_t) (n * b), 0.0);
+    block_inv_.assign((size_t) (n * b), 0.0f);
+    block_inv_t_.assign((size_t) (n * b), 0.0f);
     importance_.assign((size_t) n, 0.0f);
     std::vector<double> vt((size_t) (b * b));
     for (int64_t s = 0; s < n; s += b) {
         for (int64_t i = 0; i < b; ++i) {
             for (int64_t j = 0; j < b; ++j) {
-                vt[i * b + j] = u_[(s + j) * n + s + i];  // Vᵀ, lower
+                vt[i * b + j] = j >= i ? u_row(s + i)[s + j] : 0.0;  // V, upper
+            }
+        }
+        for (int64_t i = 0; i < b; ++i) {  // transpose: Vᵀ, lower
+            for (int64_t j = 0; j < i; ++j) {
+                std::swap(vt[i * b + j], vt[j * b + i]);
             }
         }
         invert_lower(vt, b);  // (Vᵀ)⁻¹ = (V⁻¹)ᵀ
-        double * vinv = block_inv_.data() + s * b;
-        double * vinv_t = block_inv_t_.data() + s * b;
+        float * vinv = block_inv_.data() + s * b;
+        float * vinv_t = block_inv_t_.data() + s * b;
         for (int64_t i = 0; i < b; ++i) {
             double norm = 0;
             for (int64_t k = 0; k < b; ++k) {
@@ -128,71 +139,136 @@ HessianRounder::HessianRounder(const std::vector<double> & h, int64_t n, int64_t
     }
 }
 
+void set_linear_algebra_threads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
+
+size_t HessianRounder::bytes() const {
+    return u_.size() * sizeof(float) + (block_inv_.size() + block_inv_t_.size()) * sizeof(float) +
+           importance_.size() * sizeof(float);
+}
+
+void HessianRounder::losses(const float * w, const float * decoded, int64_t rows, double * out) const {
+    // dᵀ H d = ‖U⁻ᵀ d‖²: per segment, Z = D·U⁻¹ by a triangular solve (Z·U = D) for all rows at once
+    const int64_t n = n_, seg = segment_;
+    std::vector<float> d((size_t) (rows * n));
+    for (int64_t i = 0; i < rows * n; ++i) {
+        d[i] = decoded[i] - w[i];
+    }
+    for (int64_t s0 = 0; s0 < n; s0 += seg) {
+        cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) seg, 1.0f,
+                    u_.data() + s0 * seg, (int) seg, d.data() + s0, (int) n);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            s += (double) d[r * n + i] * d[r * n + i];
+        }
+        out[r] = s;
+    }
+}
+
 double HessianRounder::loss(const float * w, const float * decoded) const {
-    std::vector<double> d((size_t) n_);
-    for (int64_t i = 0; i < n_; ++i) {
-        d[i] = (double) decoded[i] - w[i];
+    double l = 0;
+    losses(w, decoded, 1, &l);
+    return l;
+}
+
+double HessianRounder::encode_block(const float * t, int64_t s, const BlockQuantizer & q, uint8_t * out,
+                                    float * decoded, float * e_out, Scratch & sc) const {
+    const int64_t b = block_;
+    const float * vinv = block_inv_.data() + s * b;
+    const float * vinv_t = block_inv_t_.data() + s * b;
+    const float * imp = importance_.data() + s;
+    std::copy(t + s, t + s + b, sc.target.begin());
+    double best = std::numeric_limits<double>::infinity();
+    for (int round = 0; round <= opt_.refinements; ++round) {
+        if (round > 0) {
+            // t' = q − α diag(S)⁻¹ S Δ at the best solution so far, S Δ = V⁻¹ E; α = ½, ¼, … (α = 1 mostly
+            // overshoots: starting at ½ saved an encoding per block at the same KLD, docs/hessian.md)
+            const float alpha = 1.0f / (float) (1 << round);
+            for (int64_t i = 0; i < b; ++i) {
+                const float v = dot<8>(vinv + i * b + i, e_out + i, b - i);
+                sc.target[i] = sc.best_dec[i] - alpha * v / imp[i];
+            }
+        }
+        q.encode(sc.target.data(), imp, sc.code.data(), sc.dec.data());
+        for (int64_t i = 0; i < b; ++i) {
+            sc.delta[i] = sc.dec[i] - t[s + i];
+        }
+        double l = 0;  // E = V⁻ᵀ Δ: E_k = Σ_{i<=k} V⁻¹_{ik} Δ_i
+        for (int64_t k = 0; k < b; ++k) {
+            const float v = dot<8>(vinv_t + k * b, sc.delta.data(), k + 1);
+            sc.e[k] = v;
+            l += (double) v * v;
+        }
+        const double gain = best - l;
+        if (round > 0 && !(gain > 0)) {
+            continue;  // too long a step: the next, half as long, may still gain
+        }
+        best = l;
+        std::copy(sc.e.begin(), sc.e.end(), e_out);
+        sc.best_dec.swap(sc.dec);
+        std::copy(sc.code.begin(), sc.code.end(), out);
+        if (round > 0 && gain < opt_.refine_tolerance * (best + gain)) {
+            break;  // converged: shorter steps would gain less still, each at the price of an encoding
+        }
     }
-    double total = 0;
-    for (int64_t i = 0; i < n_; ++i) {
-        total += d[i] * dot<4>(h_.data() + i * n_, d.data(), n_);
-    }
-    return total;
+    std::copy(sc.best_dec.begin(), sc.best_dec.end(), decoded);
+    return best;
 }
 
 double HessianRounder::round_row(const float * w, const BlockQuantizer & q, uint8_t * bytes, float * decoded) const {
     const int64_t n = n_, b = block_;
-    std::vector<double> t(w, w + n);  // targets, moved by the feedback of earlier blocks
-    std::vector<float> target((size_t) b), dec((size_t) b), best_dec((size_t) b);
-    std::vector<uint8_t> code(q.block_bytes);
-    std::vector<double> delta((size_t) b), e((size_t) b), best_e((size_t) b);
+    std::vector<float> t(w, w + n);  // targets, moved by the feedback of earlier blocks
+    std::vector<float> e((size_t) b);
+    Scratch sc(b, q.block_bytes);
     double total = 0;
     for (int64_t s = 0, blk = 0; s < n; s += b, ++blk) {
-        const double * vinv = block_inv_.data() + s * b;
-        const double * vinv_t = block_inv_t_.data() + s * b;
-        const float * imp = importance_.data() + s;
-        uint8_t * out = bytes + blk * q.block_bytes;
-        for (int64_t i = 0; i < b; ++i) {
-            target[i] = (float) t[s + i];
-        }
-        double best = std::numeric_limits<double>::infinity();
-        for (int round = 0; round <= opt_.refinements; ++round) {
-            if (round > 0) {
-                // t' = q − α diag(S)⁻¹ S Δ at the best solution so far, S Δ = V⁻¹ E; α halves each round
-                const double alpha = 1.0 / (1 << (round - 1));
-                for (int64_t i = 0; i < b; ++i) {
-                    const double v = dot<4>(vinv + i * b + i, best_e.data() + i, b - i);
-                    target[i] = (float) (best_dec[i] - alpha * v / imp[i]);
-                }
-            }
-            q.encode(target.data(), imp, code.data(), dec.data());
-            for (int64_t i = 0; i < b; ++i) {
-                delta[i] = (double) dec[i] - t[s + i];
-            }
-            double l = 0;  // E = V⁻ᵀ Δ: E_k = Σ_{i<=k} V⁻¹_{ik} Δ_i
-            for (int64_t k = 0; k < b; ++k) {
-                const double v = dot<4>(vinv_t + k * b, delta.data(), k + 1);
-                e[k] = v;
-                l += v * v;
-            }
-            if (l < best) {
-                best = l;
-                best_e = e;
-                best_dec = dec;
-                std::copy(code.begin(), code.end(), out);
-            }
-        }
-        total += best;
-        std::copy(best_dec.begin(), best_dec.end(), decoded + s);
-        // feedback to the later columns: t_j += Σ_k E_k U_{s+k, j}
+        total += encode_block(t.data(), s, q, bytes + blk * q.block_bytes, decoded + s, e.data(), sc);
+        // feedback to the later columns of the segment: t_j += Σ_k E_k U_{s+k, j}
+        const int64_t end = (s / segment_ + 1) * segment_;
         for (int64_t k = 0; k < b; ++k) {
-            const double * urow = u_.data() + (s + k) * n;
-            for (int64_t j = s + b; j < n; ++j) {
-                t[j] += best_e[k] * urow[j];
+            const float * urow = u_row(s + k);
+            for (int64_t j = s + b; j < end; ++j) {
+                t[j] += e[k] * urow[j];
             }
         }
     }
     return total;
+}
+
+void HessianRounder::round_rows(const float * w, int64_t rows, const BlockQuantizer & q, uint8_t * bytes,
+                                float * decoded, double * losses, int threads) const {
+    const int64_t n = n_, b = block_, seg = segment_;
+    const int64_t group = std::min(seg, std::max(b, kGroup / b * b));
+    const size_t row_bytes = (size_t) (n / b) * q.block_bytes;
+    std::vector<float> t(w, w + rows * n);              // targets, moved by the feedback of earlier blocks
+    std::vector<float> e((size_t) (rows * group));      // the group's E, row by row
+    std::vector<float> dec_row(decoded ? 0 : (size_t) (threads * n));
+    std::fill(losses, losses + rows, 0.0);
+    for (int64_t g0 = 0, g1 = 0; g0 < n; g0 = g1) {
+        const int64_t seg_end = (g0 / seg + 1) * seg;
+        g1 = std::min(g0 + group, seg_end);
+        parallel_for(rows, threads, [&](int64_t r, int tid) {
+            Scratch sc(b, q.block_bytes);
+            std::vector<float> eb((size_t) b);
+            float * tr = t.data() + r * n;
+            float * dr = decoded ? decoded + r * n : dec_row.data() + tid * n;
+            for (int64_t s = g0; s < g1; s += b) {
+                losses[r] += encode_block(tr, s, q, bytes + r * row_bytes + s / b * q.block_bytes, dr + s, eb.data(), sc);
+                for (int64_t k = 0; k < b; ++k) {
+                    e[r * group + s - g0 + k] = eb[k];
+                    const float * urow = u_row(s + k);
+                    for (int64_t j = s + b; j < g1; ++j) {  // feedback inside the group, now
+                        tr[j] += eb[k] * urow[j];
+                    }
+                }
+            }
+        });
+        if (g1 < seg_end) {  // to the rest of the segment, later: T[:, g1:] += E · U[g0:g1, g1:]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) (seg_end - g1), (int) (g1 - g0), 1.0f,
+                        e.data(), (int) group, u_row(g0) + g1, (int) seg, 1.0f, t.data() + g1, (int) n);
+        }
+    }
 }
 
 }  // namespace imx

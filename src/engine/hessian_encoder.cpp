@@ -6,7 +6,7 @@
 #include "gguf.h"
 
 #include <algorithm>
-#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <memory>
 #include <regex>
@@ -56,39 +56,59 @@ void to_float(ggml_type type, const uint8_t * src, float * dst, int64_t n) {
     }
 }
 
-// Runs f(i) for i in [0, n) on `threads` threads, dynamically scheduled.
-template <typename F> void parallel_for(int64_t n, int threads, F && f) {
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-        for (int64_t i; (i = next++) < n;) {
-            f(i);
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < std::min<int64_t>(threads, n); ++t) {
-        pool.emplace_back(work);
-    }
-    work();
-    for (auto & t : pool) {
-        t.join();
-    }
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// H_m per token for each matrix of a covariance, with the prior toward the pooled covariance (see the header).
-std::vector<double> matrix_hessian(const Covariance & c, int64_t m, double prior_weight, const std::vector<double> & pooled,
-                                   bool & is_pooled) {
-    const int64_t n = c.n_cols;
+// One tensor to re-encode: a reader of covariance `cov`, with its shapes in the model and the quantized file.
+struct Job {
+    std::string         name;
+    const ggml_tensor * src;  // in the model (F32/F16/BF16)
+    const ggml_tensor * dst;  // in the quantized file
+    HessianTensorReport report;
+};
+
+// H of matrix m as the rounder takes it: the covariance's values (layout of core/covariance.h) and a scale.
+// H_m = (XᵀX_m + W·C̄)/(n_m + W); an expert without tokens gets C̄. Only a blend needs a copy.
+struct MatrixHessian {
+    const double *      values = nullptr;
+    double              scale = 1;
+    bool                pooled = false;
+    std::vector<double> blended;
+};
+
+MatrixHessian matrix_hessian(const Covariance & c, int64_t m, double prior_weight, const std::vector<double> & pooled) {
+    const size_t size = (size_t) (c.n_cols * c.block);
+    const double * own = c.values.data() + m * (int64_t) size;
     const double count = (double) c.counts[m];
-    is_pooled = count == 0;
+    MatrixHessian h;
     if (count == 0) {
-        return pooled;
+        h.values = pooled.data();
+        h.pooled = true;
+    } else if (prior_weight == 0 || pooled.empty()) {
+        h.values = own;
+        h.scale = 1.0 / count;
+    } else {
+        h.blended.resize(size);
+        for (size_t i = 0; i < size; ++i) {
+            h.blended[i] = (own[i] + prior_weight * pooled[i]) / (count + prior_weight);
+        }
+        h.values = h.blended.data();
     }
-    std::vector<double> h = c.dense(m);
-    for (size_t i = 0; i < h.size(); ++i) {
-        h[i] = (h[i] + prior_weight * pooled[i]) / (count + prior_weight);
-    }
-    (void) n;
     return h;
+}
+
+// C̄ = Σ_m XᵀX_m / Σ_m n_m, in the covariance's layout.
+std::vector<double> pooled_hessian(const Covariance & c, int64_t total_counts) {
+    const size_t size = (size_t) (c.n_cols * c.block);
+    std::vector<double> pooled(size, 0.0);
+    for (int64_t m = 0; m < c.n_mat; ++m) {
+        const double * v = c.values.data() + m * (int64_t) size;
+        for (size_t i = 0; i < size; ++i) {
+            pooled[i] += v[i] / (double) total_counts;
+        }
+    }
+    return pooled;
 }
 
 }  // namespace
@@ -98,17 +118,19 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                                                   const std::function<void(int, int)> & progress) {
     const TensorTable src(model), dst(quantized);
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    set_linear_algebra_threads(threads);
     std::fstream in(model, std::ios::binary | std::ios::in);
     std::fstream out(quantized, std::ios::binary | std::ios::in | std::ios::out);
     if (!in || !out) {
         throw Error((in ? quantized : model) + ": cannot open");
     }
 
-    // the work: readers of each covariance that the output holds in a quantized type
-    struct Job { const Covariance * cov; std::string name; };
-    std::vector<Job> jobs;
+    // the work: per covariance, its readers that the output holds in a quantized type
+    std::vector<std::pair<const Covariance *, std::vector<Job>>> work;
+    int total = 0;
     const std::regex only(o.tensors.empty() ? std::string(".*") : o.tensors);
     for (const Covariance & c : im.covariances) {
+        std::vector<Job> jobs;
         for (const std::string & r : c.readers) {
             const auto ts = im.tensors.find(r);
             const bool per_head = ts != im.tensors.end() && ts->second.n_mat() == 1 && c.n_mat > 1;
@@ -116,106 +138,106 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                 continue;
             }
             const ggml_tensor * t = dst.find(r);
-            if (t && ggml_is_quantized(t->type) && t->ne[0] == c.n_cols && t->ne[0] % ggml_blck_size(t->type) == 0 &&
-                t->ne[2] == c.n_mat && t->ne[3] == 1) {
-                jobs.push_back({&c, r});
+            if (!t || !ggml_is_quantized(t->type) || t->ne[0] != c.n_cols || t->ne[2] != c.n_mat || t->ne[3] != 1 ||
+                c.block % ggml_blck_size(t->type) != 0) {
+                continue;
             }
+            const ggml_tensor * st = src.find(r);
+            if (!st || st->ne[0] != t->ne[0] || st->ne[1] != t->ne[1] || st->ne[2] != t->ne[2]) {
+                throw Error(model + ": tensor " + r + " is missing or has another shape than in " + quantized);
+            }
+            Job j{r, st, t, {}};
+            j.report.name = r;
+            j.report.type = ggml_type_name(t->type);
+            j.report.rows = t->ne[1] * t->ne[2];
+            jobs.push_back(std::move(j));
+        }
+        if (!jobs.empty()) {
+            total += (int) (jobs.size() * c.n_mat);
+            work.emplace_back(&c, std::move(jobs));
         }
     }
 
-    std::vector<HessianTensorReport> reports;
-    const Covariance * built_for = nullptr;
-    int64_t built_block = 0;
-    std::vector<std::unique_ptr<HessianRounder>> rounders;
-    std::vector<uint8_t> pooled_matrix;  // not vector<bool>: written from several threads
     int done = 0;
-    for (const Job & job : jobs) {
-        const Covariance & c = *job.cov;
-        const ggml_tensor * qt = dst.find(job.name);
-        const ggml_tensor * st = src.find(job.name);
-        if (!st || st->ne[0] != qt->ne[0] || st->ne[1] != qt->ne[1] || st->ne[2] != qt->ne[2]) {
-            throw Error(model + ": tensor " + job.name + " is missing or has another shape than in " + quantized);
+    std::vector<HessianTensorReport> reports;
+    for (auto & [cov, jobs] : work) {
+        const Covariance & c = *cov;
+        const int64_t n = c.n_cols;
+        int64_t total_counts = 0;
+        for (int64_t x : c.counts) {
+            total_counts += x;
         }
-        const ggml_type type = qt->type;
-        const int64_t n = c.n_cols, rows = qt->ne[1], n_mat = qt->ne[2], block = ggml_blck_size(type);
-        const int64_t total_counts = [&] { int64_t s = 0; for (auto x : c.counts) s += x; return s; }();
-        if (total_counts == 0) {
-            progress(++done, (int) jobs.size());
+        if (total_counts == 0) {  // nothing seen: nothing to improve on
+            done += (int) (jobs.size() * c.n_mat);
+            progress(done, total);
             continue;
         }
-        // rounders are shared by the readers of one input (q/k/v, gate/up) when their types share a block size
-        if (built_for != &c || built_block != block) {
-            std::vector<double> pooled((size_t) (n * n), 0.0);
-            for (int64_t m = 0; m < c.n_mat; ++m) {
-                const auto h = c.dense(m);
-                for (size_t i = 0; i < h.size(); ++i) {
-                    pooled[i] += h[i] / (double) total_counts;
+        const bool needs_pooled = c.n_mat > 1 && (o.prior_weight > 0 ||
+                                                  std::find(c.counts.begin(), c.counts.end(), 0) != c.counts.end());
+        const std::vector<double> pooled = needs_pooled ? pooled_hessian(c, total_counts) : std::vector<double>{};
+        // matrix by matrix (an expert, a head): one factorisation serves every reader (q/k/v, gate/up)
+        for (int64_t m = 0; m < c.n_mat; ++m) {
+            const MatrixHessian h = matrix_hessian(c, m, o.prior_weight, pooled);
+            std::unique_ptr<HessianRounder> rounder;
+            int64_t rounder_block = 0;
+            for (Job & job : jobs) {
+                const ggml_type type = job.dst->type;
+                const int64_t block = ggml_blck_size(type), rows = job.dst->ne[1];
+                if (!rounder || rounder_block != block) {
+                    rounder.reset();  // free before the next one is made
+                    const auto t0 = std::chrono::steady_clock::now();
+                    rounder = std::make_unique<HessianRounder>(h.values, h.scale, n, c.block, block, o.rounding);
+                    job.report.seconds_factor += seconds_since(t0);
+                    rounder_block = block;
                 }
+                job.report.pooled_matrices += h.pooled ? 1 : 0;
+                const size_t row_bytes = ggml_row_size(type, n), src_row_bytes = ggml_row_size(job.src->type, n);
+                const size_t dst_offset = dst.offset(job.name) + (size_t) (m * rows) * row_bytes;
+                std::vector<uint8_t> q = read_bytes(out, quantized, dst_offset, row_bytes * rows);
+                const std::vector<uint8_t> w_bytes =
+                    read_bytes(in, model, src.offset(job.name) + (size_t) (m * rows) * src_row_bytes, src_row_bytes * rows);
+                std::vector<float> w((size_t) (rows * n)), diag((size_t) (rows * n));
+                for (int64_t r = 0; r < rows; ++r) {
+                    to_float(job.src->type, w_bytes.data() + r * src_row_bytes, w.data() + r * n, n);
+                    to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
+                }
+                std::vector<double> before((size_t) rows), after((size_t) rows);
+                const auto t1 = std::chrono::steady_clock::now();
+                rounder->losses(w.data(), diag.data(), rows, before.data());
+                job.report.seconds_loss += seconds_since(t1);
+
+                ggml_quantize_init(type);
+                BlockQuantizer bq;
+                bq.block = block;
+                bq.block_bytes = ggml_type_size(type);
+                bq.encode = [type, block](const float * target, const float * importance, uint8_t * bytes, float * decoded) {
+                    ggml_quantize_chunk(type, target, bytes, 0, 1, block, importance);
+                    ggml_get_type_traits(type)->to_float(bytes, decoded, block);
+                };
+                std::vector<uint8_t> code(row_bytes * rows);
+                const auto t2 = std::chrono::steady_clock::now();
+                rounder->round_rows(w.data(), rows, bq, code.data(), nullptr, after.data(), threads);
+                job.report.seconds_round += seconds_since(t2);
+                for (int64_t r = 0; r < rows; ++r) {
+                    const bool better = after[r] < before[r];  // per row: never worse than llama-quantize's
+                    if (better) {
+                        std::copy_n(code.data() + r * row_bytes, row_bytes, q.data() + r * row_bytes);
+                    }
+                    job.report.rows_improved += better ? 1 : 0;
+                    job.report.loss_diagonal += before[r];
+                    job.report.loss_final += std::min(before[r], after[r]);
+                }
+                out.seekp((std::streamoff) dst_offset);
+                out.write(reinterpret_cast<const char *>(q.data()), (std::streamsize) q.size());
+                if (!out) {
+                    throw Error(quantized + ": cannot write tensor " + job.name);
+                }
+                progress(++done, total);
             }
-            rounders.clear();
-            rounders.resize((size_t) n_mat);
-            pooled_matrix.assign((size_t) n_mat, 0);
-            parallel_for(n_mat, threads, [&](int64_t m) {
-                bool is_pooled = false;
-                const auto h = matrix_hessian(c, m, o.prior_weight, pooled, is_pooled);
-                rounders[m] = std::make_unique<HessianRounder>(h, n, block, o.rounding);
-                pooled_matrix[m] = is_pooled ? 1 : 0;
-            });
-            built_for = &c;
-            built_block = block;
         }
-
-        const size_t row_bytes = ggml_row_size(type, n), src_row_bytes = ggml_row_size(st->type, n);
-        const size_t dst_offset = dst.offset(job.name);
-        std::vector<uint8_t> q = read_bytes(out, quantized, dst_offset, row_bytes * rows * n_mat);
-        const std::vector<uint8_t> w = read_bytes(in, model, src.offset(job.name), src_row_bytes * rows * n_mat);
-
-        ggml_quantize_init(type);
-        BlockQuantizer bq;
-        bq.block = block;
-        bq.block_bytes = ggml_type_size(type);
-        bq.encode = [type, block](const float * target, const float * importance, uint8_t * bytes, float * decoded) {
-            ggml_quantize_chunk(type, target, bytes, 0, 1, block, importance);
-            ggml_get_type_traits(type)->to_float(bytes, decoded, block);
-        };
-
-        HessianTensorReport rep;
-        rep.name = job.name;
-        rep.type = ggml_type_name(type);
-        rep.rows = rows * n_mat;
-        for (int64_t m = 0; m < n_mat; ++m) {
-            rep.pooled_matrices += pooled_matrix[m] ? 1 : 0;
+        for (Job & job : jobs) {
+            reports.push_back(job.report);
         }
-        std::vector<double> loss_before((size_t) (rows * n_mat)), loss_after((size_t) (rows * n_mat));
-        std::vector<uint8_t> improved((size_t) (rows * n_mat), 0);
-        parallel_for(rows * n_mat, threads, [&](int64_t r) {
-            const HessianRounder & hr = *rounders[r / rows];
-            std::vector<float> wf((size_t) n), diag((size_t) n), hess((size_t) n);
-            std::vector<uint8_t> code(row_bytes);
-            to_float(st->type, w.data() + r * src_row_bytes, wf.data(), n);
-            uint8_t * row = q.data() + r * row_bytes;
-            to_float(type, row, diag.data(), n);
-            const double before = hr.loss(wf.data(), diag.data());
-            const double after = hr.round_row(wf.data(), bq, code.data(), hess.data());
-            loss_before[r] = before;
-            loss_after[r] = std::min(before, after);
-            if (after < before) {
-                std::copy(code.begin(), code.end(), row);
-                improved[r] = 1;
-            }
-        });
-        for (int64_t r = 0; r < rows * n_mat; ++r) {
-            rep.loss_diagonal += loss_before[r];
-            rep.loss_final += loss_after[r];
-            rep.rows_improved += improved[r];
-        }
-        out.seekp((std::streamoff) dst_offset);
-        out.write(reinterpret_cast<const char *>(q.data()), (std::streamsize) q.size());
-        if (!out) {
-            throw Error(quantized + ": cannot write tensor " + job.name);
-        }
-        reports.push_back(rep);
-        progress(++done, (int) jobs.size());
     }
     out.flush();
     if (!out) {

@@ -40,6 +40,9 @@ struct HessianTensorReport {
     int64_t     pooled_matrices = 0;  // experts without tokens, encoded against C̄
     double      loss_diagonal = 0;  // Σ over rows of (w − q)ᵀ H (w − q), llama-quantize's encoding
     double      loss_final = 0;     // the same after re-encoding
+    double      seconds_factor = 0;  // wall time: factorising H (shared by the input's readers: the first pays)
+    double      seconds_loss = 0;    //            the diagonal encoding's error
+    double      seconds_round = 0;   //            the Hessian encoding
 };
 
 // Re-encodes, in place, the tensors of `quantized` (just written by llama_model_quantize from `model` with
