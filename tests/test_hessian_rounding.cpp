@@ -54,7 +54,7 @@ std::vector<double> correlated_hessian(int64_t n, int64_t tokens, std::mt19937 &
     for (auto & m : mix) {
         m = g(rng);
     }
-    std::vector<float> columns((size_t) (n * tokens));  // transposed, as Covariance::add takes them
+    std::vector<float> rows((size_t) (n * tokens));
     for (int64_t t = 0; t < tokens; ++t) {
         float f[factors];
         for (auto & x : f) {
@@ -65,11 +65,11 @@ std::vector<double> correlated_hessian(int64_t n, int64_t tokens, std::mt19937 &
             for (int64_t k = 0; k < factors; ++k) {
                 v += f[k] * mix[k * n + i];
             }
-            columns[i * tokens + t] = v;
+            rows[t * n + i] = v;
         }
     }
     Covariance c(n, n, 1);
-    c.add(0, columns.data(), tokens, 2);
+    c.add(0, rows.data(), tokens, n);
     return c.dense(0);
 }
 
@@ -237,13 +237,13 @@ TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {
     std::mt19937 rng(4);
     std::normal_distribution<float> g(0, 1);
     const int64_t n = 512, tokens = 37;
-    std::vector<float> columns((size_t) (n * tokens));
-    for (auto & x : columns) {
+    std::vector<float> rows((size_t) (n * tokens));
+    for (auto & x : rows) {
         x = g(rng);
     }
     Covariance whole(n, n, 2), blocks(n, 256, 2);
-    whole.add(1, columns.data(), tokens, 3);
-    blocks.add(1, columns.data(), tokens, 1);
+    whole.add(1, rows.data(), tokens, n);
+    blocks.add(1, rows.data(), tokens, n);
     const auto a = whole.dense(1), b = blocks.dense(1);
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t j = 0; j < n; ++j) {
@@ -251,9 +251,20 @@ TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {
         }
         double sq = 0;
         for (int64_t t = 0; t < tokens; ++t) {
-            sq += (double) columns[i * tokens + t] * columns[i * tokens + t];
+            sq += (double) rows[t * n + i] * rows[t * n + i];
         }
         EXPECT_NEAR(a[i * n + i], sq, 1e-5 * sq);
+    }
+    // off the diagonal too: the BLAS products (float, panels of 512 rows) against sums in double
+    for (int64_t i = 0; i < n; i += 37) {
+        for (int64_t j = 0; j < n; j += 41) {
+            double x = 0, scale = 0;
+            for (int64_t t = 0; t < tokens; ++t) {
+                x += (double) rows[t * n + i] * rows[t * n + j];
+                scale += std::fabs((double) rows[t * n + i] * rows[t * n + j]);
+            }
+            EXPECT_NEAR(a[i * n + j], x, 1e-6 * scale) << i << "," << j;
+        }
     }
     EXPECT_EQ(whole.dense(0), std::vector<double>((size_t) (n * n), 0.0));  // other matrices untouched
 }

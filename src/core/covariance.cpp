@@ -1,9 +1,10 @@
 #include "covariance.h"
 
-#include "dot.h"
 #include "error.h"
 
-#include <thread>
+#include <cblas.h>
+
+#include <algorithm>
 
 namespace imx {
 
@@ -22,35 +23,39 @@ std::vector<double> Covariance::dense(int64_t m) const {
     return h;
 }
 
-void Covariance::add(int64_t m, const float * columns, int64_t n_rows, int threads) {
+void Covariance::add(int64_t m, const float * rows, int64_t n_rows, int64_t row_stride) {
     if (n_rows == 0) {
         return;
     }
     double * v = values.data() + m * n_cols * block;
-    // the upper triangle of each kept block, rows dealt round-robin (row i holds block − (i − start) entries)
-    auto work = [&](int tid, int n_threads) {
-        for (int64_t i = tid; i < n_cols; i += n_threads) {
-            const int64_t s = block_start(i);
-            const float * xi = columns + i * n_rows;
-            for (int64_t j = i; j < s + block; ++j) {
-                v[i * block + (j - s)] += (double) dot<8>(xi, columns + j * n_rows, n_rows);
+    // Per kept diagonal block, panels of up to 512 rows of XᵀX: P = X[:, p:pe]ᵀ · X[:, p:end] (upper part and
+    // the panel's own square), added into double; a bounded scratch (512 × block floats), not n².
+    constexpr int64_t kPanel = 512;
+    std::vector<float> panel((size_t) (std::min(kPanel, block) * block));
+    for (int64_t s = 0; s < n_cols; s += block) {
+        const int64_t end = s + block;
+        for (int64_t p = s; p < end; p += kPanel) {
+            const int64_t pe = std::min(p + kPanel, end), width = end - p;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) width, (int) n_rows, 1.0f,
+                        rows + p, (int) row_stride, rows + p, (int) row_stride, 0.0f, panel.data(), (int) width);
+            for (int64_t i = p; i < pe; ++i) {
+                const float * src = panel.data() + (i - p) * width + (i - p);
+                double * dst = v + i * block + (i - s);
+                for (int64_t j = 0; j < end - i; ++j) {
+                    dst[j] += (double) src[j];
+                }
             }
         }
-    };
-    const int n_threads = std::max(1, std::min<int>(threads, (int) (n_cols / 64) + 1));
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads; ++t) {
-        pool.emplace_back(work, t, n_threads);
-    }
-    work(0, n_threads);
-    for (auto & th : pool) {
-        th.join();
-    }
-    // mirror: H(j, i) = H(i, j), both in the block that starts at s
-    for (int64_t i = 0; i < n_cols; ++i) {
-        const int64_t s = block_start(i);
-        for (int64_t j = i + 1; j < s + block; ++j) {
-            v[j * block + (i - s)] = v[i * block + (j - s)];
+        // mirror the block's upper triangle, in tiles (cache-friendly): H(j, i) = H(i, j)
+        constexpr int64_t kTile = 64;
+        for (int64_t ti = s; ti < end; ti += kTile) {
+            for (int64_t tj = ti; tj < end; tj += kTile) {
+                for (int64_t i = ti; i < std::min(ti + kTile, end); ++i) {
+                    for (int64_t j = std::max(tj, i + 1); j < std::min(tj + kTile, end); ++j) {
+                        v[j * block + (i - s)] = v[i * block + (j - s)];
+                    }
+                }
+            }
         }
     }
 }

@@ -32,10 +32,10 @@ struct Covariance {
     bool full() const { return block == n_cols; }
     // H_m as a dense n_cols × n_cols matrix (zeros outside the kept blocks).
     std::vector<double> dense(int64_t m) const;
-    // Adds x xᵀ for every row x of a matrix's tokens. `columns` holds them transposed: column-major
-    // n_cols × n_rows (columns[i*n_rows + t] = x_t[i]), so each entry is one contiguous dot product.
-    // Products are summed in float over the rows in a fixed order, then added in double: deterministic.
-    void add(int64_t m, const float * columns, int64_t n_rows, int threads);
+    // Adds x xᵀ for every token x of matrix m: rows[t*row_stride + i] = x_t[i], t < n_rows. The products are
+    // matrix products (BLAS, in float, on set_linear_algebra_threads' threads) over the rows, then added in
+    // double: the same activations give the same bytes.
+    void add(int64_t m, const float * rows, int64_t n_rows, int64_t row_stride);
 };
 
 // Bytes a Covariance of this shape holds in memory.

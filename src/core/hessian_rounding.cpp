@@ -5,7 +5,6 @@
 #include "parallel.h"
 
 #include <cblas.h>
-extern "C" void openblas_set_num_threads(int);  // OpenBLAS's own; cblas.h may be another BLAS's header
 #include <lapacke.h>
 
 #include <algorithm>
@@ -138,8 +137,6 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
         }
     }
 }
-
-void set_linear_algebra_threads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
 
 size_t HessianRounder::bytes() const {
     return u_.size() * sizeof(float) + (block_inv_.size() + block_inv_t_.size()) * sizeof(float) +

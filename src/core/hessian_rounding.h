@@ -84,7 +84,4 @@ private:
     const float * u_row(int64_t i) const { return u_.data() + i * segment_ - i / segment_ * segment_; }
 };
 
-// Threads of the BLAS/LAPACK calls above (OpenBLAS).
-void set_linear_algebra_threads(int threads);
-
 }  // namespace imx

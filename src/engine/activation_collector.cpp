@@ -295,24 +295,28 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         // every row of x (over ne[1..3]) is one token of the matrix (head) its slice multiplies, as in
         // dense_on_host; a 2-D weight has one matrix
         const int64_t n_heads = t->src[0]->ne[2];
+        const bool contiguous = n_heads == 1 && x->nb[1] == (size_t) n_cols * sizeof(float) && x->ne[2] == 1 && x->ne[3] == 1;
+        if (contiguous) {  // the usual case: the tokens' rows as they lie
+            c.add(0, (const float *) data, x->ne[1], n_cols);
+            c.counts[0] += x->ne[1];
+            return;
+        }
         for (int64_t m = 0; m < n_heads; ++m) {
             int64_t n_rows = 0;
             for (int64_t i2 = m; i2 < x->ne[2]; i2 += n_heads) {
                 n_rows += x->ne[1] * x->ne[3];
             }
-            columns_.resize(n_cols * n_rows);
+            rows_.resize(n_cols * n_rows);
             int64_t r = 0;
             for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
                 for (int64_t i2 = m; i2 < x->ne[2]; i2 += n_heads) {
                     for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
                         const float * row = (const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
-                        for (int64_t j = 0; j < n_cols; ++j) {
-                            columns_[j * n_rows + r] = row[j];
-                        }
+                        std::copy_n(row, n_cols, rows_.data() + r * n_cols);
                     }
                 }
             }
-            c.add(m, columns_.data(), n_rows, threads_);
+            c.add(m, rows_.data(), n_rows, n_cols);
             c.counts[m] += n_rows;
         }
         return;
@@ -330,13 +334,11 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
             }
         }
         const int64_t n_rows = (int64_t) rows.size();
-        columns_.resize(n_cols * n_rows);
+        rows_.resize(n_cols * n_rows);
         for (int64_t r = 0; r < n_rows; ++r) {
-            for (int64_t j = 0; j < n_cols; ++j) {
-                columns_[j * n_rows + r] = rows[r][j];
-            }
+            std::copy_n(rows[r], n_cols, rows_.data() + r * n_cols);
         }
-        c.add(e, columns_.data(), n_rows, threads_);
+        c.add(e, rows_.data(), n_rows, n_cols);
         c.counts[e] += n_rows;
     }
 }

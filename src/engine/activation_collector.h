@@ -117,7 +117,7 @@ private:
     uint64_t                       covariance_used_ = 0;
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input
-    std::vector<float>             columns_;              // one matrix's input rows, transposed
+    std::vector<float>             rows_;                 // one matrix's input rows, gathered (experts, heads)
 };
 
 }  // namespace imx::engine

@@ -6,6 +6,7 @@
 #include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/interrupt.h"
+#include "core/linear_algebra.h"
 #include "llama_model.h"
 
 #include <chrono>
@@ -54,6 +55,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    set_linear_algebra_threads(threads);  // covariance products
     ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
                                   o.covariance_blocks);
     CollectResult result;

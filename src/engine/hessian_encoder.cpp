@@ -1,6 +1,7 @@
 #include "hessian_encoder.h"
 
 #include "core/error.h"
+#include "core/linear_algebra.h"
 
 #include "ggml.h"
 #include "gguf.h"
