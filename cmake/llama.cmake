@@ -28,8 +28,22 @@ if(NOT EXISTS ${IMX_LLAMA_BUILD_DIR}/CMakeCache.txt)
     message(FATAL_ERROR "imx: ${IMX_LLAMA_BUILD_DIR} is not a llama.cpp build directory")
 endif()
 # The source tree that build came from (its CMakeCache knows).
-load_cache(${IMX_LLAMA_BUILD_DIR} READ_WITH_PREFIX _llama_ CMAKE_HOME_DIRECTORY GGML_CUDA GGML_OPENMP NCCL_LIBRARY)
+load_cache(${IMX_LLAMA_BUILD_DIR} READ_WITH_PREFIX _llama_ CMAKE_HOME_DIRECTORY GGML_CUDA GGML_RPC GGML_OPENMP
+           NCCL_LIBRARY)
 set(IMX_LLAMA_SOURCE_DIR ${_llama_CMAKE_HOME_DIRECTORY})
+# What `imx --version` names: the llama.cpp commit and the ggml backends built in.
+execute_process(COMMAND git -C ${IMX_LLAMA_SOURCE_DIR} rev-parse HEAD OUTPUT_VARIABLE IMX_LLAMA_COMMIT
+                OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(NOT IMX_LLAMA_COMMIT)
+    set(IMX_LLAMA_COMMIT unknown)
+endif()
+set(IMX_BACKENDS CPU)
+if(_llama_GGML_CUDA)
+    string(APPEND IMX_BACKENDS " CUDA")
+endif()
+if(_llama_GGML_RPC)
+    string(APPEND IMX_BACKENDS " RPC")
+endif()
 message(STATUS "imx: llama.cpp source ${IMX_LLAMA_SOURCE_DIR}, build ${IMX_LLAMA_BUILD_DIR}")
 
 set(_b ${IMX_LLAMA_BUILD_DIR})

@@ -1,5 +1,6 @@
 // imx coverage: a varied calibration text reaches more experts than one paragraph repeated.
 #include "core/atomic_file.h"
+#include "core/coverage.h"
 #include "helpers.h"
 
 #include <gtest/gtest.h>
@@ -31,4 +32,11 @@ TEST(Coverage, VariedTextRanksAboveANarrowOne) {
     EXPECT_GT(j[0]["experts_reached"].get<int>(), j[1]["experts_reached"].get<int>()) << j.dump(2);
     EXPECT_EQ(j[0]["tokens"], j[1]["tokens"]) << "equal token budgets";
     EXPECT_EQ(j[0]["tokens"].get<int>(), 12 * 512);
+}
+
+// "0" in a never-routed column read as "none" where it meant expert 0: the count and the ids stand apart.
+TEST(Coverage, NeverRoutedShowsCountAndIds) {
+    EXPECT_EQ(imx::never_routed_label({}), "-");
+    EXPECT_EQ(imx::never_routed_label({0}), "1 (#0)");
+    EXPECT_EQ(imx::never_routed_label({3, 7}), "2 (#3, #7)");
 }

@@ -83,7 +83,7 @@ void print_text(const Options & o, const Imatrix & im) {
         const auto unseen = unseen_matrices(ts);
         std::printf("%-36s %7lld %6lld %12lld %12lld  %s\n", name.c_str(), (long long) ts.n_cols(),
                     (long long) ts.n_mat(), (long long) *mn, (long long) *mx,
-                    unseen.empty() ? "-" : join_ids(unseen).c_str());
+                    never_routed_label(unseen).c_str());
     }
 }
 

@@ -21,7 +21,7 @@ inline void print_coverage_table(std::FILE * out, const Imatrix & im) {
     for (const auto & c : cov) {
         std::fprintf(out, "%-34s %4lld/%-3lld %10lld %10lld  %s\n", c.name.c_str(),
                      (long long) (c.n_mat - (int64_t) c.unseen.size()), (long long) c.n_mat, (long long) c.min_count,
-                     (long long) c.max_count, c.unseen.empty() ? "-" : join_ids(c.unseen).c_str());
+                     (long long) c.max_count, never_routed_label(c.unseen).c_str());
     }
 }
 

@@ -14,7 +14,7 @@
 int main(int argc, char ** argv) {
     CLI::App app{"imx: importance matrices (imatrix) for quantizing GGUF models"};
     app.require_subcommand(1);
-    app.set_version_flag("--version", "imx 0.1.0");
+    app.set_version_flag("--version", "imx " IMX_VERSION " (llama.cpp " IMX_LLAMA_COMMIT ", backends: " IMX_BACKENDS ")");
 
     std::map<CLI::App *, imx::cli::Run> runs;
     auto add = [&](const char * name, const char * help, imx::cli::Run (*reg)(CLI::App &)) {

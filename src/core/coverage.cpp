@@ -54,4 +54,15 @@ std::string join_ids(const std::vector<int64_t> & ids, const char * separator) {
     return s;
 }
 
+std::string never_routed_label(const std::vector<int64_t> & ids) {
+    if (ids.empty()) {
+        return "-";
+    }
+    std::string s = std::to_string(ids.size()) + " (";
+    for (size_t i = 0; i < ids.size(); ++i) {
+        s += (i ? ", #" : "#") + std::to_string(ids[i]);
+    }
+    return s + ")";
+}
+
 }  // namespace imx

@@ -27,4 +27,8 @@ int block_index(const std::string & name);
 // "3,7,12": matrix (expert) ids for tables.
 std::string join_ids(const std::vector<int64_t> & ids, const char * separator = ",");
 
+// The "never routed" cell: "-" for none, else the count and the ids apart, "2 (#3, #7)" — a bare "0" read as
+// "none" where it meant expert 0.
+std::string never_routed_label(const std::vector<int64_t> & ids);
+
 }  // namespace imx

@@ -199,7 +199,7 @@ std::string partial_table(const Imatrix & im) {
         }
         ++n;
         s << "<tr><td>" << esc(c.name) << "</td><td>" << c.n_mat - (int64_t) c.unseen.size() << " / " << c.n_mat
-          << "</td><td>" << join_ids(c.unseen, ", ") << "</td><td>" << c.min_count << "</td></tr>";
+          << "</td><td>" << never_routed_label(c.unseen) << "</td><td>" << c.min_count << "</td></tr>";
     }
     s << "</table>";
     return n ? s.str() : "<p>Every expert of every tensor saw at least one token.</p>";
