@@ -217,3 +217,50 @@ TEST(QuantizeHessian, ClearErrorsWithoutCovariance) {
     EXPECT_NE(diag.output.find("holds no covariance"), std::string::npos) << tail(diag.output);
     EXPECT_FALSE(fs::exists(dir + "/x.gguf"));
 }
+
+// Pooled over experts: one XᵀX per expert input that is the sum of the per-expert ones, counted per routing
+// slot; quantize builds each expert's H from it and the expert's imatrix, and writes the same-size file.
+TEST(CollectCovariance, PooledExpertsAreTheSumOfTheExperts) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const Imatrix full = load_imatrix(collected(model, model + "-cov3.gguf", "--chunks 3 --covariance"));
+    const std::string pooled_file = collected(model, model + "-pooled3.gguf", "--chunks 3 --covariance --covariance-pooled-experts");
+    const Imatrix pooled = load_imatrix(pooled_file);
+    ASSERT_EQ(pooled.covariances.size(), full.covariances.size());
+    int n_pooled = 0;
+    for (const Covariance & p : pooled.covariances) {
+        const Covariance * f = full.covariance_of(p.readers[0]);
+        ASSERT_NE(f, nullptr);
+        EXPECT_EQ(p.readers, f->readers);
+        if (f->n_mat == 1) {
+            EXPECT_EQ(p.values, f->values) << "dense inputs are kept as they were";
+            continue;
+        }
+        ++n_pooled;
+        ASSERT_EQ(p.n_mat, 1) << p.readers[0];
+        ASSERT_EQ(p.block, f->block);
+        int64_t total = 0;
+        for (int64_t x : f->counts) total += x;
+        EXPECT_EQ(p.counts[0], total) << p.readers[0];
+        const size_t size = (size_t) (p.n_cols * p.block);
+        for (size_t i = 0; i < size; i += 97) {
+            double sum = 0, scale = 0;
+            for (int64_t m = 0; m < f->n_mat; ++m) {
+                sum += f->values[m * size + i];
+                scale += std::fabs(f->values[m * size + i]);
+            }
+            ASSERT_NEAR(p.values[i], sum, 1e-5 * scale + 1e-6) << p.readers[0] << " value " << i;
+        }
+    }
+    EXPECT_EQ(n_pooled, 8) << "gate/up and down inputs of 4 MoE layers";
+
+    const std::string d = work_dir("hessian-pooled");
+    const RunResult diag = run(imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + pooled_file +
+                               " -o " + d + "/diag.gguf Q2_K -t 2");
+    ASSERT_EQ(diag.exit_code, 0) << tail(diag.output);
+    const RunResult r = run(imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + pooled_file +
+                            " -o " + d + "/pooled.gguf Q2_K -t 2 --method hessian --hessian-tensors exps");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    EXPECT_NE(r.output.find("hessian: 12 tensors re-encoded"), std::string::npos) << tail(r.output);
+    EXPECT_EQ(fs::file_size(d + "/pooled.gguf"), fs::file_size(d + "/diag.gguf"));
+    EXPECT_NE(bytes_of(d + "/pooled.gguf"), bytes_of(d + "/diag.gguf"));
+}

@@ -99,3 +99,30 @@ TEST_P(MergeUpstream, MergeOfHalvesEqualsTheWhole) {
 INSTANTIATE_TEST_SUITE_P(SharedModels, MergeUpstream,
                          ::testing::Values("qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"),
                          [](const auto & info) { return info.param.substr(0, info.param.find('-')); });
+
+// Past 2^24 tokens per matrix F32 counts round; files keep the exact counts beside them (an extra tensor
+// upstream skips) and read them back in preference. Below 2^24 nothing extra is written (upstream's bytes).
+TEST(Merge, CountsPast2To24StayExactThroughFiles) {
+    const std::string d = work_dir("merge-exact");
+    const int64_t big = (int64_t{1} << 24) - 1;  // exact in F32
+    Imatrix a, b;
+    a.meta = {{"a.txt"}, 32767, 512};
+    b.meta = {{"b.txt"}, 1, 512};
+    a.tensors["blk.0.ffn_down_exps.weight"] = {{1, 1, 1, 1}, {big, 5}};
+    b.tensors["blk.0.ffn_down_exps.weight"] = {{1, 1, 1, 1}, {2, (int64_t{1} << 26) + 3}};
+    save_imatrix(a, d + "/a.gguf", ImatrixFormat::gguf);
+    save_imatrix(b, d + "/b.gguf", ImatrixFormat::gguf);
+    const auto a_bytes = bytes_of(d + "/a.gguf");
+    EXPECT_EQ(std::string(a_bytes.begin(), a_bytes.end()).find("counts_exact"), std::string::npos)
+        << "below 2^24 the file is upstream's";
+    const RunResult r = run(imx_bin() + " merge " + d + "/a.gguf " + d + "/b.gguf -o " + d + "/ab.gguf");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const Imatrix ab = load_imatrix(d + "/ab.gguf");
+    EXPECT_EQ(ab.tensors.at("blk.0.ffn_down_exps.weight").counts,
+              (std::vector<int64_t>{big + 2, (int64_t{1} << 26) + 8}));
+    // and through a second merge
+    const RunResult r2 = run(imx_bin() + " merge " + d + "/ab.gguf " + d + "/b.gguf -o " + d + "/abb.gguf");
+    ASSERT_EQ(r2.exit_code, 0) << r2.output;
+    EXPECT_EQ(load_imatrix(d + "/abb.gguf").tensors.at("blk.0.ffn_down_exps.weight").counts,
+              (std::vector<int64_t>{big + 4, (int64_t{2} << 26) + 11}));
+}

@@ -20,6 +20,11 @@ namespace {
 
 struct Options {
     engine::CollectOptions c;
+    // llama-imatrix's own flags, so that its command lines run unchanged (docs/collect.md)
+    std::vector<std::string> in_files;
+    bool                     show_statistics = false, ppl = false, no_ppl = false;
+    int                      output_frequency = 0, save_frequency = 0;
+    std::string              flash_attn;
     int                    batch = 0;
     int                    ubatch = 0;
     bool                   json = false;
@@ -30,17 +35,18 @@ struct Options {
 
 // "covariance: 12 inputs (8 whole, 4 in blocks of 256), 176 MiB in memory"
 std::string covariance_summary(const Imatrix & im) {
-    int64_t whole = 0, blocks = 0, readers = 0;
+    int64_t whole = 0, blocks = 0, readers = 0, pooled = 0;
     uint64_t bytes = 0;
     for (const Covariance & c : im.covariances) {
         (c.full() ? whole : blocks) += 1;
+        pooled += c.n_mat == 1 && im.tensors.at(c.readers[0]).n_mat() > 1;
         readers += (int64_t) c.readers.size();
         bytes += covariance_bytes(c.n_cols, c.block, c.n_mat);
     }
-    char s[160];
-    std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256), %.0f MiB in memory",
-                  im.covariances.size(), (long long) readers, (long long) whole, (long long) blocks,
-                  bytes / 1048576.0);
+    char s[200];
+    std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256; %lld pooled over "
+                  "experts), %.0f MiB in memory", im.covariances.size(), (long long) readers, (long long) whole,
+                  (long long) blocks, (long long) pooled, bytes / 1048576.0);
     return s;
 }
 
@@ -77,9 +83,9 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
 Run add_collect(CLI::App & app) {
     auto o = std::make_shared<Options>();
     auto & c = o->c;
-    app.add_option("-m,--model", c.model, "GGUF model")->required();
-    app.add_option("-f,--file", c.text_file, "calibration text")->required();
-    app.add_option("-o,--output", c.output, "imatrix file to write (.gguf, or .dat for the legacy format)")
+    app.add_option("-m,--model", c.model, "GGUF model");
+    app.add_option("-f,--file", c.text_file, "calibration text");
+    app.add_option("-o,--output,--output-file", c.output, "imatrix file to write (.gguf, or .dat for the legacy format)")
         ->capture_default_str();
     c.output = "imatrix.gguf";
     app.add_option("-c,--ctx-size", c.chunk_size, "tokens per chunk")->capture_default_str();
@@ -109,11 +115,74 @@ Run add_collect(CLI::App & app) {
     app.add_flag("--covariance-blocks", c.covariance_blocks,
                  "keep XᵀX as 256-column diagonal blocks even where the whole matrix would fit (large models: "
                  "spreads the budget over all layers)");
+    app.add_flag("--covariance-pooled-experts", c.covariance_pool_experts,
+                 "keep one XᵀX per expert input, pooled over its experts (quantize scales it by each expert's own "
+                 "imatrix); the default where per-expert matrices do not fit the budget");
+    app.add_flag("--process-output", c.process_output, "also collect the output head (output.weight), as llama-imatrix");
+    app.add_option("--in-file", o->in_files,
+                   "imatrix files added to what this run collects (comma-separated or repeated); without -f they "
+                   "are only combined into -o (llama-imatrix's --in-file)")
+        ->delimiter(',');
+    app.add_flag("--show-statistics", o->show_statistics, "print the statistics of the one --in-file and exit "
+                                                          "(as imx stats FILE)");
+    app.add_option("--output-frequency", o->output_frequency,
+                   "llama-imatrix's -ofreq N: imx keeps an exact checkpoint <output>.ckpt every N chunks instead of "
+                   "rewriting the output (same as --save-every N)");
+    app.add_option("--save-frequency", o->save_frequency, "accepted for llama-imatrix command lines; imx writes no "
+                                                           "copies (its checkpoints resume exactly: --save-every)");
+    app.add_flag("--ppl", o->ppl, "accepted for llama-imatrix command lines; imx computes no perplexity (imx eval does)");
+    app.add_flag("--no-ppl", o->no_ppl, "accepted for llama-imatrix command lines (imx never computes perplexity)");
+    app.add_option("--flash-attn", o->flash_attn, "flash attention: on, off or auto (-fa)")
+        ->check(CLI::IsMember({"on", "off", "auto"}));
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
     add_format_option(app, o->format);
     return [o] {
         auto & c = o->c;
+        if (o->show_statistics) {
+            if (o->in_files.size() != 1) {
+                throw Error("--show-statistics needs exactly one --in-file (as llama-imatrix)");
+            }
+            show_statistics(o->in_files[0]);
+            return;
+        }
+        if (c.text_file.empty()) {  // llama-imatrix without a prompt: combine the --in-file matrices only
+            if (o->in_files.empty()) {
+                throw Error("no calibration text (-f FILE) and no --in-file to combine");
+            }
+            prepare_outputs({c.output});
+            Imatrix merged = load_imatrix(o->in_files[0]);
+            for (size_t i = 1; i < o->in_files.size(); ++i) {
+                merge_into(merged, load_imatrix(o->in_files[i]), o->in_files[i]);
+            }
+            save_imatrix(merged, c.output, resolve_format(o->format, c.output));
+            std::fprintf(stderr, "imx collect: combined %zu files into %s (%zu tensors, %u chunks)\n",
+                         o->in_files.size(), c.output.c_str(), merged.tensors.size(), merged.meta.chunk_count);
+            return;
+        }
+        if (c.model.empty()) {
+            throw Error("no model given (-m MODEL)");
+        }
+        if (o->output_frequency > 0 && c.save_every == 0) {
+            c.save_every = o->output_frequency;
+            std::fprintf(stderr, "imx: note: -ofreq %d: imx writes an exact checkpoint %s every %d chunks instead of "
+                                 "rewriting the output (--resume continues from it)\n", o->output_frequency,
+                         engine::checkpoint_path(c.output).c_str(), o->output_frequency);
+        }
+        if (o->save_frequency > 0) {
+            std::fprintf(stderr, "imx: note: --save-frequency is ignored: imx writes no copies; its checkpoints "
+                                 "(--save-every) resume exactly\n");
+        }
+        if (o->ppl) {
+            std::fprintf(stderr, "imx: note: --ppl is ignored: imx collect computes no perplexity (imx eval does)\n");
+        }
+        if (!o->flash_attn.empty()) {
+            c.flash_attn = o->flash_attn == "on" ? 1 : o->flash_attn == "off" ? 0 : -1;
+        }
+        std::vector<Imatrix> added;  // loaded before hours of work: a bad file fails now
+        for (const std::string & f : o->in_files) {
+            added.push_back(load_imatrix(f));
+        }
         if ((o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) || (o->batch > 0 && (uint32_t) o->batch < c.chunk_size)) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
@@ -127,7 +196,7 @@ Run add_collect(CLI::App & app) {
         }
         // made after the first chunk: model loading and a resumed checkpoint's chunks stay out of the ETA
         std::unique_ptr<Progress> bar;
-        const engine::CollectResult r = engine::collect(c, [&](const engine::CollectProgress & p) {
+        engine::CollectResult r = engine::collect(c, [&](const engine::CollectProgress & p) {
             if (!bar) {
                 bar = std::make_unique<Progress>("imx collect", p.chunks_done);
             }
@@ -136,6 +205,9 @@ Run add_collect(CLI::App & app) {
             std::snprintf(detail, sizeof detail, "%.0f tok/s", rate);
             bar->update(p.chunks_done, p.chunks_total, "chunk", detail);
         });
+        for (size_t i = 0; i < added.size(); ++i) {  // upstream adds them to what it collected
+            merge_into(r.imatrix, added[i], o->in_files[i]);
+        }
         save_imatrix(r.imatrix, c.output, resolve_format(o->format, c.output));
         std::filesystem::remove(engine::checkpoint_path(c.output));
         print_summary(r.imatrix, r, c.output);

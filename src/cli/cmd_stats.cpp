@@ -67,6 +67,12 @@ void print_json(const Imatrix & im, const std::vector<TensorStatistics> & ts, co
 
 }  // namespace
 
+void show_statistics(const std::string & file) {
+    const Imatrix im = load_imatrix(file);
+    const auto ts = tensor_statistics(im);
+    print_text(im, ts, layer_statistics(ts), file);
+}
+
 Run add_stats(CLI::App & app) {
     auto o = std::make_shared<Options>();
     app.add_option("file", o->file, "imatrix file (GGUF or legacy .dat)")->required();

@@ -26,6 +26,9 @@ Run add_quantize(CLI::App & app);
 Run add_eval(CLI::App & app);
 Run add_sweep(CLI::App & app);
 
+// upstream's table for one imatrix file on stdout (imx stats FILE; llama-imatrix --show-statistics)
+void show_statistics(const std::string & file);
+
 // Before any work: every output (empty names skipped) can be created, else Error naming it; temporary files
 // of ended runs are removed, each with a line.
 inline void prepare_outputs(std::initializer_list<std::string> paths) {

@@ -10,7 +10,8 @@
 namespace imx::cli {
 
 inline void add_format_option(CLI::App & app, std::string & format) {
-    app.add_option("--format", format, "output format; default: from the extension (.dat = legacy, else GGUF)")
+    app.add_option("--format,--output-format", format,
+                   "output format; default: from the extension (.dat = legacy, else GGUF)")
         ->check(CLI::IsMember({"gguf", "dat"}));
 }
 

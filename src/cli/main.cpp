@@ -38,7 +38,10 @@ int main(int argc, char ** argv) {
     add("merge", "add imatrix files together: exact sums and per-expert counts", imx::cli::add_merge);
 
     // llama.cpp's multi-letter short flags, which CLI11 does not allow as names: spell them out.
-    static const std::map<std::string, std::string> long_form = {{"-ub", "--ubatch-size"}, {"-ngl", "--n-gpu-layers"}};
+    static const std::map<std::string, std::string> long_form = {{"-ub", "--ubatch-size"},
+                                                                  {"-ngl", "--n-gpu-layers"},
+                                                                  {"-fa", "--flash-attn"},
+                                                                  {"-ofreq", "--output-frequency"}};
     std::vector<std::string> args;
     for (int i = argc - 1; i >= 1; --i) {  // CLI11 takes the arguments in reverse order
         const auto it = long_form.find(argv[i]);

@@ -72,6 +72,19 @@ int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_l
     return 0;
 }
 
+CovarianceLayout choose_covariance_layout(int64_t n_cols, int64_t n_mat, uint64_t budget_left, bool blocks_only,
+                                          bool pool_experts) {
+    if (!(pool_experts && n_mat > 1)) {
+        if (const int64_t block = choose_covariance_block(n_cols, n_mat, budget_left, blocks_only); block > 0) {
+            return {block, false};
+        }
+    }
+    if (n_mat > 1) {
+        return {choose_covariance_block(n_cols, 1, budget_left, blocks_only), true};
+    }
+    return {};
+}
+
 void add_covariance(Covariance & into, const Covariance & other, const std::string & what) {
     const std::string name = into.readers.empty() ? "?" : into.readers[0];
     if (into.readers != other.readers || into.n_cols != other.n_cols || into.block != other.block ||

@@ -9,6 +9,11 @@
 // Layout: values[(m*n_cols + i)*block + k] = H_m(i, block_start(i) + k); block == n_cols keeps the whole matrix.
 // Every weight that multiplies the same input (q, k and v; an expert layer's gate and up) shares one
 // Covariance: `readers` lists them, sorted, and the first names it in files.
+//
+// Pooled over experts: an expert input may keep ONE matrix (n_mat == 1 while its readers have one per expert),
+// Σ_e X_eᵀX_e over every routed token, counted once per routing slot. The encoder then takes expert e's Hessian
+// as the pooled correlation scaled by the expert's own diagonal (its imatrix sums): H_e ≈ D_e^½ R D_e^½ — one
+// n×n per layer instead of one per expert (DeepSeek-V3: 392 MiB instead of 98 GiB per MoE layer).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +52,15 @@ inline uint64_t covariance_bytes(int64_t n_cols, int64_t block, int64_t n_mat) {
 // k-quant super-block) where n_cols allows them, else 0: none (the quantizer falls back to the diagonal).
 // blocks_only skips the whole matrix where blocks are possible (spreads a budget over many layers).
 int64_t choose_covariance_block(int64_t n_cols, int64_t n_mat, uint64_t budget_left, bool blocks_only = false);
+
+// The layout of an input read by `n_mat` matrices (experts): block as above, and whether it is pooled over the
+// experts — per expert where that fits (unless pool_experts), else pooled. {0, false}: none.
+struct CovarianceLayout {
+    int64_t block = 0;
+    bool    pooled = false;
+};
+CovarianceLayout choose_covariance_layout(int64_t n_cols, int64_t n_mat, uint64_t budget_left, bool blocks_only,
+                                          bool pool_experts);
 
 // Adds `other` into `into` (same readers, shape and layout), for merges and shards. Throws imx::Error naming
 // the input otherwise; `what` names the source.

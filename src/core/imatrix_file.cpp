@@ -5,6 +5,7 @@
 #include "gguf_file.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <cstring>
 
@@ -18,6 +19,10 @@ const char * const kKeyChunkCount = "imatrix.chunk_count";
 const char * const kKeyChunkSize  = "imatrix.chunk_size";
 const std::string  kSumsSuffix    = ".in_sum2";
 const std::string  kCountsSuffix  = ".counts";
+// F32 counts are exact only below 2^24 tokens, which merged shards pass. imx then adds "<name>.counts_exact":
+// F32 [2, n_mat] holding each count as (count / 2^24, count % 2^24), both exact; upstream skips it.
+const std::string  kCountsExactSuffix = ".counts_exact";
+constexpr int64_t  kExactF32 = int64_t{1} << 24;
 const std::string  kCovSuffix     = ".in_cov";
 const char * const kKeyCovReaders = "imx.in_cov.readers";
 
@@ -113,7 +118,10 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
         const TensorStats & ts = it->second;
         // per-head 3-D weights keep one count for all heads (ts.n_mat() == 1, sums of n_cols × heads)
         const bool per_head = ts.n_mat() == 1 && c.n_mat > 1;
-        if ((int64_t) ts.sums.size() != c.n_cols * c.n_mat || (c.n_mat != ts.n_mat() && !per_head) ||
+        // pooled over experts (core/covariance.h): one matrix for all of the reader's experts
+        const bool pooled = c.n_mat == 1 && ts.n_mat() > 1;
+        const int64_t reader_mats = pooled ? ts.n_mat() : c.n_mat;
+        if ((int64_t) ts.sums.size() != c.n_cols * reader_mats || (c.n_mat != ts.n_mat() && !per_head && !pooled) ||
             c.block < 1 || c.n_cols % c.block != 0) {
             throw Error(source + ": tensor " + t.name + ": shape " + shape_str(t.ne) + " does not fit the sums " +
                         "of " + c.readers[0] + " (" + std::to_string(ts.n_cols()) + " columns, " +
@@ -121,7 +129,7 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
         }
         for (const std::string & r : c.readers) {
             const auto rt = im.tensors.find(r);
-            if (rt == im.tensors.end() || (int64_t) rt->second.sums.size() != c.n_cols * c.n_mat) {
+            if (rt == im.tensors.end() || (int64_t) rt->second.sums.size() != c.n_cols * reader_mats) {
                 throw Error(source + ": tensor " + t.name + " names reader " + r + ", which has no sums of " +
                             std::to_string(c.n_cols) + " columns");
             }
@@ -136,7 +144,9 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                 }
             }
         }
-        c.counts = per_head ? std::vector<int64_t>((size_t) c.n_mat, ts.counts[0]) : ts.counts;
+        c.counts = per_head ? std::vector<int64_t>((size_t) c.n_mat, ts.counts[0])
+                   : pooled ? std::vector<int64_t>{std::accumulate(ts.counts.begin(), ts.counts.end(), int64_t{0})}
+                            : ts.counts;
         im.covariances.push_back(std::move(c));
     }
 }
@@ -165,12 +175,15 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
 
     struct Pair { const gguf::Tensor * sums = nullptr; const gguf::Tensor * counts = nullptr; };
     std::map<std::string, Pair> pairs;
+    std::map<std::string, const gguf::Tensor *> exact;
     for (const auto & t : f.tensors) {
         std::string base = t.name;
         if (remove_suffix(base, kSumsSuffix)) {
             pairs[base].sums = &t;
         } else if (remove_suffix(base, kCountsSuffix)) {
             pairs[base].counts = &t;
+        } else if (remove_suffix(base, kCountsExactSuffix)) {
+            exact[base] = &t;
         }  // other tensors (extensions of later tools) are not ours to interpret
     }
 
@@ -198,6 +211,22 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
                             " is not a whole number of tokens");
             }
             ts.counts.push_back((int64_t) c);
+        }
+        if (const auto it = exact.find(name); it != exact.end()) {  // preferred: the exact counts
+            const gguf::Tensor & e = *it->second;
+            if (e.type != gguf::kGgmlTypeF32 || e.ne[0] != 2 || e.nelements() != 2 * n_mat) {
+                throw Error(source + ": tensor " + e.name + " must be F32 [2, " + std::to_string(n_mat) + "]");
+            }
+            for (int64_t m = 0; m < n_mat; ++m) {
+                const float hi = e.data[2 * m], lo = e.data[2 * m + 1];
+                const int64_t c = (int64_t) hi * kExactF32 + (int64_t) lo;
+                if (!(hi >= 0 && lo >= 0 && lo < (float) kExactF32 && hi == std::nearbyint(hi) &&
+                      lo == std::nearbyint(lo)) || (float) c != p.counts->data[m]) {
+                    throw Error(source + ": tensor " + e.name + ": count of matrix " + std::to_string(m) +
+                                " does not match " + name + kCountsSuffix);
+                }
+                ts.counts[m] = c;
+            }
         }
         im.tensors.emplace(name, std::move(ts));
     }
@@ -323,6 +352,17 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
         f.tensors.push_back(std::move(counts));
     }
     // after upstream's tensors, which its tools read alone (they skip tensors of other names)
+    for (const auto & [name, ts] : im.tensors) {
+        if (ts.counts.empty() || *std::max_element(ts.counts.begin(), ts.counts.end()) < kExactF32) {
+            continue;  // F32 is exact: the file stays byte for byte what upstream writes
+        }
+        gguf::Tensor e{name + kCountsExactSuffix, {2, ts.n_mat()}, {}};
+        for (int64_t c : ts.counts) {
+            e.data.push_back((float) (c / kExactF32));
+            e.data.push_back((float) (c % kExactF32));
+        }
+        f.tensors.push_back(std::move(e));
+    }
     if (!im.covariances.empty()) {
         std::vector<const Covariance *> sorted;
         for (const Covariance & c : im.covariances) {

@@ -57,8 +57,8 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
         return false;
     }
     const std::string name = weight_name(t->src[0]->name);
-    if (name.rfind("blk.", 0) != 0) {
-        return false;
+    if (name.rfind("blk.", 0) != 0 && !(process_output_ && name == "output.weight")) {
+        return false;  // upstream's rule: layers' weights, and the head only when asked
     }
     if (same_input_as_last(t)) {
         apply(name);  // a non-finite contribution already stopped the run at its first use
@@ -272,10 +272,13 @@ int ActivationCollector::covariance_index(const ggml_tensor * t, const std::stri
         const Covariance & c = data_.covariances[index];
         covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
     } else if (experts || w->ne[3] == 1) {
-        if (const int64_t block = choose_covariance_block(n_cols, n_mat, left, covariance_blocks_only_); block > 0) {
-            data_.covariances.emplace_back(n_cols, block, n_mat);
+        const CovarianceLayout l = choose_covariance_layout(n_cols, experts ? n_mat : 1, left,
+                                                            covariance_blocks_only_, covariance_pool_experts_);
+        const int64_t mats = l.pooled ? 1 : n_mat;
+        if (l.block > 0) {
+            data_.covariances.emplace_back(n_cols, l.block, mats);
             data_.covariances.back().readers = {name};
-            covariance_used_ += covariance_bytes(n_cols, block, n_mat);
+            covariance_used_ += covariance_bytes(n_cols, l.block, mats);
             index = (int) data_.covariances.size() - 1;
         }
     }
@@ -321,14 +324,16 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         }
         return;
     }
-    // experts: the tokens routed to each, in token order (ids_host_ is this matmul's routing, see host_ids)
+    // experts: the tokens routed to each, in token order (ids_host_ is this matmul's routing, see host_ids);
+    // pooled over experts: every routed token (slot) into the one matrix
     const int64_t n_used = t->src[2]->ne[0], n_tokens = t->src[2]->ne[1];
+    const bool pooled = c.n_mat == 1 && t->src[0]->ne[2] > 1;
     std::vector<const float *> rows;
     for (int64_t e = 0; e < c.n_mat; ++e) {
         rows.clear();
         for (int64_t tok = 0; tok < n_tokens; ++tok) {
             for (int64_t k = 0; k < n_used; ++k) {
-                if (ids_host_[tok * n_used + k] == e) {
+                if (pooled || ids_host_[tok * n_used + k] == e) {
                     rows.push_back((const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]));
                 }
             }

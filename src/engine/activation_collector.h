@@ -37,14 +37,17 @@ public:
     // and sum there instead (upstream's way; to compare the two paths).
     // covariance_budget: bytes of XᵀX to keep in memory; 0 collects none.
     ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads,
-                        uint64_t covariance_budget = 0, bool covariance_blocks_only = false)
+                        uint64_t covariance_budget = 0, bool covariance_blocks_only = false,
+                        bool covariance_pool_experts = false)
         : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads),
           threads_(cpu_threads), covariance_budget_(covariance_budget),
-          covariance_blocks_only_(covariance_blocks_only) {}
+          covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
 
+    // Also the output head (output.weight; llama-imatrix --process-output). Off: the pass stops before it.
+    void collect_output_head(bool on) { process_output_ = on; }
     // Called before each chunk's forward pass: lets errors name the chunk they happened in.
     void begin_chunk(uint32_t chunk) {
         first_chunk_ = chunk;
@@ -114,6 +117,8 @@ private:
     int                            threads_;
     uint64_t                       covariance_budget_;
     bool                           covariance_blocks_only_;
+    bool                           covariance_pool_experts_;
+    bool                           process_output_ = false;  // one pooled XᵀX per expert input (core/covariance.h)
     uint64_t                       covariance_used_ = 0;
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input

@@ -34,9 +34,10 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " model_bytes=" + std::to_string(std::filesystem::file_size(o.model)) +
            " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
-           " experts_used=" + std::to_string(o.experts_used) +
+           " experts_used=" + std::to_string(o.experts_used) + (o.process_output ? " output" : "") +
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
-                                      (o.covariance_blocks ? " blocks" : "") : "");
+                                      (o.covariance_blocks ? " blocks" : "") +
+                                      (o.covariance_pool_experts ? " pooled" : "") : "");
 }
 
 }  // namespace
@@ -57,7 +58,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
     set_linear_algebra_threads(threads);  // covariance products
     ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
-                                  o.covariance_blocks);
+                                  o.covariance_blocks, o.covariance_pool_experts);
+    collector.collect_output_head(o.process_output);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
@@ -73,6 +75,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     }
 
     llama_context_params cp = chunk_context_params(o.chunk_size, threads);
+    cp.flash_attn_type = (llama_flash_attn_type) o.flash_attn;
     cp.cb_eval = ActivationCollector::eval_callback;
     cp.cb_eval_user_data = &collector;
     ContextPtr ctx(llama_init_from_model(model.get(), cp));

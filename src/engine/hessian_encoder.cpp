@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <regex>
@@ -99,6 +100,31 @@ MatrixHessian matrix_hessian(const Covariance & c, int64_t m, double prior_weigh
     return h;
 }
 
+// Expert e's H from a covariance pooled over the experts (core/covariance.h): the pooled correlation scaled
+// by the expert's own diagonal, H_e = D_e^½ R D_e^½ with D_e = (Σx²_e + W·c̄)/(n_e + W) from the imatrix sums.
+MatrixHessian expert_from_pooled(const Covariance & c, const TensorStats & ts, int64_t e, double prior_weight) {
+    const int64_t n = c.n_cols, b = c.block;
+    const double total = (double) c.counts[0], count = (double) ts.counts[e];
+    MatrixHessian h;
+    h.pooled = count == 0;
+    h.blended.resize((size_t) (n * b));
+    std::vector<double> pooled_diag((size_t) n), scale((size_t) n);
+    for (int64_t i = 0; i < n; ++i) {
+        pooled_diag[i] = c.values[i * b + i - c.block_start(i)] / total;
+        const double own = count > 0 ? (ts.sums[e * n + i] + prior_weight * pooled_diag[i]) / (count + prior_weight)
+                                     : pooled_diag[i];
+        scale[i] = pooled_diag[i] > 0 ? std::sqrt(own / pooled_diag[i]) : 0.0;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t s = c.block_start(i);
+        for (int64_t k = 0; k < b; ++k) {
+            h.blended[i * b + k] = c.values[i * b + k] / total * scale[i] * scale[s + k];
+        }
+    }
+    h.values = h.blended.data();
+    return h;
+}
+
 // C̄ = Σ_m XᵀX_m / Σ_m n_m, in the covariance's layout.
 std::vector<double> pooled_hessian(const Covariance & c, int64_t total_counts) {
     const size_t size = (size_t) (c.n_cols * c.block);
@@ -139,7 +165,9 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                 continue;
             }
             const ggml_tensor * t = dst.find(r);
-            if (!t || !ggml_is_quantized(t->type) || t->ne[0] != c.n_cols || t->ne[2] != c.n_mat || t->ne[3] != 1 ||
+            const bool pooled = c.n_mat == 1 && ts != im.tensors.end() && ts->second.n_mat() > 1;
+            if (!t || !ggml_is_quantized(t->type) || t->ne[0] != c.n_cols ||
+                t->ne[2] != (pooled ? ts->second.n_mat() : c.n_mat) || t->ne[3] != 1 ||
                 c.block % ggml_blck_size(t->type) != 0) {
                 continue;
             }
@@ -154,7 +182,7 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
             jobs.push_back(std::move(j));
         }
         if (!jobs.empty()) {
-            total += (int) (jobs.size() * c.n_mat);
+            total += (int) (jobs.size() * jobs[0].dst->ne[2]);
             work.emplace_back(&c, std::move(jobs));
         }
     }
@@ -168,17 +196,22 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
         for (int64_t x : c.counts) {
             total_counts += x;
         }
+        // pooled over experts: one matrix collected, one H per expert made from it and the expert's imatrix
+        const int64_t n_mats = jobs[0].dst->ne[2];
+        const TensorStats & sums = im.tensors.at(c.readers[0]);
+        const bool pooled = c.n_mat == 1 && n_mats > 1;
         if (total_counts == 0) {  // nothing seen: nothing to improve on
-            done += (int) (jobs.size() * c.n_mat);
+            done += (int) (jobs.size() * n_mats);
             progress(done, total);
             continue;
         }
-        const bool needs_pooled = c.n_mat > 1 && (o.prior_weight > 0 ||
+        const bool needs_pooled = !pooled && c.n_mat > 1 && (o.prior_weight > 0 ||
                                                   std::find(c.counts.begin(), c.counts.end(), 0) != c.counts.end());
-        const std::vector<double> pooled = needs_pooled ? pooled_hessian(c, total_counts) : std::vector<double>{};
+        const std::vector<double> pooled_h = needs_pooled ? pooled_hessian(c, total_counts) : std::vector<double>{};
         // matrix by matrix (an expert, a head): one factorisation serves every reader (q/k/v, gate/up)
-        for (int64_t m = 0; m < c.n_mat; ++m) {
-            const MatrixHessian h = matrix_hessian(c, m, o.prior_weight, pooled);
+        for (int64_t m = 0; m < n_mats; ++m) {
+            const MatrixHessian h = pooled ? expert_from_pooled(c, sums, m, o.prior_weight)
+                                           : matrix_hessian(c, m, o.prior_weight, pooled_h);
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {
