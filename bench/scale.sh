@@ -7,6 +7,8 @@
 # Per-layer cost = (2-layer run) − (1-layer run): it removes what a run pays once (loading, tokenizing, the
 # output head) and the last-layer effect of llama-perplexity (it computes the last layer's attention output
 # and FFN only for the half of each chunk it scores, so on a 1-layer model it does ~60% of a layer's work).
+# llama-perplexity runs twice: as users run it (4 chunks per batch in one 2048-cell KV cache: attention over
+# 4x the cells) and with -b 512 (one chunk per batch, the forward pass imx and llama-imatrix make).
 # The whole-model estimate is t(1) + (L − 1) × per-layer. Quantization is per tensor: L × the 1-layer run's
 # time is its (slightly high) estimate.
 #
@@ -61,6 +63,7 @@ for shape in $shapes; do
     [ -f "$m" ] || "$build/imx" synth $(synth_args "$shape") --layers $layers --vocab-from "$vocab" -o "$m" >/dev/null 2>&1
     common=(-m "$m" -f "$text" -c 512 --chunks "$chunks" -t "$threads")
     measure "$shape-$layers-ppl" "$build/upstream/llama-perplexity" "${common[@]}"
+    measure "$shape-$layers-ppl1" "$build/upstream/llama-perplexity" "${common[@]}" -b 512
     measure "$shape-$layers-imatrix" "$build/upstream/llama-imatrix" "${common[@]}" -o "$tmp/up.gguf"
     measure "$shape-$layers-collect" "$build/imx" collect "${common[@]}" -o "$tmp/$shape-$layers-im.gguf"
     measure "$shape-$layers-cov" "$build/imx" collect "${common[@]}" -o "$tmp/$shape-$layers-cov.gguf" --covariance
@@ -71,7 +74,8 @@ for shape in $shapes; do
   echo "| step | 1 layer s | 2 layers s | per layer s | per layer / perplexity | peak RSS 1 layer MiB | whole model (${L} layers) est. |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
   p1=$(wall "$shape-1-ppl"); p2=$(wall "$shape-2-ppl")
-  for step in ppl:llama-perplexity imatrix:llama-imatrix collect:"imx collect" cov:"imx collect --covariance"; do
+  for step in ppl:llama-perplexity ppl1:"llama-perplexity -b 512" imatrix:llama-imatrix collect:"imx collect" \
+              cov:"imx collect --covariance"; do
     key=${step%%:*}; label=${step#*:}
     a=$(wall "$shape-1-$key"); b=$(wall "$shape-2-$key")
     awk -v l="$label" -v a="$a" -v b="$b" -v p1="$p1" -v p2="$p2" -v r="$(rss "$shape-1-$key")" -v L="$L" \

@@ -115,6 +115,8 @@ MatrixHessian expert_from_pooled(const Covariance & c, const TensorStats & ts, i
                                      : pooled_diag[i];
         scale[i] = pooled_diag[i] > 0 ? std::sqrt(own / pooled_diag[i]) : 0.0;
     }
+    // (tried: keeping the pooled off-diagonal and replacing only the diagonal, C̄ + diag(d_e − c̄): 54% of the
+    // per-expert KLD gain on qwen3moe-tiny Q2_K, against 87% for this scaling)
     for (int64_t i = 0; i < n; ++i) {
         const int64_t s = c.block_start(i);
         for (int64_t k = 0; k < b; ++k) {
