@@ -118,3 +118,33 @@ TEST(QuantWeights, UnknownPriorTargetIsAnError) {
     EXPECT_THROW(parse_prior_target("median"), Error);
     EXPECT_EQ(parse_prior_target("geomean"), PriorTarget::geomean);
 }
+
+// Dead features: an all-zero group of 16 columns in a seen matrix gets a floor; a lone zero column, an unseen
+// matrix and groups with any signal stay as they are.
+TEST(QuantWeights, AllZeroGroupsOfSeenMatricesGetAFloor) {
+    Imatrix im;
+    im.meta = {{"t.txt"}, 1, 512};
+    TensorStats t;
+    t.sums.assign(3 * 64, 2.0);       // 3 experts × 64 columns
+    for (int j = 16; j < 32; ++j) {
+        t.sums[0 * 64 + j] = 0;       // expert 0: a dead group
+    }
+    t.sums[1 * 64 + 5] = 0;           // expert 1: one dead column
+    for (int j = 0; j < 64; ++j) {
+        t.sums[2 * 64 + j] = 0;       // expert 2: never routed
+    }
+    t.counts = {4, 4, 0};
+    im.tensors["blk.0.ffn_down_exps.weight"] = t;
+    const QuantWeights q = quant_weights(im, Prior{});
+    const std::vector<float> & w = q.tensors.at("blk.0.ffn_down_exps.weight");
+    EXPECT_EQ(q.n_zero_groups, 1);
+    ASSERT_EQ(q.notes.size(), 1u);
+    EXPECT_NE(q.notes[0].find("1 groups of 16 columns"), std::string::npos);
+    const float mean0 = (48 * 0.5f) / 64;  // expert 0's mean weight before the floor
+    for (int j = 16; j < 32; ++j) {
+        EXPECT_FLOAT_EQ(w[j], 1e-4f * mean0) << j;
+    }
+    EXPECT_EQ(w[15], 0.5f);
+    EXPECT_EQ(w[64 + 5], 0.0f) << "a lone zero column stays (upstream's weights)";
+    EXPECT_EQ(w[2 * 64], 1.0f) << "the unseen expert has the prior's target";
+}

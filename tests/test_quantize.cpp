@@ -3,8 +3,12 @@
 #include "core/imatrix_file.h"
 #include "helpers.h"
 
+#include "ggml.h"
+#include "gguf.h"
+
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -179,4 +183,66 @@ TEST(Quantize, UnknownTypeIsAUsageError) {
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.output.find("unknown quantization type 'Q9_K'"), std::string::npos);
     EXPECT_EQ(files_in(dir), 0u);
+}
+
+namespace {
+
+// Expert `m` of a 3-D tensor of a quantized GGUF, decoded to floats (ggml's own to_float).
+std::vector<float> decoded_matrix(const std::string & path, const std::string & name, int64_t m) {
+    ggml_context * meta = nullptr;
+    gguf_context * ctx = gguf_init_from_file(path.c_str(), {false, &meta});
+    EXPECT_NE(ctx, nullptr) << path;
+    std::vector<float> out;
+    if (!ctx) {
+        return out;
+    }
+    const ggml_tensor * t = ggml_get_tensor(meta, name.c_str());
+    const int64_t n = t->ne[0], rows = t->ne[1];
+    out.resize((size_t) (n * rows));
+    const auto * base = static_cast<const uint8_t *>(t->data) + m * t->nb[2];
+    for (int64_t r = 0; r < rows; ++r) {
+        ggml_get_type_traits(t->type)->to_float(base + r * t->nb[1], out.data() + r * n, n);
+    }
+    gguf_free(ctx);
+    ggml_free(meta);
+    return out;
+}
+
+}  // namespace
+
+// Dead features: an expert that saw tokens but whose first 32 columns never activated. llama-quantize writes
+// those weights as zeros (Q4_0 here); imx floors the weights and encodes them — finite and not zero.
+TEST(Quantize, AllZeroImportanceGroupsAreNotWrittenAsZeros) {
+    const std::string dir = fresh("quantize-zero-groups");
+    Imatrix im = load_imatrix(upstream_imatrix(kQwen, "--chunks 6", ".gguf"));
+    const std::string name = "blk.0.ffn_down_exps.weight";
+    TensorStats & t = im.tensors.at(name);
+    int64_t e = 0;
+    while (t.counts[e] == 0) ++e;
+    for (int64_t j = 0; j < 32; ++j) {
+        t.sums[e * t.n_cols() + j] = 0;
+    }
+    save_imatrix(im, dir + "/dead.gguf", ImatrixFormat::gguf);
+    const RunResult up = run("cd " + dir + " && " + upstream("llama-quantize") + " --pure --imatrix dead.gguf " +
+                             shared("models/" + kQwen) + " up.gguf Q4_0 2");
+    ASSERT_EQ(up.exit_code, 0) << tail(up.output);
+    const RunResult r = imx_quantize(dir, "-m " + shared("models/" + kQwen) + " --imatrix dead.gguf -o imx.gguf Q4_0 --pure -t 2");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    EXPECT_NE(r.output.find("2 groups of 16 columns had all-zero weights"), std::string::npos) << tail(r.output);
+    const std::vector<float> a = decoded_matrix(dir + "/up.gguf", name, e), b = decoded_matrix(dir + "/imx.gguf", name, e);
+    ASSERT_EQ(a.size(), b.size());
+    const int64_t n = t.n_cols(), rows = (int64_t) b.size() / n;
+    int64_t up_zero_rows = 0, imx_zero_rows = 0;
+    for (int64_t row = 0; row < rows; ++row) {
+        bool up_zero = true, imx_zero = true;
+        for (int64_t j = 0; j < 32; ++j) {
+            ASSERT_TRUE(std::isfinite(b[row * n + j]));
+            up_zero = up_zero && a[row * n + j] == 0;
+            imx_zero = imx_zero && b[row * n + j] == 0;
+        }
+        up_zero_rows += up_zero;
+        imx_zero_rows += imx_zero;
+    }
+    EXPECT_EQ(up_zero_rows, rows) << "the fault this guards against: upstream zeroes the dead group";
+    EXPECT_EQ(imx_zero_rows, 0);
 }

@@ -203,6 +203,7 @@ Run add_quantize(CLI::App & app) {
             j["prior_weight"] = prior.weight;
             j["matrices"] = weights.n_matrices;
             j["matrices_unseen"] = weights.n_unseen;
+            j["zero_groups_floored"] = weights.n_zero_groups;
             j["input_bytes"] = in_size;
             j["output_bytes"] = out_size;
             j["seconds"] = secs;

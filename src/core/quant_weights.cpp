@@ -2,6 +2,7 @@
 
 #include "error.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace imx {
@@ -124,10 +125,41 @@ QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelS
         for (int64_t c : counts) {
             out.n_unseen += c == 0;
         }
-        out.tensors.emplace(name, quant_weights(*t, prior));
+        std::vector<float> w = quant_weights(*t, prior);
+        out.n_zero_groups += floor_zero_groups(w, t->n_cols(), counts);
+        out.tensors.emplace(name, std::move(w));
+    }
+    if (out.n_zero_groups > 0) {
+        out.notes.push_back(std::to_string(out.n_zero_groups) + " groups of 16 columns had all-zero weights in matrices "
+                            "that saw tokens (dead features): they get a small floor, so the quantizer does not write "
+                            "those weights as zeros");
     }
     add_mla_substitutes(out, shapes);
     return out;
+}
+
+int64_t floor_zero_groups(std::vector<float> & weights, int64_t n_cols, const std::vector<int64_t> & counts) {
+    constexpr int64_t kGroup = 16;
+    int64_t floored = 0;
+    for (size_t m = 0; m < counts.size(); ++m) {
+        float * w = weights.data() + (int64_t) m * n_cols;
+        if (counts[m] == 0 || n_cols % kGroup != 0) {
+            continue;  // unseen matrices have the prior's target already
+        }
+        double mean = 0;
+        for (int64_t j = 0; j < n_cols; ++j) {
+            mean += w[j];
+        }
+        mean /= (double) n_cols;
+        const float floor = mean > 0 ? (float) (1e-4 * mean) : 1.0f;  // nothing seen at all: neutral
+        for (int64_t g = 0; g < n_cols; g += kGroup) {
+            if (std::all_of(w + g, w + g + kGroup, [](float x) { return x == 0.0f; })) {
+                std::fill(w + g, w + g + kGroup, floor);
+                ++floored;
+            }
+        }
+    }
+    return floored;
 }
 
 namespace {

@@ -40,6 +40,7 @@ struct QuantWeights {
     std::map<std::string, std::vector<float>> tensors;
     int64_t n_matrices = 0;         // all matrices of all tensors
     int64_t n_unseen = 0;           // of those, how many got the prior's target for lack of data
+    int64_t n_zero_groups = 0;      // all-zero groups of 16 columns in seen matrices, floored (floor_zero_groups)
     std::vector<std::string> notes; // things the user should know (MLA substitutions)
 };
 
@@ -51,6 +52,14 @@ using ModelShapes = std::map<std::string, std::array<int64_t, 3>>;
 // (count 0, so it gets the prior's target where upstream would quantize it against zero weights).
 // With `shapes`, MLA substitutes are added too (add_mla_substitutes).
 QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes = {});
+
+// Dead features: a matrix that saw tokens can still have all-zero weights over a whole group of 16 columns
+// (no token ever activated them). Most of ggml's quantizers then write that group (Q3_K, Q6_K, IQ4_*, Q4_0…)
+// or its whole block (Q2_K, Q4_K, IQ2_XXS, IQ1_*…) as zeros, wiping real weights (llama.cpp #8661, measured
+// on the pinned ggml). Such groups get a small uniform floor, 1e-4 × the matrix's mean weight: the quantizer
+// treats their values as barely important but still encodes them. Returns the number of groups floored; lone
+// zero columns are left as upstream has them.
+int64_t floor_zero_groups(std::vector<float> & weights, int64_t n_cols, const std::vector<int64_t> & counts);
 
 // MLA: attn_kv_b and attn_v_b both read the compressed KV latent, so the data of one can serve the other when
 // the model being quantized has a tensor the imatrix lacks. `model_shapes` maps the model's tensor names to
