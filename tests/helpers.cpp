@@ -28,6 +28,14 @@ std::string work_dir(const std::string & sub) {
     return p.string();
 }
 
+std::string fresh_dir(const std::string & sub) {
+    const std::string d = work_dir(sub);
+    for (const auto & e : fs::directory_iterator(d)) {
+        fs::remove_all(e.path());
+    }
+    return d;
+}
+
 RunResult run(const std::string & command) {
     RunResult r{-1, ""};
     FILE * p = popen((command + " 2>&1").c_str(), "r");

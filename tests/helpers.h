@@ -11,6 +11,7 @@ std::string shared(const std::string & rel);      // ../shared/<rel>
 std::string upstream(const std::string & tool);   // build/upstream/<tool>
 std::string imx_bin();
 std::string work_dir(const std::string & sub);    // a fresh-or-reused folder under build/test-work
+std::string fresh_dir(const std::string & sub);   // the same, emptied
 
 struct RunResult {
     int         exit_code;

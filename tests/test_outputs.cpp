@@ -18,14 +18,6 @@ namespace {
 const std::string kModel = shared("models/qwen3moe-tiny.gguf");
 const std::string kText = shared("data/calibration.txt");
 
-std::string fresh(const std::string & name) {
-    const std::string d = work_dir(name);
-    for (const auto & e : fs::directory_iterator(d)) {
-        fs::remove_all(e.path());
-    }
-    return d;
-}
-
 std::vector<std::string> names_in(const std::string & dir) {
     std::vector<std::string> n;
     for (const auto & e : fs::directory_iterator(dir)) {
@@ -67,7 +59,7 @@ TEST(Outputs, MissingFolderFailsBeforeAnyWork) {
         EXPECT_EQ(lines(r.output), 1u) << "nothing ran before the check: " << args << "\n" << r.output;
     }
     // the checkpoint too, when one is asked for (here its name is taken by a folder)
-    const std::string d = fresh("outputs-ckpt");
+    const std::string d = fresh_dir("outputs-ckpt");
     fs::create_directories(d + "/x.gguf.ckpt");
     const RunResult r = run(imx_bin() + " collect -m " + kModel + " -f " + kText + " -o " + d + "/x.gguf --save-every 1");
     EXPECT_EQ(r.exit_code, 2) << r.output;
@@ -80,7 +72,7 @@ TEST(Outputs, FullDiskNamesTheOutputAndLeavesNothing) {
     if (run("unshare -Urm true").exit_code != 0) {
         GTEST_SKIP() << "unshare -Urm is not permitted here";
     }
-    const std::string d = fresh("outputs-full");
+    const std::string d = fresh_dir("outputs-full");
     const std::string mnt = d + "/small";
     fs::create_directories(mnt);
     // 61 MiB of F16 model into Q8_0 (about 33 MiB) on a 4 MiB file system
@@ -95,7 +87,7 @@ TEST(Outputs, FullDiskNamesTheOutputAndLeavesNothing) {
 
 // SIGTERM in the middle of a quantization removes the temporary output, says so, and exits 143.
 TEST(Outputs, SigtermRemovesTheTemporaryOutput) {
-    const std::string d = fresh("outputs-sigterm");
+    const std::string d = fresh_dir("outputs-sigterm");
     const Background b = start(imx_bin() + " quantize -m " + kModel + " -o " + d + "/out.gguf Q8_0 -t 1", d + "/log");
     const std::string tmp = wait_for_file(d + "/out.gguf.tmp-");
     ASSERT_FALSE(tmp.empty()) << "no temporary output appeared";
@@ -108,7 +100,7 @@ TEST(Outputs, SigtermRemovesTheTemporaryOutput) {
 
 // A run killed with -9 cannot clean up; the next run with the same output removes what it left, saying so.
 TEST(Outputs, NextRunRemovesTheTemporaryOfAKilledRun) {
-    const std::string d = fresh("outputs-kill9");
+    const std::string d = fresh_dir("outputs-kill9");
     const Background b = start(imx_bin() + " quantize -m " + kModel + " -o " + d + "/out.gguf Q8_0 -t 1", d + "/log");
     const std::string tmp = wait_for_file(d + "/out.gguf.tmp-");
     ASSERT_FALSE(tmp.empty());
@@ -126,7 +118,7 @@ TEST(Outputs, NextRunRemovesTheTemporaryOfAKilledRun) {
 // Ctrl-C during collect: the current chunk finishes, a checkpoint is written, exit 130, and --resume ends with
 // the bytes of an uninterrupted run.
 TEST(Outputs, CtrlCInCollectKeepsACheckpoint) {
-    const std::string d = fresh("outputs-sigint");
+    const std::string d = fresh_dir("outputs-sigint");
     const std::string base = imx_bin() + " collect -m " + kModel + " -f " + kText + " -c 256 -t 2 --chunks 30 ";
     const std::string out = d + "/im.gguf";
     const Background b = start(base + "-o " + out + " --save-every 1000", d + "/log");

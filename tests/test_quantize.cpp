@@ -20,14 +20,6 @@ namespace {
 
 const std::string kQwen = "qwen3moe-tiny.gguf";
 
-std::string fresh(const std::string & name) {
-    const std::string d = work_dir(name);
-    for (const auto & e : fs::directory_iterator(d)) {
-        fs::remove_all(e.path());
-    }
-    return d;
-}
-
 RunResult imx_quantize(const std::string & dir, const std::string & args) {
     return run("cd " + dir + " && " + imx_bin() + " quantize " + args);
 }
@@ -44,7 +36,7 @@ size_t files_in(const std::string & dir) {
 
 // Same imatrix, same type, W = 0: the very bytes llama-quantize writes (metadata included).
 TEST(Quantize, WeightZeroIsLlamaQuantizeByteForByte) {
-    const std::string dir = fresh("quantize-w0");
+    const std::string dir = fresh_dir("quantize-w0");
     fs::copy_file(upstream_imatrix(kQwen, "--chunks 6", ".gguf"), dir + "/im.gguf");
     const RunResult up = run("cd " + dir + " && " + upstream("llama-quantize") + " --imatrix im.gguf " +
                              shared("models/" + kQwen) + " up.gguf Q2_K 2");
@@ -74,7 +66,7 @@ TEST(Quantize, WeightZeroIsLlamaQuantizeByteForByte) {
 
 // IQ1_S and IQ2_XXS need data for every tensor; experts that saw no token get neutral weights instead.
 TEST(Quantize, VeryLowBitTypesSucceedWithUnseenExperts) {
-    const std::string dir = fresh("quantize-iq");
+    const std::string dir = fresh_dir("quantize-iq");
     const std::string im = upstream_imatrix(kQwen, "--chunks 6", ".gguf");
     for (const std::string type : {"IQ1_S", "IQ2_XXS"}) {
         const RunResult r = imx_quantize(dir, "-m " + shared("models/" + kQwen) + " --imatrix " + im + " -o " +
@@ -91,7 +83,7 @@ TEST(Quantize, VeryLowBitTypesSucceedWithUnseenExperts) {
 }
 
 TEST(Quantize, TypeThatNeedsAnImatrixFailsCleanly) {
-    const std::string dir = fresh("quantize-needs");
+    const std::string dir = fresh_dir("quantize-needs");
     const RunResult r = imx_quantize(dir, "-m " + shared("models/" + kQwen) + " -o out.gguf IQ2_XXS -t 2");
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.output.find("IQ2_XXS needs an importance matrix for tensor blk."), std::string::npos) << r.output;
@@ -99,7 +91,7 @@ TEST(Quantize, TypeThatNeedsAnImatrixFailsCleanly) {
 }
 
 TEST(Quantize, ImatrixWithoutATensorNamesIt) {
-    const std::string dir = fresh("quantize-missing");
+    const std::string dir = fresh_dir("quantize-missing");
     Imatrix im = load_imatrix(upstream_imatrix(kQwen, "--chunks 6", ".gguf"));
     ASSERT_EQ(im.tensors.erase("blk.1.ffn_down_exps.weight"), 1u);
     save_imatrix(im, dir + "/partial.gguf", ImatrixFormat::gguf);
@@ -136,7 +128,7 @@ void write_old_style_dat(const Imatrix & im, const std::string & path) {
 }
 
 TEST(Quantize, LegacyDatWarnsAboutExpertsWithoutData) {
-    const std::string dir = fresh("quantize-legacy");
+    const std::string dir = fresh_dir("quantize-legacy");
     const Imatrix im = load_imatrix(upstream_imatrix(kQwen, "--chunks 6", ".gguf"));
     const std::string dat = dir + "/old.dat";
     write_old_style_dat(im, dat);
@@ -148,7 +140,7 @@ TEST(Quantize, LegacyDatWarnsAboutExpertsWithoutData) {
 
 // deepseek3-tiny has attn_v_b; an imatrix from a model with attn_kv_b instead still serves it.
 TEST(Quantize, MlaKvbDataServesVb) {
-    const std::string dir = fresh("quantize-mla");
+    const std::string dir = fresh_dir("quantize-mla");
     Imatrix im = load_imatrix(upstream_imatrix("deepseek3-tiny.gguf", "--chunks 4", ".gguf"));
     int moved = 0;
     for (auto it = im.tensors.begin(); it != im.tensors.end();) {
@@ -178,7 +170,7 @@ TEST(Quantize, MlaKvbDataServesVb) {
 }
 
 TEST(Quantize, UnknownTypeIsAUsageError) {
-    const std::string dir = fresh("quantize-type");
+    const std::string dir = fresh_dir("quantize-type");
     const RunResult r = imx_quantize(dir, "-m " + shared("models/" + kQwen) + " -o out.gguf Q9_K");
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.output.find("unknown quantization type 'Q9_K'"), std::string::npos);
@@ -213,7 +205,7 @@ std::vector<float> decoded_matrix(const std::string & path, const std::string & 
 // Dead features: an expert that saw tokens but whose first 32 columns never activated. llama-quantize writes
 // those weights as zeros (Q4_0 here); imx floors the weights and encodes them — finite and not zero.
 TEST(Quantize, AllZeroImportanceGroupsAreNotWrittenAsZeros) {
-    const std::string dir = fresh("quantize-zero-groups");
+    const std::string dir = fresh_dir("quantize-zero-groups");
     Imatrix im = load_imatrix(upstream_imatrix(kQwen, "--chunks 6", ".gguf"));
     const std::string name = "blk.0.ffn_down_exps.weight";
     TensorStats & t = im.tensors.at(name);

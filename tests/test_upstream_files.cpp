@@ -36,14 +36,6 @@ std::string quantize_in(const std::string & dir, const std::string & imatrix_nam
     return dir + "/" + out;
 }
 
-std::string fresh_dir(const std::string & name) {
-    const std::string d = work_dir(name);
-    for (const auto & e : fs::directory_iterator(d)) {
-        fs::remove_all(e.path());
-    }
-    return d;
-}
-
 }  // namespace
 
 TEST_P(UpstreamFiles, ReadsUpstreamGguf) {
