@@ -151,10 +151,7 @@ Run add_collect(CLI::App & app) {
                 throw Error("no calibration text (-f FILE) and no --in-file to combine");
             }
             prepare_outputs({c.output});
-            Imatrix merged = load_imatrix(o->in_files[0]);
-            for (size_t i = 1; i < o->in_files.size(); ++i) {
-                merge_into(merged, load_imatrix(o->in_files[i]), o->in_files[i]);
-            }
+            const Imatrix merged = merge_files(o->in_files);
             save_imatrix(merged, c.output, resolve_format(o->format, c.output));
             std::fprintf(stderr, "imx collect: combined %zu files into %s (%zu tensors, %u chunks)\n",
                          o->in_files.size(), c.output.c_str(), merged.tensors.size(), merged.meta.chunk_count);
@@ -179,10 +176,8 @@ Run add_collect(CLI::App & app) {
         if (!o->flash_attn.empty()) {
             c.flash_attn = o->flash_attn == "on" ? 1 : o->flash_attn == "off" ? 0 : -1;
         }
-        std::vector<Imatrix> added;  // loaded before hours of work: a bad file fails now
-        for (const std::string & f : o->in_files) {
-            added.push_back(load_imatrix(f));
-        }
+        // loaded before hours of work: a bad file fails now
+        const Imatrix added = o->in_files.empty() ? Imatrix{} : merge_files(o->in_files);
         if ((o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) || (o->batch > 0 && (uint32_t) o->batch < c.chunk_size)) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
@@ -205,8 +200,8 @@ Run add_collect(CLI::App & app) {
             std::snprintf(detail, sizeof detail, "%.0f tok/s", rate);
             bar->update(p.chunks_done, p.chunks_total, "chunk", detail);
         });
-        for (size_t i = 0; i < added.size(); ++i) {  // upstream adds them to what it collected
-            merge_into(r.imatrix, added[i], o->in_files[i]);
+        if (!o->in_files.empty()) {  // upstream adds them to what it collected
+            add_imatrix(r.imatrix, added, "--in-file");
         }
         save_imatrix(r.imatrix, c.output, resolve_format(o->format, c.output));
         std::filesystem::remove(engine::checkpoint_path(c.output));

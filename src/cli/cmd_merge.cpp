@@ -14,6 +14,32 @@ struct Options {
 };
 }  // namespace
 
+void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source) {
+    const auto dropped = merge_into(into, im, source);
+    if (!dropped.empty()) {
+        std::fprintf(stderr, "imx: warning: %s lacks the covariance of %zu inputs (first: %s): the merged file keeps "
+                             "none for them\n", source.c_str(), dropped.size(), dropped[0].c_str());
+    }
+}
+
+Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size) {
+    Imatrix merged;
+    for (size_t i = 0; i < files.size(); ++i) {
+        const Imatrix im = load_imatrix(files[i], legacy_chunk_size);
+        if (!im.counts_per_expert_known) {
+            std::fprintf(stderr,
+                         "imx: warning: %s is a legacy imatrix.dat: its per-expert token counts are unknown, so its "
+                         "one count per tensor is given to every expert\n", files[i].c_str());
+        }
+        if (i == 0) {
+            merged = im;
+        } else {
+            add_imatrix(merged, im, files[i]);
+        }
+    }
+    return merged;
+}
+
 Run add_merge(CLI::App & app) {
     auto o = std::make_shared<Options>();
     app.add_option("inputs", o->inputs, "imatrix files to add together (GGUF or legacy .dat)")->required();
@@ -23,26 +49,7 @@ Run add_merge(CLI::App & app) {
         ->capture_default_str();
     return [o] {
         prepare_outputs({o->out});
-        Imatrix merged;
-        for (size_t i = 0; i < o->inputs.size(); ++i) {
-            const Imatrix im = load_imatrix(o->inputs[i], o->legacy_chunk_size);
-            if (!im.counts_per_expert_known) {
-                std::fprintf(stderr,
-                             "imx: warning: %s is a legacy imatrix.dat: its per-expert token counts are unknown, "
-                             "so its one count per tensor is given to every expert\n",
-                             o->inputs[i].c_str());
-            }
-            if (i == 0) {
-                merged = im;
-            } else {
-                const auto dropped = merge_into(merged, im, o->inputs[i]);
-                if (!dropped.empty()) {
-                    std::fprintf(stderr, "imx: warning: %s lacks the covariance of %zu inputs (first: %s): the merged "
-                                         "file keeps none for them\n", o->inputs[i].c_str(), dropped.size(),
-                                 dropped[0].c_str());
-                }
-            }
-        }
+        const Imatrix merged = merge_files(o->inputs, o->legacy_chunk_size);
         save_imatrix(merged, o->out, resolve_format(o->format, o->out));
         std::fprintf(stderr, "imx: merged %zu files into %s (%zu tensors, %u chunks)\n", o->inputs.size(),
                      o->out.c_str(), merged.tensors.size(), merged.meta.chunk_count);

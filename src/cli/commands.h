@@ -4,11 +4,13 @@
 #include <CLI/CLI.hpp>
 
 #include "core/atomic_file.h"
+#include "core/imatrix_file.h"
 
 #include <cstdio>
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace imx::cli {
 
@@ -25,6 +27,11 @@ Run add_diff(CLI::App & app);
 Run add_quantize(CLI::App & app);
 Run add_eval(CLI::App & app);
 Run add_sweep(CLI::App & app);
+
+// imx merge's work, for collect --in-file too: the files added up (a warning for legacy inputs, whose
+// per-expert counts are unknown) / one file added into `into` (a warning where covariances are dropped).
+Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size = kDefaultLegacyChunkSize);
+void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source);
 
 // upstream's table for one imatrix file on stdout (imx stats FILE; llama-imatrix --show-statistics)
 void show_statistics(const std::string & file);

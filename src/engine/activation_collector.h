@@ -40,7 +40,7 @@ public:
                         uint64_t covariance_budget = 0, bool covariance_blocks_only = false,
                         bool covariance_pool_experts = false)
         : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads),
-          threads_(cpu_threads), covariance_budget_(covariance_budget),
+          covariance_budget_(covariance_budget),
           covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
@@ -114,11 +114,10 @@ private:
     // collect, so the callback stops the computation there. We never read the logits.
     std::string                    last_collected_;
     std::string                    final_weight_;
-    int                            threads_;
     uint64_t                       covariance_budget_;
     bool                           covariance_blocks_only_;
-    bool                           covariance_pool_experts_;
-    bool                           process_output_ = false;  // one pooled XᵀX per expert input (core/covariance.h)
+    bool                           covariance_pool_experts_;  // one pooled XᵀX per expert input (core/covariance.h)
+    bool                           process_output_ = false;
     uint64_t                       covariance_used_ = 0;
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input
