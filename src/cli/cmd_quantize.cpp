@@ -3,16 +3,22 @@
 #include "commands.h"
 #include "format_option.h"
 #include "progress.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/frontier_html.h"
 #include "core/imatrix_file.h"
 #include "core/quant_weights.h"
 #include "engine/hessian_encoder.h"
 #include "engine/llama_model.h"
 #include "engine/quantize.h"
+#include "engine/type_search.h"
+#include "eval_options.h"
 
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <map>
+#include <span>
 #include <filesystem>
 #include <memory>
 
@@ -30,6 +36,17 @@ struct Options {
     bool                    verbose = false;
     std::string             method = "diagonal";
     engine::HessianOptions  hessian;
+    // --target-size / --target-bpw
+    double                   target_mib = 0;
+    double                   target_bpw = 0;
+    std::vector<std::string> candidates = engine::default_candidate_types();
+    std::string              text;
+    uint32_t                 ctx = 512;
+    int                      chunks = 8;
+    std::string              probe_type = "q3_K";
+    std::string              cache_dir = default_cache_dir();
+    std::string              recipe_file;
+    std::string              html;
 };
 
 struct HessianSummary {
@@ -65,6 +82,117 @@ void warn_about_unseen(const Imatrix & im, const QuantWeights & w, const Prior &
         std::fprintf(stderr, "imx: %lld of %lld matrices (%.1f%%) saw no token in %s: they get the prior's target (%s)\n",
                      (long long) w.n_unseen, (long long) w.n_matrices, share, file.c_str(),
                      prior_target_name(prior.target));
+    }
+}
+
+std::string target_text(const Options & o) {
+    char s[64];
+    std::snprintf(s, sizeof s, o.target_mib > 0 ? "%g MiB" : "%g bpw", o.target_mib > 0 ? o.target_mib : o.target_bpw);
+    return s;
+}
+
+// --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
+void run_target(Options & o, const Imatrix & im) {
+    engine::TargetOptions t;
+    t.quantize = o.q;
+    t.target_bytes = o.target_mib * 1048576.0;
+    t.target_bpw = o.target_bpw;
+    t.candidates = o.candidates;
+    t.probe_type = o.probe_type;
+    t.text_file = o.text;
+    t.ctx = o.ctx;
+    t.chunks = o.chunks;
+    t.cache_dir = o.cache_dir;
+    t.cache_key = "prior " + o.prior_target + " " + std::to_string(o.prior_weight);
+    if (o.method == "hessian") {
+        t.hessian = &im;
+        t.hessian_options = o.hessian;
+    }
+    std::unique_ptr<Progress> bar;  // one per stage: candidate types, then tensors
+    std::string stage_shown;
+    t.progress = [&](const std::string & stage, int done, int total) {
+        if (stage != stage_shown) {
+            bar = std::make_unique<Progress>("imx quantize: " + stage);
+            stage_shown = stage;
+        }
+        bar->update((uint64_t) done, (uint64_t) total, stage == "errors" ? "types" : "tensors");
+    };
+    const engine::TargetResult r = engine::quantize_to_target(t);
+    bar.reset();
+
+    std::map<std::string, int> count;
+    for (const auto & c : r.tensors) {
+        count[c.type] += 1;
+    }
+    std::string mix;
+    for (const auto & [type, n] : count) {
+        mix += (mix.empty() ? "" : ", ") + type + " ×" + std::to_string(n);
+    }
+    const double gap = r.predicted_kld > 0 ? 100.0 * (r.predicted_kld - r.lower_bound) / r.predicted_kld : 0.0;
+    std::fprintf(stderr,
+                 "imx quantize: %s -> %s: %.2f MiB (%.3f bpw) for a target of %s; %zu tensors: %s\n"
+                 "imx quantize: predicted KLD %.5f (optimality gap %.2f%%), measured %.5f on %d chunks of %s\n"
+                 "imx quantize: search %s (errors %.1f s over %d candidate files, sensitivity %.1f s over %d "
+                 "probes, solve %.3f s; the rest from %s)\n",
+                 o.q.model.c_str(), o.q.output.c_str(), r.file_bytes / 1048576.0, r.bpw,
+                 target_text(o).c_str(),
+                 r.tensors.size(), mix.c_str(), r.predicted_kld, gap, r.measured_kld, r.chunks, o.text.c_str(),
+                 clock_str(r.seconds_total).c_str(), r.seconds_errors, r.candidate_files, r.seconds_sensitivity,
+                 r.probes, r.seconds_solve, r.cache_file.empty() ? "nothing" : r.cache_file.c_str());
+    std::string recipe;
+    for (const std::string & a : r.recipe) {
+        recipe += a + "\n";
+    }
+    if (!o.recipe_file.empty()) {
+        write_file_atomic(o.recipe_file, std::span(reinterpret_cast<const uint8_t *>(recipe.data()), recipe.size()));
+    }
+    if (!o.html.empty()) {
+        std::vector<FrontierMark> marks;
+        for (const auto & s : r.stock) {
+            marks.push_back({s.name, s.file_bytes, s.damage});
+        }
+        marks.push_back({"chosen", r.predicted_file_bytes, r.predicted_kld});
+        const std::string page = render_frontier_html(o.q.model, r.frontier, marks, r.measured_kld);
+        write_file_atomic(o.html, std::span(reinterpret_cast<const uint8_t *>(page.data()), page.size()));
+    }
+    if (o.json) {
+        nlohmann::ordered_json j;
+        j["model"] = o.q.model;
+        j["output"] = o.q.output;
+        j["imatrix"] = o.imatrix;
+        j["method"] = o.method;
+        j["target_bytes"] = t.target_bytes;
+        j["target_bpw"] = t.target_bpw;
+        j["output_bytes"] = r.file_bytes;
+        j["predicted_bytes"] = r.predicted_file_bytes;
+        j["bpw"] = r.bpw;
+        j["predicted_kld"] = r.predicted_kld;
+        j["lower_bound_kld"] = r.lower_bound;
+        j["measured_kld"] = r.measured_kld;
+        j["measured_chunks"] = r.chunks;
+        j["base_type"] = r.base_type;
+        j["seconds"] = {{"total", r.seconds_total}, {"errors", r.seconds_errors},
+                        {"sensitivity", r.seconds_sensitivity}, {"solve", r.seconds_solve}};
+        j["candidate_files"] = r.candidate_files;
+        j["probes"] = r.probes;
+        j["cache"] = r.cache_file;
+        j["tensor_types"] = nlohmann::ordered_json::object();
+        for (const auto & c : r.tensors) {
+            j["tensor_types"][c.name] = {{"type", c.type}, {"bytes", c.bytes}, {"predicted_kld", c.damage}};
+        }
+        j["recipe"] = r.recipe;
+        j["stock"] = nlohmann::ordered_json::array();
+        for (const auto & s : r.stock) {
+            j["stock"].push_back({{"type", s.name}, {"bytes", s.file_bytes}, {"predicted_kld", s.damage}});
+        }
+        std::printf("%s\n", j.dump(2).c_str());
+    } else {
+        // the same file with upstream's tools (the recipe's patterns name one tensor each)
+        std::printf("llama-quantize%s%s", o.imatrix.empty() ? "" : " --imatrix ", o.imatrix.c_str());
+        for (const std::string & a : r.recipe) {
+            std::printf(" --tensor-type '%s'", a.c_str());
+        }
+        std::printf(" %s %s %s\n", o.q.model.c_str(), o.q.output.c_str(), r.base_type.c_str());
     }
 }
 
@@ -116,6 +244,26 @@ Run add_quantize(CLI::App & app) {
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--target-size", o->target_mib,
+                   "instead of a type: the whole file's size in MiB; every tensor's type is chosen by measurement")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--target-bpw", o->target_bpw, "instead of a type: bits per weight, as llama-quantize prints them")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--candidates", o->candidates, "target: the ggml types a tensor may get, comma-separated")
+        ->delimiter(',')
+        ->capture_default_str();
+    app.add_option("-f,--file", o->text, "target: calibration text on which each tensor's sensitivity is measured");
+    app.add_option("-c,--ctx-size", o->ctx, "target: tokens per chunk of that text")->capture_default_str();
+    app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--probe-type", o->probe_type, "target: the type each tensor is tried at alone")
+        ->capture_default_str();
+    app.add_option("--cache-dir", o->cache_dir, "target: where measurements (and the base's log-probs) are kept")
+        ->capture_default_str();
+    app.add_option("--recipe", o->recipe_file,
+                   "target: write the chosen types as a llama-quantize --tensor-type-file");
+    app.add_option("--html", o->html, "target: write a page with the size-KLD frontier and llama-quantize's mixes");
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", o->verbose, "show llama.cpp's log");
     app.add_flag_callback("--list-types", [] {
@@ -126,13 +274,30 @@ Run add_quantize(CLI::App & app) {
     }, "print the type names and exit");
     return [o] {
         auto & q = o->q;
-        if (q.type.empty()) {
-            throw Error("no quantization type given (e.g. imx quantize -m model.gguf -o out.gguf Q4_K_M)");
+        const bool target = o->target_mib > 0 || o->target_bpw > 0;
+        if (o->target_mib > 0 && o->target_bpw > 0) {
+            throw Error("give --target-size or --target-bpw, not both");
+        }
+        if (target && !q.type.empty()) {
+            throw Error("give a type (" + q.type + ") or a target size, not both");
+        }
+        if (q.type.empty() && !target) {
+            throw Error("no quantization type given (e.g. imx quantize -m model.gguf -o out.gguf Q4_K_M, or "
+                        "--target-size MiB)");
+        }
+        if (target && o->text.empty()) {
+            throw Error("--target-size/--target-bpw need -f TEXT: calibration text to measure each tensor's effect on");
+        }
+        if (!target && (!o->recipe_file.empty() || !o->html.empty())) {
+            throw Error("--recipe and --html go with --target-size or --target-bpw");
         }
         if (o->prior_weight > 0 && o->imatrix.empty()) {
             throw Error("--prior-weight needs an --imatrix to weigh against");
         }
-        prepare_outputs({q.output});
+        prepare_outputs({q.output, o->recipe_file, o->html});
+        if (target && !std::filesystem::is_regular_file(o->text)) {
+            throw Error(o->text + ": no such file");
+        }
         engine::init_llama(o->verbose);
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target)};
         QuantWeights weights;
@@ -154,6 +319,10 @@ Run add_quantize(CLI::App & app) {
             q.imatrix_file = o->imatrix;
             q.imatrix_datasets = im.meta.datasets;
             q.imatrix_chunks = im.meta.chunk_count;
+        }
+        if (target) {
+            run_target(*o, im);
+            return;
         }
         Progress bar("imx quantize");
         q.progress = [&](int done, int total) { bar.update((uint64_t) done, (uint64_t) total, "tensor"); };

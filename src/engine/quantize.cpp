@@ -141,15 +141,22 @@ ModelShapes model_tensor_shapes(const std::string & path) {
     return shapes;
 }
 
-void quantize_model(const QuantizeOptions & o) {
-    namespace fs = std::filesystem;
-    if (!fs::exists(o.model)) {
-        throw Error(o.model + ": no such file");
-    }
-    if (fs::exists(o.output) && fs::equivalent(o.model, o.output)) {
-        throw Error(o.output + ": the output would overwrite the input model");
-    }
-    llama_model_quantize_params p = llama_model_quantize_default_params();
+namespace {
+
+// llama_model_quantize's parameters and the arrays they point into (so not copyable).
+struct QuantizeCall {
+    llama_model_quantize_params           p = llama_model_quantize_default_params();
+    std::vector<llama_model_imatrix_data> imatrix;
+    std::vector<llama_model_kv_override>  kvs;
+    std::vector<std::string>              patterns;
+    std::vector<llama_model_tensor_override> tensor_types;
+
+    explicit QuantizeCall(const QuantizeOptions & o);
+    QuantizeCall(const QuantizeCall &) = delete;
+    QuantizeCall & operator=(const QuantizeCall &) = delete;
+};
+
+QuantizeCall::QuantizeCall(const QuantizeOptions & o) {
     p.ftype = parse_ftype(o.type);
     p.nthread = o.threads;
     p.allow_requantize = o.allow_requantize;
@@ -160,9 +167,6 @@ void quantize_model(const QuantizeOptions & o) {
     if (!o.token_embedding_type.empty()) {
         p.token_embedding_type = parse_ggml_type(o.token_embedding_type, "--token-embedding-type");
     }
-
-    std::vector<llama_model_imatrix_data> imatrix;
-    std::vector<llama_model_kv_override> kvs;
     if (o.weights) {
         for (const auto & [name, w] : o.weights->tensors) {
             imatrix.push_back({name.c_str(), w.data(), w.size()});
@@ -181,9 +185,6 @@ void quantize_model(const QuantizeOptions & o) {
         kvs.push_back(llama_model_kv_override{});  // terminator: empty key
         p.kv_overrides = kvs.data();
     }
-
-    std::vector<std::string> patterns;
-    std::vector<llama_model_tensor_override> tensor_types;
     for (const std::string & spec : o.tensor_types) {
         const size_t eq = spec.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
@@ -206,6 +207,54 @@ void quantize_model(const QuantizeOptions & o) {
         tensor_types.push_back({nullptr, GGML_TYPE_COUNT});
         p.tt_overrides = tensor_types.data();
     }
+}
+
+}  // namespace
+
+std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
+    if (!std::filesystem::exists(o.model)) {
+        throw Error(o.model + ": no such file");
+    }
+    QuantizeCall call(o);
+    call.p.dry_run = true;
+    // llama.cpp's dry run logs each tensor as "[  3/ 29] NAME - [shape], type = f16, " and then, for a tensor
+    // it would quantize, "size = ... MiB -> ... MiB (q4_K)" (the pinned commit's format)
+    std::map<std::string, std::string> types;
+    std::string current;
+    uint32_t rc = 0;
+    std::string log;
+    {
+        LogCapture capture([&](const std::string & line) {
+            char name[256];
+            int i = 0, n = 0;
+            if (std::sscanf(line.c_str(), "[%d/%d] %255s", &i, &n, name) == 3) {
+                current = name;
+            }
+            const size_t arrow = line.find("->"), open = line.rfind('('), close = line.rfind(')');
+            if (!current.empty() && arrow != std::string::npos && open != std::string::npos && close > open) {
+                types[current] = line.substr(open + 1, close - open - 1);
+                current.clear();
+            }
+        });
+        rc = llama_model_quantize(o.model.c_str(), "", &call.p);
+        log = capture.errors();
+    }
+    if (rc != 0) {
+        throw Error(o.model + ": " + failure_reason(log));
+    }
+    return types;
+}
+
+void quantize_model(const QuantizeOptions & o) {
+    namespace fs = std::filesystem;
+    if (!fs::exists(o.model)) {
+        throw Error(o.model + ": no such file");
+    }
+    if (fs::exists(o.output) && fs::equivalent(o.model, o.output)) {
+        throw Error(o.output + ": the output would overwrite the input model");
+    }
+    QuantizeCall call(o);
+    llama_model_quantize_params & p = call.p;
 
     // Written beside the output and renamed over it only when complete: no partial model is ever left, also
     // when the run is interrupted (the temporary file is registered for removal).

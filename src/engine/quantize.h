@@ -42,6 +42,10 @@ struct QuantizeOptions {
 
 void quantize_model(const QuantizeOptions & o);
 
+// The ggml type llama_model_quantize would give each tensor it quantizes under these options (a dry run: no
+// weights read, nothing written). Tensors it keeps as they are (norms, routers) are not listed.
+std::map<std::string, std::string> planned_types(const QuantizeOptions & o);
+
 // Names and ne[0..2] of the model's tensors, read from its GGUF header (no weights loaded).
 ModelShapes model_tensor_shapes(const std::string & path);
 
