@@ -3,6 +3,7 @@
 #include "error.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 namespace imx {
@@ -67,6 +68,41 @@ std::vector<Step> hull_steps(const std::vector<TensorTypeOptions> & tensors, std
     return steps;
 }
 
+// Dynamic programming over the budget cut into `units` equal parts, each option's bytes rounded up to whole
+// parts (so what fits here fits the real budget): optimal up to that rounding. O(tensors · options · units).
+std::vector<size_t> allocate_by_units(const std::vector<TensorTypeOptions> & tensors, uint64_t budget, size_t units) {
+    const uint64_t unit = std::max<uint64_t>(1, (budget + units - 1) / units);
+    const size_t cap = (size_t) (budget / unit);
+    const double none = std::numeric_limits<double>::infinity();
+    std::vector<double> best(cap + 1, 0.0), next(cap + 1);
+    std::vector<std::vector<uint8_t>> pick(tensors.size(), std::vector<uint8_t>(cap + 1, 0));
+    for (size_t t = 0; t < tensors.size(); ++t) {
+        std::fill(next.begin(), next.end(), none);
+        const auto & o = tensors[t].options;
+        for (size_t k = 0; k < o.size() && k < 256; ++k) {
+            const size_t cost = (size_t) ((o[k].bytes + unit - 1) / unit);
+            for (size_t c = cost; c <= cap; ++c) {
+                const double d = best[c - cost] + o[k].damage;
+                if (d < next[c]) {
+                    next[c] = d;
+                    pick[t][c] = (uint8_t) k;
+                }
+            }
+        }
+        best.swap(next);
+    }
+    if (best[cap] == none) {
+        return {};  // the rounding lost a fit the real budget has
+    }
+    std::vector<size_t> choice(tensors.size());
+    size_t c = cap;
+    for (size_t t = tensors.size(); t-- > 0;) {
+        choice[t] = pick[t][c];
+        c -= (size_t) ((tensors[t].options[choice[t]].bytes + unit - 1) / unit);
+    }
+    return choice;
+}
+
 }  // namespace
 
 uint64_t smallest_allocation(const std::vector<TensorTypeOptions> & tensors) {
@@ -125,6 +161,20 @@ TypeAllocation allocate_types(const std::vector<TensorTypeOptions> & tensors, ui
     }
     if (!broken) {
         a.lower_bound = a.damage;  // every tensor at its least damage: nothing can do better
+    }
+    // the greedy path can stop short when a few large steps do not fit; the rounded DP does not, and where
+    // it predicts less damage it is taken
+    const std::vector<size_t> dp = allocate_by_units(tensors, budget, 4096);
+    if (!dp.empty()) {
+        uint64_t bytes = 0;
+        double damage = 0;
+        for (size_t t = 0; t < tensors.size(); ++t) {
+            bytes += tensors[t].options[dp[t]].bytes;
+            damage += tensors[t].options[dp[t]].damage;
+        }
+        if (bytes <= budget && damage < a.damage) {
+            a.choice = dp, a.bytes = bytes, a.damage = damage;
+        }
     }
     // leftover bytes: the single change that removes the most damage and fits, until none does
     for (;;) {

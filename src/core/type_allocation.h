@@ -4,8 +4,10 @@
 // convex hull of every tensor's options, taking upgrades in order of damage removed per byte (the Lagrangian
 // path: each step is optimal for some price λ of a byte) while they fit; the point where the next step stops
 // fitting gives the LP relaxation's value, a lower bound no allocation within the budget can beat. The leftover
-// bytes are then filled greedily with any option (hull or not) that fits. The result states its own optimality
-// gap: predicted damage minus that bound.
+// bytes are then filled greedily with any option (hull or not) that fits. A dynamic program over the budget in
+// 4096 parts (bytes rounded up, so its answer always fits) catches what the greedy path misses when a few large
+// steps do not fit; the better of the two is kept. The result states its own optimality gap: predicted damage
+// minus the bound.
 #pragma once
 
 #include <cstdint>

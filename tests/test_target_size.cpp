@@ -1,0 +1,106 @@
+// imx quantize --target-size / --target-bpw on qwen3moe-tiny: the file fits the target, the printed recipe
+// makes the same file with llama-quantize, llama-perplexity loads it, a second target reuses the measurements,
+// and an impossible target fails at once.
+#include "helpers.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+using namespace imx::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kModel = "qwen3moe-tiny.gguf";
+
+std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
+
+// few candidates and chunks: the mechanics, not the quality (bench/target_size.sh measures that)
+std::string target_cmd(const std::string & dir, const std::string & target, const std::string & extra = "") {
+    return "cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
+           " --imatrix im.gguf -f " + shared("data/calibration.txt") +
+           " --candidates q2_K,q3_K,q4_K,q6_K --sensitivity-chunks 2 -t 2 --cache-dir cache --json " + target +
+           " " + extra;
+}
+
+nlohmann::json json_of(const RunResult & r) {
+    const size_t at = r.output.find("{\n");
+    return at == std::string::npos ? nlohmann::json{} : nlohmann::json::parse(r.output.substr(at), nullptr, false);
+}
+
+}  // namespace
+
+TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
+    const std::string dir = fresh_dir("target-size");
+    fs::copy_file(upstream_imatrix(kModel, "--chunks 6", ".gguf"), dir + "/im.gguf");
+    const double target_mib = 16.0;
+    const RunResult r = run(target_cmd(dir, "--target-size 16 -o mix.gguf --recipe mix.txt --html mix.html"));
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    const nlohmann::json j = json_of(r);
+    const auto size = fs::file_size(dir + "/mix.gguf");
+    EXPECT_LE(size, target_mib * 1048576.0);
+    EXPECT_GE(size, 0.97 * target_mib * 1048576.0);  // the budget is used
+    EXPECT_EQ(j["output_bytes"].get<uint64_t>(), size);
+    EXPECT_EQ(j["predicted_bytes"].get<uint64_t>(), size);
+    EXPECT_GT(j["measured_kld"].get<double>(), 0.0);
+    EXPECT_GE(j["predicted_kld"].get<double>(), j["lower_bound_kld"].get<double>());
+    std::set<std::string> types;
+    for (const auto & [name, t] : j["tensor_types"].items()) {
+        types.insert(t["type"].get<std::string>());
+    }
+    EXPECT_GE(types.size(), 2u) << "a mix, not one type";
+    EXPECT_NE(bytes_of(dir + "/mix.html").size(), 0u);
+
+    // llama-quantize with the recipe (--tensor-type-file) writes the very same bytes
+    const RunResult up = run("cd " + dir + " && " + upstream("llama-quantize") +
+                             " --imatrix im.gguf --tensor-type-file mix.txt " + shared("models/" + kModel) +
+                             " up.gguf " + j["base_type"].get<std::string>() + " 2");
+    ASSERT_EQ(up.exit_code, 0) << tail(up.output);
+    EXPECT_TRUE(bytes_of(dir + "/up.gguf") == bytes_of(dir + "/mix.gguf"));
+
+    const RunResult ppl = run(upstream("llama-perplexity") + " -m " + dir + "/mix.gguf -f " +
+                              shared("data/wiki.test.raw") + " -c 128 --chunks 2 -t 2");
+    EXPECT_EQ(ppl.exit_code, 0) << tail(ppl.output);
+    EXPECT_NE(ppl.output.find("Final estimate"), std::string::npos);
+
+    // a second target: every measurement from the cache, only the output is made
+    const RunResult again = run(target_cmd(dir, "--target-bpw 4.5 -o bpw.gguf"));
+    ASSERT_EQ(again.exit_code, 0) << tail(again.output);
+    const nlohmann::json k = json_of(again);
+    EXPECT_EQ(k["candidate_files"].get<int>(), 0);
+    EXPECT_EQ(k["probes"].get<int>(), 0);
+    EXPECT_LE(k["bpw"].get<double>(), 4.5);
+    EXPECT_GT(k["bpw"].get<double>(), 4.3);
+    // no scratch file is left beside the outputs
+    for (const auto & e : fs::directory_iterator(dir)) {
+        EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+    }
+}
+
+TEST(TargetSize, ImpossibleTargetsAndBadInputsFailBeforeAnyWork) {
+    const std::string dir = fresh_dir("target-size-bad");
+    fs::copy_file(upstream_imatrix(kModel, "--chunks 6", ".gguf"), dir + "/im.gguf");
+    for (const std::string target : {"--target-size 5", "--target-size 40", "--target-bpw 1"}) {
+        const RunResult r = run(target_cmd(dir, target + " -o out.gguf"));
+        EXPECT_EQ(r.exit_code, 2) << target << tail(r.output);
+        EXPECT_NE(r.output.find("is outside what the candidate types can make"), std::string::npos) << r.output;
+        EXPECT_FALSE(file_exists(dir + "/out.gguf"));
+        EXPECT_FALSE(file_exists(dir + "/cache")) << "no measurement was started";
+    }
+    const std::pair<std::string, std::string> bad[] = {
+        {"--target-size 16 --candidates q2_K,q9_X -o out.gguf", "unknown ggml type 'q9_X'"},
+        {"--target-size 16 -o out.gguf Q4_K_M", "or a target size, not both"},
+        {"--target-size 16 --target-bpw 4 -o out.gguf", "not both"},
+    };
+    for (const auto & [args, message] : bad) {
+        const RunResult r = run(target_cmd(dir, args));
+        EXPECT_EQ(r.exit_code, 2) << args << tail(r.output);
+        EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    }
+    const RunResult no_text = run("cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
+                                  " --imatrix im.gguf --target-size 16 -o out.gguf");
+    EXPECT_EQ(no_text.exit_code, 2);
+    EXPECT_NE(no_text.output.find("need -f TEXT"), std::string::npos) << no_text.output;
+}
