@@ -29,6 +29,7 @@ struct Options {
     int                    ubatch = 0;
     bool                   json = false;
     std::string            format;
+    std::string            shard;
     bool                   covariance = false;
     double                 covariance_mib = 4096;
 };
@@ -96,7 +97,9 @@ Run add_collect(CLI::App & app) {
     app.add_option("-t,--threads", c.threads, "CPU threads (default: all cores)");
     app.add_option("--n-gpu-layers", c.n_gpu_layers, "layers to offload to the GPU")->capture_default_str();
     app.add_option("--chunks", c.max_chunks, "stop after N chunks (default: all of the text)");
-    app.add_option("--from-chunk,--chunk", c.first_chunk, "skip the first N chunks of the text (to shard a run)");
+    app.add_option("--from-chunk,--chunk", c.first_chunk, "skip the first N chunks of the text");
+    app.add_option("--shard", o->shard, "I/N: collect part I of N equal runs of the chunks (one per machine); "
+                                        "imx merge of the N files gives one run's bytes");
     app.add_option("--experts-used", c.experts_used, "run MoE models with N active experts per token");
     app.add_option("--save-every", c.save_every, "write a checkpoint (<output>.ckpt) every N chunks");
     app.add_flag("--resume", c.resume, "continue from <output>.ckpt if it exists");
@@ -181,6 +184,22 @@ Run add_collect(CLI::App & app) {
         if ((o->ubatch > 0 && (uint32_t) o->ubatch < c.chunk_size) || (o->batch > 0 && (uint32_t) o->batch < c.chunk_size)) {
             std::fprintf(stderr, "imx: note: -b/-ub smaller than the chunk (%u) are not used: imx computes each chunk "
                                  "in one ubatch, so the result does not depend on them\n", c.chunk_size);
+        }
+        if (!o->shard.empty()) {
+            unsigned i = 0, n = 0;
+            char end = 0;
+            if (std::sscanf(o->shard.c_str(), "%u/%u%c", &i, &n, &end) != 2 || n < 1 || i < 1 || i > n) {
+                throw Error("--shard '" + o->shard + "': expected I/N with 1 <= I <= N, e.g. --shard 2/3");
+            }
+            if (resolve_format(o->format, c.output) != ImatrixFormat::gguf) {
+                throw Error(c.output + ": --shard needs the GGUF format (a part keeps its sums in double, which a "
+                            "legacy .dat cannot hold)");
+            }
+            if (!o->in_files.empty()) {
+                throw Error("--shard with --in-file: merge the parts with imx merge instead");
+            }
+            c.shard = i;
+            c.shard_count = n;
         }
         prepare_outputs({c.output, c.save_every > 0 || c.resume ? engine::checkpoint_path(c.output) : ""});
         if (o->covariance) {

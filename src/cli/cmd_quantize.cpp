@@ -132,7 +132,7 @@ void run_target(Options & o, const Imatrix & im) {
     std::fprintf(stderr,
                  "imx quantize: %s -> %s: %.2f MiB (%.3f bpw) for a target of %s; %zu tensors: %s\n"
                  "imx quantize: predicted KLD %.5f (optimality gap %.2f%%), measured %.5f on %d chunks of %s\n"
-                 "imx quantize: search %s (errors %.1f s over %d candidate files, sensitivity %.1f s over %d "
+                 "imx quantize: %s in all (errors %.1f s over %d candidate files, sensitivity %.1f s over %d "
                  "probes, solve %.3f s; the rest from %s)\n",
                  o.q.model.c_str(), o.q.output.c_str(), r.file_bytes / 1048576.0, r.bpw,
                  target_text(o).c_str(),

@@ -223,11 +223,11 @@ File parse(std::span<const uint8_t> bytes, const std::string & source) {
         t.name = std::move(info.name);
         t.ne = std::move(info.ne);
         t.type = info.type;
-        if (t.type != kGgmlTypeF32) {
+        if (t.type != kGgmlTypeF32 && t.type != kGgmlTypeF64) {
             f.tensors.push_back(std::move(t));
             continue;
         }
-        const uint64_t nbytes = (uint64_t) t.nelements() * 4;
+        const uint64_t nbytes = (uint64_t) t.nelements() * (t.type == kGgmlTypeF64 ? 8 : 4);
         if (info.offset % alignment != 0) {
             r.fail("tensor " + t.name + " is not aligned");
         }
@@ -235,14 +235,27 @@ File parse(std::span<const uint8_t> bytes, const std::string & source) {
             nbytes > bytes.size() - data_start - info.offset) {
             r.fail("truncated file (data of tensor " + t.name + " runs past the end)");
         }
-        t.data.resize(t.nelements());
+        void * dst = nullptr;
+        if (t.type == kGgmlTypeF64) {
+            t.data64.resize(t.nelements());
+            dst = t.data64.data();
+        } else {
+            t.data.resize(t.nelements());
+            dst = t.data.data();
+        }
         if (nbytes > 0) {
-            std::memcpy(t.data.data(), r.at(data_start + info.offset), nbytes);
+            std::memcpy(dst, r.at(data_start + info.offset), nbytes);
         }
         f.tensors.push_back(std::move(t));
     }
     return f;
 }
+
+namespace {
+
+size_t data_bytes(const Tensor & t) { return t.type == kGgmlTypeF64 ? t.data64.size() * 8 : t.data.size() * 4; }
+
+}  // namespace
 
 std::vector<uint8_t> serialize(const File & file) {
     Writer w;
@@ -270,8 +283,8 @@ std::vector<uint8_t> serialize(const File & file) {
     const uint32_t alignment = alignment_of(file, "output");
     uint64_t offset = 0;
     for (const auto & t : file.tensors) {
-        if (t.type != kGgmlTypeF32) {
-            throw Error("gguf writer: tensor " + t.name + " is not F32");
+        if (t.type != kGgmlTypeF32 && t.type != kGgmlTypeF64) {
+            throw Error("gguf writer: tensor " + t.name + " is neither F32 nor F64");
         }
         w.put_string(t.name);
         const uint32_t n_dims = n_dims_of(t.ne);
@@ -281,12 +294,13 @@ std::vector<uint8_t> serialize(const File & file) {
         }
         w.put<uint32_t>(t.type);
         w.put<uint64_t>(offset);
-        offset += (t.data.size() * 4 + alignment - 1) / alignment * alignment;
+        offset += (data_bytes(t) + alignment - 1) / alignment * alignment;
     }
     w.pad(alignment);
     for (const auto & t : file.tensors) {
-        const auto * p = reinterpret_cast<const uint8_t *>(t.data.data());
-        w.out.insert(w.out.end(), p, p + t.data.size() * 4);
+        const auto * p = t.type == kGgmlTypeF64 ? reinterpret_cast<const uint8_t *>(t.data64.data())
+                                                : reinterpret_cast<const uint8_t *>(t.data.data());
+        w.out.insert(w.out.end(), p, p + data_bytes(t));
         w.pad(alignment);
     }
     return std::move(w.out);
@@ -312,6 +326,17 @@ Value make_u32(uint32_t x) {
     v.type = Type::u32;
     v.raw.resize(4);
     std::memcpy(v.raw.data(), &x, 4);
+    return v;
+}
+
+Value make_u32_array(const std::vector<uint32_t> & x) {
+    Value v;
+    v.type = Type::array;
+    v.elem_type = Type::u32;
+    v.raw.resize(x.size() * 4);
+    if (!x.empty()) {
+        std::memcpy(v.raw.data(), x.data(), x.size() * 4);
+    }
     return v;
 }
 

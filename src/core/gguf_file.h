@@ -1,4 +1,4 @@
-// A small, strict reader and writer for the GGUF container, enough for imatrix files (F32 tensors).
+// A small, strict reader and writer for the GGUF container, enough for imatrix files (F32 and F64 tensors).
 //
 // Layout (little-endian), as written by ggml's gguf.cpp, version 3:
 //   magic "GGUF" | u32 version | i64 n_tensors | i64 n_kv
@@ -11,7 +11,7 @@
 // (at least 1), the way ggml_n_dims does; a reader pads the rest with 1.
 //
 // The reader checks every length against the bytes left, so a truncated or hostile file gives an Error,
-// never a read past the buffer. Unknown keys of any type are kept; tensors of other types than F32 are
+// never a read past the buffer. Unknown keys of any type are kept; tensors of other types than F32 and F64 are
 // listed without their data (no imatrix tensor has another type, and a model file must still get a clear error
 // from the caller, who looks at general.type first).
 #pragma once
@@ -29,6 +29,7 @@ enum class Type : uint32_t {
 };
 
 inline constexpr uint32_t kGgmlTypeF32 = 0;
+inline constexpr uint32_t kGgmlTypeF64 = 28;
 inline constexpr uint32_t kDefaultAlignment = 32;
 
 struct Value {
@@ -46,7 +47,8 @@ struct KeyValue {
 struct Tensor {
     std::string          name;
     std::vector<int64_t> ne;  // ne[0] is the contiguous dimension, as in ggml
-    std::vector<float>   data;  // F32 tensors only; other types are listed, their data left unread
+    std::vector<float>   data;    // F32 tensors
+    std::vector<double>  data64;  // F64 tensors; other types are listed, their data left unread
     uint32_t             type = kGgmlTypeF32;
     int64_t nelements() const;
 };
@@ -69,5 +71,6 @@ std::vector<uint8_t> serialize(const File & file);
 Value make_string(const std::string & s);
 Value make_string_array(const std::vector<std::string> & v);
 Value make_u32(uint32_t v);
+Value make_u32_array(const std::vector<uint32_t> & v);
 
 }  // namespace imx::gguf

@@ -75,7 +75,26 @@ std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const
 
     ImatrixMeta & m = into.meta;
     const ImatrixMeta & o = other.meta;
-    m.datasets.insert(m.datasets.end(), o.datasets.begin(), o.datasets.end());
+    const bool parts = m.shard_count > 0 && m.shard_count == o.shard_count && m.datasets == o.datasets &&
+                       m.chunk_size == o.chunk_size;
+    if (parts) {  // the text once, as one run over all its chunks names it
+        for (uint32_t s : o.shards) {
+            if (std::find(m.shards.begin(), m.shards.end(), s) != m.shards.end()) {
+                throw Error(what + ": shard " + std::to_string(s) + "/" + std::to_string(m.shard_count) +
+                            " is already in the files before it");
+            }
+            m.shards.push_back(s);
+        }
+        std::sort(m.shards.begin(), m.shards.end());
+        if (m.shards.size() == m.shard_count) {
+            m.shard_count = 0;  // all parts: a whole run
+            m.shards.clear();
+        }
+    } else {
+        m.datasets.insert(m.datasets.end(), o.datasets.begin(), o.datasets.end());
+        m.shard_count = 0;  // parts of different runs make no part of any
+        m.shards.clear();
+    }
     if (m.chunk_size == 0) {
         m.chunk_size = o.chunk_size;
     }

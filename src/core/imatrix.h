@@ -34,6 +34,11 @@ struct ImatrixMeta {
     std::vector<std::string> datasets;     // calibration files, in the order they were used
     uint32_t                 chunk_count = 0;
     uint32_t                 chunk_size  = 0;  // tokens per chunk; 0 when unknown
+    // imx collect --shard I/N writes part I of N of a text's chunks; merged, the N parts give one run's bytes.
+    // `shards` lists the parts a file holds (one, or several merged) of `shard_count`; 0: a whole run. While a
+    // file is a part, its sums and covariances are also stored in double (extra tensors upstream ignores).
+    uint32_t                 shard_count = 0;
+    std::vector<uint32_t>    shards;
 };
 
 enum class ImatrixFormat { gguf, legacy };
@@ -56,6 +61,8 @@ struct Imatrix {
 // Throws imx::Error naming the tensor when shapes disagree; `what` names the source in the message.
 // Covariances add where both hold one for the same input; one that `other` lacks is dropped (it would be
 // the covariance of part of the text only). Returns the readers' names of those dropped.
+// Parts of one sharded run (same shard count, datasets and chunk size) keep the text named once and become a
+// whole run when all parts are in; a part given twice is an error.
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
 
 }  // namespace imx

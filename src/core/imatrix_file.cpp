@@ -24,6 +24,11 @@ const std::string  kCountsSuffix  = ".counts";
 const std::string  kCountsExactSuffix = ".counts_exact";
 constexpr int64_t  kExactF32 = int64_t{1} << 24;
 const std::string  kCovSuffix     = ".in_cov";
+// A shard (imx collect --shard I/N) also stores its sums in double, "<name>.in_sum2_exact" F64 [n_cols, n_mat],
+// and its covariances as F64: the parts then add up to one run's doubles before the one rounding to F32.
+const std::string  kSumsExactSuffix = ".in_sum2_exact";
+const char * const kKeyShardCount = "imx.shard.count";
+const char * const kKeyShardParts = "imx.shard.parts";
 const char * const kKeyCovReaders = "imx.in_cov.readers";
 
 
@@ -109,8 +114,10 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
             throw Error(source + ": tensor " + t.name + " is listed with readers " + readers->strings[i]);
         }
         const auto it = im.tensors.find(c.readers[0]);
-        if (t.type != gguf::kGgmlTypeF32 || t.ne.size() < 2 || it == im.tensors.end()) {
-            throw Error(source + ": tensor " + t.name + " must be F32 and belong to a tensor with sums and counts");
+        if ((t.type != gguf::kGgmlTypeF32 && t.type != gguf::kGgmlTypeF64) || t.ne.size() < 2 ||
+            it == im.tensors.end()) {
+            throw Error(source + ": tensor " + t.name + " must be F32 (or F64) and belong to a tensor with sums and "
+                        "counts");
         }
         c.block = t.ne[0];
         c.n_cols = t.ne[1];
@@ -134,7 +141,11 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                             std::to_string(c.n_cols) + " columns");
             }
         }
-        c.values.assign(t.data.begin(), t.data.end());
+        if (t.type == gguf::kGgmlTypeF64) {
+            c.values = t.data64;
+        } else {
+            c.values.assign(t.data.begin(), t.data.end());
+        }
         for (int64_t m = 0; m < c.n_mat; ++m) {
             for (int64_t j = 0; j < c.n_cols; ++j) {
                 const double d = c.values[(m * c.n_cols + j) * c.block + (j - c.block_start(j))];
@@ -172,13 +183,30 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
     }
     im.meta.chunk_count = read_u32(f.find(kKeyChunkCount), kKeyChunkCount, source);
     im.meta.chunk_size = read_u32(f.find(kKeyChunkSize), kKeyChunkSize, source);
+    im.meta.shard_count = read_u32(f.find(kKeyShardCount), kKeyShardCount, source);
+    if (im.meta.shard_count > 0) {
+        const gguf::Value * parts = f.find(kKeyShardParts);
+        if (!parts || parts->type != gguf::Type::array || parts->elem_type != gguf::Type::u32 || parts->raw.empty()) {
+            throw Error(source + ": " + kKeyShardCount + " needs " + kKeyShardParts + ", an array of u32");
+        }
+        im.meta.shards.resize(parts->raw.size() / 4);
+        std::memcpy(im.meta.shards.data(), parts->raw.data(), parts->raw.size());
+        for (uint32_t p : im.meta.shards) {
+            if (p < 1 || p > im.meta.shard_count) {
+                throw Error(source + ": shard " + std::to_string(p) + " of " + std::to_string(im.meta.shard_count) +
+                            " is out of range");
+            }
+        }
+    }
 
     struct Pair { const gguf::Tensor * sums = nullptr; const gguf::Tensor * counts = nullptr; };
     std::map<std::string, Pair> pairs;
-    std::map<std::string, const gguf::Tensor *> exact;
+    std::map<std::string, const gguf::Tensor *> exact, exact_sums;
     for (const auto & t : f.tensors) {
         std::string base = t.name;
-        if (remove_suffix(base, kSumsSuffix)) {
+        if (remove_suffix(base, kSumsExactSuffix)) {
+            exact_sums[base] = &t;
+        } else if (remove_suffix(base, kSumsSuffix)) {
             pairs[base].sums = &t;
         } else if (remove_suffix(base, kCountsSuffix)) {
             pairs[base].counts = &t;
@@ -203,6 +231,19 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
         }
         TensorStats ts;
         ts.sums.assign(p.sums->data.begin(), p.sums->data.end());
+        if (const auto it = exact_sums.find(name); it != exact_sums.end()) {  // preferred: the sums in double
+            const gguf::Tensor & e = *it->second;
+            if (e.type != gguf::kGgmlTypeF64 || e.ne[0] != n_cols || e.nelements() != p.sums->nelements()) {
+                throw Error(source + ": tensor " + e.name + " must be F64 of the shape of " + name + kSumsSuffix);
+            }
+            for (size_t i = 0; i < e.data64.size(); ++i) {
+                if ((float) e.data64[i] != p.sums->data[i]) {
+                    throw Error(source + ": tensor " + e.name + ": value " + std::to_string(i) + " does not match " +
+                                name + kSumsSuffix);
+                }
+            }
+            ts.sums = e.data64;
+        }
         check_sums(ts.sums, source, name);
         for (float c : p.counts->data) {
             // F32 holds whole numbers exactly up to 2^24; beyond that a count is still whole, just rounded
@@ -340,6 +381,11 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
     f.kvs.push_back({kKeyDatasets, gguf::make_string_array(im.meta.datasets)});
     f.kvs.push_back({kKeyChunkCount, gguf::make_u32(im.meta.chunk_count)});
     f.kvs.push_back({kKeyChunkSize, gguf::make_u32(im.meta.chunk_size)});
+    const bool part = im.meta.shard_count > 0;
+    if (part) {
+        f.kvs.push_back({kKeyShardCount, gguf::make_u32(im.meta.shard_count)});
+        f.kvs.push_back({kKeyShardParts, gguf::make_u32_array(im.meta.shards)});
+    }
     for (const auto & [name, ts] : im.tensors) {
         if (ts.counts.empty()) {
             continue;
@@ -363,6 +409,13 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
         }
         f.tensors.push_back(std::move(e));
     }
+    for (const auto & [name, ts] : im.tensors) {
+        if (part && !ts.counts.empty()) {
+            gguf::Tensor e{name + kSumsExactSuffix, {ts.n_cols(), ts.n_mat()}, {}, {}, gguf::kGgmlTypeF64};
+            e.data64 = ts.sums;
+            f.tensors.push_back(std::move(e));
+        }
+    }
     if (!im.covariances.empty()) {
         std::vector<const Covariance *> sorted;
         for (const Covariance & c : im.covariances) {
@@ -373,7 +426,12 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
         for (const Covariance * c : sorted) {
             readers.push_back(join_commas(c->readers));
             gguf::Tensor t{c->readers[0] + kCovSuffix, {c->block, c->n_cols, c->n_mat}, {}};
-            t.data.assign(c->values.begin(), c->values.end());
+            if (part) {
+                t.type = gguf::kGgmlTypeF64;
+                t.data64 = c->values;
+            } else {
+                t.data.assign(c->values.begin(), c->values.end());
+            }
             f.tensors.push_back(std::move(t));
         }
         f.kvs.push_back({kKeyCovReaders, gguf::make_string_array(readers)});
@@ -425,6 +483,9 @@ Imatrix load_imatrix(const std::string & path, uint32_t legacy_chunk_size) {
 }
 
 void save_imatrix(const Imatrix & im, const std::string & path, ImatrixFormat format) {
+    if (format == ImatrixFormat::legacy && im.meta.shard_count > 0) {
+        throw Error(path + ": holds part of a sharded run, which needs the GGUF format (its sums in double)");
+    }
     const auto bytes = format == ImatrixFormat::legacy ? encode_legacy(im) : encode_gguf(im);
     write_file_atomic(path, bytes);
 }

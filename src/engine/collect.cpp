@@ -34,6 +34,7 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " model_bytes=" + std::to_string(std::filesystem::file_size(o.model)) +
            " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
+           (o.shard_count ? " shard=" + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) : "") +
            " experts_used=" + std::to_string(o.experts_used) + (o.process_output ? " output" : "") +
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
                                       (o.covariance_blocks ? " blocks" : "") +
@@ -52,7 +53,19 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
     const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
                                 o.chat || is_chat_file(o.text_file), o.chat_template};
-    const std::vector<Chunk> chunks = calibration_chunks(co, model.get());
+    std::vector<Chunk> chunks = calibration_chunks(co, model.get());
+    uint32_t first = o.first_chunk;  // the text's number of chunks[0]
+    if (o.shard_count > 0) {  // part I of N: chunks [⌊(I−1)·n/N⌋, ⌊I·n/N⌋), so the N parts cover all exactly once
+        const size_t n = chunks.size();
+        const size_t lo = (size_t) (o.shard - 1) * n / o.shard_count, hi = (size_t) o.shard * n / o.shard_count;
+        if (lo == hi) {
+            throw Error(o.text_file + ": --shard " + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) +
+                        " is empty: the text has " + std::to_string(n) + " chunks of " + std::to_string(o.chunk_size) +
+                        " tokens to share");
+        }
+        chunks = std::vector<Chunk>(chunks.begin() + (std::ptrdiff_t) lo, chunks.begin() + (std::ptrdiff_t) hi);
+        first += (uint32_t) lo;
+    }
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
@@ -112,7 +125,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
         // and their activations would be missing from that layer's sums
         fill_batch(batch, chunk, 0);
-        collector.begin_chunk(o.first_chunk + i);
+        collector.begin_chunk(first + i);
         const int32_t rc = llama_decode(ctx.get(), batch);
         if (!collector.error().empty()) {
             llama_batch_free(batch);
@@ -121,7 +134,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         if (rc != 0) {
             llama_batch_free(batch);
             throw Error(o.model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
-                        std::to_string(o.first_chunk + i));
+                        std::to_string(first + i));
         }
         const uint32_t done = i + 1;
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -138,6 +151,10 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     }
     result.imatrix = std::move(collector.data());
     result.imatrix.meta = {{o.text_file}, n_chunks, o.chunk_size};
+    if (o.shard_count > 0) {
+        result.imatrix.meta.shard_count = o.shard_count;
+        result.imatrix.meta.shards = {o.shard};
+    }
     return result;
 }
 

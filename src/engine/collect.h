@@ -24,7 +24,9 @@ struct CollectOptions {
     int         threads = 0;       // 0: all cores
     int         n_gpu_layers = 99;
     int         max_chunks = -1;   // --chunks
-    uint32_t    first_chunk = 0;   // --from-chunk: skip the text's first N chunks (shards of one text)
+    uint32_t    first_chunk = 0;   // --from-chunk: skip the text's first N chunks
+    uint32_t    shard = 0;         // --shard I/N: part I (1-based) of N contiguous parts of the chunks above
+    uint32_t    shard_count = 0;
     int         experts_used = 0;  // --experts-used
     int         save_every = 0;    // checkpoint every N chunks (0: never)
     bool        resume = false;

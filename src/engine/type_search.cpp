@@ -360,7 +360,7 @@ TargetResult quantize_to_target(const TargetOptions & o) {
         if (o.hessian) {
             HessianOptions h = o.hessian_options;
             h.threads = threads;
-            q.finish = [&](const std::string & written) {
+            q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
                 reports = hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
             };
         }
@@ -451,7 +451,7 @@ TargetResult quantize_to_target(const TargetOptions & o) {
             HessianOptions h = o.hessian_options;
             h.threads = threads;
             h.tensors = exact_pattern(t.name);
-            q.finish = [&](const std::string & written) {
+            q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
                 hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
             };
         }
@@ -546,7 +546,7 @@ TargetResult quantize_to_target(const TargetOptions & o) {
     if (o.hessian) {
         HessianOptions h = o.hessian_options;
         h.threads = threads;
-        q.finish = [&](const std::string & written) {
+        q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
             res.hessian_reports = hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
         };
     }
