@@ -62,10 +62,12 @@ if [ -z "$source_dir" ]; then
   [ "$(git -C "$source_dir" rev-parse HEAD)" = "$PIN_COMMIT" ] || { log "$source_dir is not at $PIN_COMMIT"; exit 1; }
 fi
 
-# 2. Build: static Release libraries plus the three upstream tools we measure ourselves against.
+# 2. Build: static Release libraries plus the upstream tools we measure ourselves against, with ggml's RPC
+# backend (imx collect --rpc, and ggml-rpc-server, upstream's rpc-server, for the machines that hold the layers).
 # GGML_NATIVE=OFF: the binaries must run on any x86-64 machine with AVX2/FMA/F16C (x86-64-v3), not just
 # the one that built them (CI and developer machines differ). ggml then enables exactly those extensions.
-stamp="$build_dir/.imx-built"
+# .imx-built-rpc: a cache built before RPC was added is reconfigured and built again incrementally (a minute).
+stamp="$build_dir/.imx-built-rpc"
 if [ ! -f "$stamp" ]; then
   extra=()
   if [ "$cuda" = ON ]; then
@@ -75,11 +77,11 @@ if [ ! -f "$stamp" ]; then
   cmake -S "$source_dir" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
-    -DCMAKE_POSITION_INDEPENDENT_CODE=ON "${extra[@]}" ${IMX_LLAMA_CMAKE_ARGS:-} >"$build_dir.configure.log" 2>&1 \
+    -DGGML_RPC=ON -DCMAKE_POSITION_INDEPENDENT_CODE=ON "${extra[@]}" ${IMX_LLAMA_CMAKE_ARGS:-} >"$build_dir.configure.log" 2>&1 \
     || { tail -30 "$build_dir.configure.log" >&2; exit 1; }
   log "building (a cold CPU build takes about 7 minutes on 2 cores)"
   cmake --build "$build_dir" -j "${IMX_JOBS:-$(nproc)}" \
-    --target llama ggml llama-imatrix llama-quantize llama-perplexity >"$build_dir.build.log" 2>&1 \
+    --target llama ggml llama-imatrix llama-quantize llama-perplexity ggml-rpc-server >"$build_dir.build.log" 2>&1 \
     || { tail -30 "$build_dir.build.log" >&2; exit 1; }
   echo "$source_dir" > "$build_dir/.imx-source"
   touch "$stamp"

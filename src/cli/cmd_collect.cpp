@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/imatrix_file.h"
 #include "engine/collect.h"
+#include "engine/rpc_servers.h"
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,7 @@ struct Options {
     bool                   json = false;
     std::string            format;
     std::string            shard;
+    std::string            rpc;
     bool                   covariance = false;
     double                 covariance_mib = 4096;
 };
@@ -60,6 +62,12 @@ void print_summary(const Imatrix & im, const engine::CollectResult & r, const st
     if (!im.covariances.empty()) {
         std::fprintf(stderr, "covariance: %s\n", covariance_summary(im).c_str());
     }
+    if (r.device_input_bytes > 0) {
+        std::fprintf(stderr, "device traffic: %.2f MiB read back (per-column sums made where the activations are) "
+                             "for %.2f MiB of matmul inputs on devices/servers (%.0fx less than copying them)\n",
+                     r.read_back_bytes / 1048576.0, r.device_input_bytes / 1048576.0,
+                     r.read_back_bytes > 0 ? (double) r.device_input_bytes / (double) r.read_back_bytes : 0.0);
+    }
     print_coverage_table(stderr, im);
 }
 
@@ -72,6 +80,8 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.seconds > 0 ? r.tokens / r.seconds : 0.0;
     j["tensors"] = im.tensors.size();
+    j["device_input_bytes"] = r.device_input_bytes;
+    j["read_back_bytes"] = r.read_back_bytes;
     if (!im.covariances.empty()) {
         j["covariance"] = covariance_summary(im);
     }
@@ -98,6 +108,8 @@ Run add_collect(CLI::App & app) {
     app.add_option("--n-gpu-layers", c.n_gpu_layers, "layers to offload to the GPU")->capture_default_str();
     app.add_option("--chunks", c.max_chunks, "stop after N chunks (default: all of the text)");
     app.add_option("--from-chunk,--chunk", c.first_chunk, "skip the first N chunks of the text");
+    app.add_option("--rpc", o->rpc, "HOST:PORT,...: rpc-server processes that take the layers -ngl places "
+                                    "(llama.cpp's RPC backend); only per-column sums come back");
     app.add_option("--shard", o->shard, "I/N: collect part I of N equal runs of the chunks (one per machine); "
                                         "imx merge of the N files gives one run's bytes");
     app.add_option("--experts-used", c.experts_used, "run MoE models with N active experts per token");
@@ -200,6 +212,13 @@ Run add_collect(CLI::App & app) {
             }
             c.shard = i;
             c.shard_count = n;
+        }
+        if (!o->rpc.empty()) {
+            c.rpc_servers = engine::parse_rpc_servers(o->rpc);
+            if (o->covariance) {
+                throw Error("--covariance with --rpc: XᵀX is made on this machine, so every activation would cross "
+                            "the network; collect covariances where the model fits, or spread the text with --shard");
+            }
         }
         prepare_outputs({c.output, c.save_every > 0 || c.resume ? engine::checkpoint_path(c.output) : ""});
         if (o->covariance) {

@@ -33,6 +33,14 @@ void on_signal(int sig) {
         return;
     }
     say(sig == SIGINT ? "\nimx: interrupted" : "\nimx: terminated");
+    remove_temporary_files();
+    say("\n");
+    ::_exit(128 + sig);
+}
+
+}  // namespace
+
+void remove_temporary_files() {
     bool any = false;
     for (int i = 0; i < kSlots; ++i) {
         if (g_live[i].load() && ::unlink(g_paths[i]) == 0) {
@@ -41,11 +49,7 @@ void on_signal(int sig) {
             any = true;
         }
     }
-    say("\n");
-    ::_exit(128 + sig);
 }
-
-}  // namespace
 
 void install_interrupt_handlers() {
     struct sigaction sa{};

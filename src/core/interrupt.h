@@ -15,6 +15,10 @@ namespace imx {
 
 void install_interrupt_handlers();
 
+// Unlinks every live TemporaryFile, writing "; removed PATH, ..." to stderr (async-signal-safe: for handlers
+// that end the process, such as a signal's or ggml's abort).
+void remove_temporary_files();
+
 // The signal received inside a DeferInterrupts scope, 0 if none.
 int interrupted();
 

@@ -109,6 +109,10 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
     if (!computed) {
         t->op == GGML_OP_MUL_MAT_ID ? experts_on_host(t, host_data()) : dense_on_host(t, host_data());
     }
+    if (!on_host) {
+        traffic_.device_inputs += ggml_nbytes(src1);
+        traffic_.read_back += computed ? delta_.sums.size() * sizeof(float) : ggml_nbytes(src1);
+    }
     last_ = {src1, t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr, t->op,
              (int64_t) delta_.sums.size() / delta_.n_cols};
     bool ok = apply(name);

@@ -62,6 +62,13 @@ public:
     Imatrix & data() { return data_; }
     // Non-empty once a non-finite activation was seen; the forward pass is stopped at that point.
     const std::string & error() const { return error_; }
+    // Bytes of matmul inputs that lived on a device (GPU, RPC server), and the bytes read back from there:
+    // per-column sums where they were made on the device, whole inputs where they were copied.
+    struct Traffic {
+        uint64_t device_inputs = 0;
+        uint64_t read_back = 0;
+    };
+    const Traffic & traffic() const { return traffic_; }
 
 private:
     // What one matmul input adds: Σx² per column and matrix over this ubatch, and tokens per matrix.
@@ -109,6 +116,7 @@ private:
     std::vector<char>              host_copy_;           // activations copied from a device, when needed
     std::vector<char>              ids_copy_;
     std::string                    error_;
+    Traffic                        traffic_;
     // The last weight matmul of the graph, learned from the first chunk. Once it is collected, nothing that
     // is left of the graph (final norm, output head: the costliest matmul of small models) feeds a weight we
     // collect, so the callback stops the computation there. We never read the logits.

@@ -8,8 +8,11 @@
 #include "core/interrupt.h"
 #include "core/linear_algebra.h"
 #include "llama_model.h"
+#include "rpc_servers.h"
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <filesystem>
 #include <thread>
 
@@ -50,6 +53,20 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         throw Error("chunk size -c " + std::to_string(o.chunk_size) + " is too small (at least 16 tokens)");
     }
     init_llama(o.verbose);
+    check_rpc_servers(o.rpc_servers);  // before any work: a server that is not there fails now
+    add_rpc_servers(o.rpc_servers);
+    // a server that stops answering later: one line naming it and the chunk, the checkpoint kept
+    std::atomic<uint32_t> chunk_now{0}, saved{0};
+    std::unique_ptr<RpcFailureReport> rpc_report;
+    if (!o.rpc_servers.empty()) {
+        rpc_report = std::make_unique<RpcFailureReport>(o.rpc_servers, [&] {
+            const std::string ckpt = checkpoint_path(o.output);
+            return "at chunk " + std::to_string(chunk_now.load()) + "; " +
+                   (saved.load() > 0 ? ckpt + " holds " + std::to_string(saved.load()) +
+                                           " chunks: the same command with --resume continues once it is back"
+                                     : std::string("no checkpoint (--save-every N keeps one)"));
+        });
+    }
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
     const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
                                 o.chat || is_chat_file(o.text_file), o.chat_template};
@@ -83,6 +100,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
             throw Error(ckpt + ": made by a different run (" + c.fingerprint + "), not this one (" + fp + ")");
         }
         next = c.next_chunk;
+        saved = next;
         collector.data() = std::move(c.data);
         result.chunks_resumed = next;
     }
@@ -104,10 +122,12 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         c.data.meta = {{o.text_file}, done, o.chunk_size};
         save_checkpoint(c, ckpt);
         last_checkpoint = done;
+        saved = done;
     };
     // Ctrl-C / SIGTERM between chunks: keep what was done (a checkpoint when one was asked for), then stop.
     const DeferInterrupts defer;
     for (uint32_t i = next; i < n_chunks; ++i) {
+        chunk_now = first + i;
         if (const int sig = interrupted()) {
             llama_batch_free(batch);
             std::string what = "interrupted (signal " + std::to_string(sig) + ") after " + std::to_string(i) + " of " +
@@ -149,6 +169,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     for (uint32_t i = result.chunks_resumed; i < n_chunks; ++i) {
         result.tokens += (int64_t) chunks[i].size();
     }
+    result.device_input_bytes = collector.traffic().device_inputs;
+    result.read_back_bytes = collector.traffic().read_back;
     result.imatrix = std::move(collector.data());
     result.imatrix.meta = {{o.text_file}, n_chunks, o.chunk_size};
     if (o.shard_count > 0) {

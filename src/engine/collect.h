@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace imx::engine {
 
@@ -41,6 +42,7 @@ struct CollectOptions {
     bool        covariance_pool_experts = false;  // --covariance-pooled-experts: one XᵀX per expert input
     bool        process_output = false;   // --process-output: also the output head (output.weight), as upstream
     int         flash_attn = -1;          // -fa: -1 auto, 0 off, 1 on (llama.cpp's llama_flash_attn_type)
+    std::vector<std::string> rpc_servers;  // --rpc: HOST:PORT of rpc-server processes that take layers (-ngl)
 };
 
 struct CollectProgress {
@@ -55,6 +57,8 @@ struct CollectResult {
     uint32_t chunks_resumed = 0;
     double   seconds = 0;
     int64_t  tokens = 0;
+    uint64_t device_input_bytes = 0;  // matmul inputs that lived on a device or an RPC server
+    uint64_t read_back_bytes = 0;     // what came back from there (sums, or inputs copied)
 };
 
 // Throws imx::Error (naming the file, tensor or chunk) on bad input or a non-finite activation; the last
