@@ -17,7 +17,7 @@ std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.si
 
 std::string collect(const std::string & dir, const std::string & model, const std::string & args) {
     return "cd " + dir + " && " + imx_bin() + " collect -m " + shared("models/" + model) + " -f " +
-           shared("data/calibration.txt") + " -c 256 -t 2 --chunks 7 " + args;
+           shared("data/calibration.txt") + " -c 256 -t 2 " + (args.find("--chunks") == std::string::npos ? "--chunks 7 " : "") + args;
 }
 
 }  // namespace
@@ -76,4 +76,41 @@ TEST(Shards, APartIsAFileUpstreamReads) {
         EXPECT_EQ(r.exit_code, 2) << args;
         EXPECT_NE(r.output.find(message), std::string::npos) << args << ": " << r.output;
     }
+}
+
+TEST(Shards, CovarianceSetsOfOneRunJoin) {
+    const std::string dir = fresh_dir("covariance-sets");
+    RunResult r = run(collect(dir, "qwen3moe-tiny.gguf", "--chunks 3 --covariance -o whole.gguf"));
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    r = run(collect(dir, "qwen3moe-tiny.gguf", "--chunks 3 --covariance --covariance-tensors 'blk\\.[01]\\.' -o a.gguf"));
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    r = run(collect(dir, "qwen3moe-tiny.gguf", "--chunks 3 --covariance --covariance-tensors 'blk\\.[23]\\.' -o b.gguf"));
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    const Imatrix a = load_imatrix(dir + "/a.gguf"), whole = load_imatrix(dir + "/whole.gguf");
+    ASSERT_FALSE(a.covariances.empty());
+    EXPECT_LT(a.covariances.size(), whole.covariances.size());
+    for (const Covariance & c : a.covariances) {
+        EXPECT_TRUE(c.readers[0].rfind("blk.0.", 0) == 0 || c.readers[0].rfind("blk.1.", 0) == 0) << c.readers[0];
+    }
+    r = run("cd " + dir + " && " + imx_bin() + " merge b.gguf a.gguf -o joined.gguf");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    const Imatrix j = load_imatrix(dir + "/joined.gguf");
+    for (const auto & [name, ts] : whole.tensors) {
+        EXPECT_EQ(j.tensors.at(name).sums, ts.sums) << name;  // kept once, not added
+        EXPECT_EQ(j.tensors.at(name).counts, ts.counts) << name;
+    }
+    ASSERT_EQ(j.covariances.size(), whole.covariances.size());
+    for (const Covariance & c : whole.covariances) {
+        const Covariance * got = j.covariance_of(c.readers[0]);
+        ASSERT_NE(got, nullptr) << c.readers[0];
+        EXPECT_EQ(got->readers, c.readers);
+        EXPECT_EQ(got->values, c.values) << c.readers[0];
+    }
+    // the same set twice would count it twice
+    r = run("cd " + dir + " && " + imx_bin() + " merge a.gguf a.gguf -o bad.gguf");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("is already in the files before it"), std::string::npos) << r.output;
+    r = run(collect(dir, "qwen3moe-tiny.gguf", "--chunks 3 --covariance-tensors 'blk' -o c.gguf"));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("--covariance-tensors goes with --covariance"), std::string::npos) << r.output;
 }

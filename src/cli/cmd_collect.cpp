@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <regex>
 
 namespace imx::cli {
 
@@ -108,6 +109,9 @@ Run add_collect(CLI::App & app) {
     app.add_option("--n-gpu-layers", c.n_gpu_layers, "layers to offload to the GPU")->capture_default_str();
     app.add_option("--chunks", c.max_chunks, "stop after N chunks (default: all of the text)");
     app.add_option("--from-chunk,--chunk", c.first_chunk, "skip the first N chunks of the text");
+    app.add_option("--covariance-tensors", c.covariance_tensors,
+                   "with --covariance: only inputs whose (first) reader matches this regex, e.g. 'blk\\.([0-9]|1[0-9])\\.' "
+                   "(one machine per layer range; imx merge joins the sets)");
     app.add_option("--rpc", o->rpc, "HOST:PORT,...: rpc-server processes that take the layers -ngl places "
                                     "(llama.cpp's RPC backend); only per-column sums come back");
     app.add_option("--shard", o->shard, "I/N: collect part I of N equal runs of the chunks (one per machine); "
@@ -212,6 +216,16 @@ Run add_collect(CLI::App & app) {
             }
             c.shard = i;
             c.shard_count = n;
+        }
+        if (!c.covariance_tensors.empty()) {
+            if (!o->covariance) {
+                throw Error("--covariance-tensors goes with --covariance");
+            }
+            try {
+                std::regex check(c.covariance_tensors);
+            } catch (const std::regex_error & e) {
+                throw Error("--covariance-tensors '" + c.covariance_tensors + "': bad regular expression (" + e.what() + ")");
+            }
         }
         if (!o->rpc.empty()) {
             c.rpc_servers = engine::parse_rpc_servers(o->rpc);

@@ -30,7 +30,42 @@ const Covariance * Imatrix::covariance_of(const std::string & weight) const {
     return nullptr;
 }
 
+namespace {
+
+// Two files of one run with different covariance subsets: the same sums, covariances side by side.
+void join_covariances(Imatrix & into, const Imatrix & other, const std::string & what) {
+    const ImatrixMeta & m = into.meta, & o = other.meta;
+    if (m.datasets != o.datasets || m.chunk_count != o.chunk_count || m.chunk_size != o.chunk_size ||
+        m.shards != o.shards || into.tensors.size() != other.tensors.size()) {
+        throw Error(what + ": holds covariances of " + o.covariance_tensors + " but not over the same chunks as the "
+                    "files before it (join the covariance sets of one run first, then merge runs)");
+    }
+    for (const auto & [name, ts] : other.tensors) {
+        const auto it = into.tensors.find(name);
+        if (it == into.tensors.end() || it->second.counts != ts.counts || it->second.sums != ts.sums) {
+            throw Error(what + ": tensor " + name + " differs from the files before it: a covariance set can only "
+                        "join one of the same run");
+        }
+    }
+    for (const Covariance & c : other.covariances) {
+        if (into.covariance_of(c.readers[0])) {
+            throw Error(what + ": the covariance of " + c.readers[0] + " is already in the files before it (" +
+                        o.covariance_tensors + " overlaps " + m.covariance_tensors + ")");
+        }
+        into.covariances.push_back(c);
+    }
+    std::sort(into.covariances.begin(), into.covariances.end(),
+              [](const Covariance & a, const Covariance & b) { return a.readers[0] < b.readers[0]; });
+    into.meta.covariance_tensors = "(" + m.covariance_tensors + ")|(" + o.covariance_tensors + ")";
+}
+
+}  // namespace
+
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
+    if (!into.meta.covariance_tensors.empty() && !other.meta.covariance_tensors.empty()) {
+        join_covariances(into, other, what);
+        return {};
+    }
     std::vector<std::string> dropped;
     std::vector<Covariance> kept;
     for (Covariance & c : into.covariances) {

@@ -39,6 +39,9 @@ struct ImatrixMeta {
     // file is a part, its sums and covariances are also stored in double (extra tensors upstream ignores).
     uint32_t                 shard_count = 0;
     std::vector<uint32_t>    shards;
+    // imx collect --covariance-tensors REGEX: the covariances held are those of inputs matching it (KV
+    // imx.in_cov.tensors); runs over the same chunks with other sets join into one file by imx merge.
+    std::string              covariance_tensors;
 };
 
 enum class ImatrixFormat { gguf, legacy };
@@ -63,6 +66,8 @@ struct Imatrix {
 // the covariance of part of the text only). Returns the readers' names of those dropped.
 // Parts of one sharded run (same shard count, datasets and chunk size) keep the text named once and become a
 // whole run when all parts are in; a part given twice is an error.
+// Two files that each hold a subset of covariances (--covariance-tensors) over the same chunks are joined
+// instead: sums kept once (they must be identical), covariance sets united (they must be disjoint).
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
 
 }  // namespace imx

@@ -29,6 +29,7 @@ const std::string  kCovSuffix     = ".in_cov";
 const std::string  kSumsExactSuffix = ".in_sum2_exact";
 const char * const kKeyShardCount = "imx.shard.count";
 const char * const kKeyShardParts = "imx.shard.parts";
+const char * const kKeyCovTensors = "imx.in_cov.tensors";  // collect --covariance-tensors: the subset held
 const char * const kKeyCovReaders = "imx.in_cov.readers";
 
 
@@ -183,6 +184,12 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
     }
     im.meta.chunk_count = read_u32(f.find(kKeyChunkCount), kKeyChunkCount, source);
     im.meta.chunk_size = read_u32(f.find(kKeyChunkSize), kKeyChunkSize, source);
+    if (const gguf::Value * ct = f.find(kKeyCovTensors)) {
+        if (ct->type != gguf::Type::string) {
+            throw Error(source + ": " + kKeyCovTensors + " must be a string");
+        }
+        im.meta.covariance_tensors = ct->strings[0];
+    }
     im.meta.shard_count = read_u32(f.find(kKeyShardCount), kKeyShardCount, source);
     if (im.meta.shard_count > 0) {
         const gguf::Value * parts = f.find(kKeyShardParts);
@@ -435,6 +442,9 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
             f.tensors.push_back(std::move(t));
         }
         f.kvs.push_back({kKeyCovReaders, gguf::make_string_array(readers)});
+    }
+    if (!im.meta.covariance_tensors.empty()) {
+        f.kvs.push_back({kKeyCovTensors, gguf::make_string(im.meta.covariance_tensors)});
     }
     return gguf::serialize(f);
 }

@@ -275,7 +275,7 @@ int ActivationCollector::covariance_index(const ggml_tensor * t, const std::stri
     if (index >= 0) {
         const Covariance & c = data_.covariances[index];
         covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
-    } else if (experts || w->ne[3] == 1) {
+    } else if ((experts || w->ne[3] == 1) && std::regex_search(name, covariance_regex_)) {
         const CovarianceLayout l = choose_covariance_layout(n_cols, experts ? n_mat : 1, left,
                                                             covariance_blocks_only_, covariance_pool_experts_);
         const int64_t mats = l.pooled ? 1 : n_mat;

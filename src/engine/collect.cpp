@@ -41,7 +41,8 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " experts_used=" + std::to_string(o.experts_used) + (o.process_output ? " output" : "") +
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
                                       (o.covariance_blocks ? " blocks" : "") +
-                                      (o.covariance_pool_experts ? " pooled" : "") : "");
+                                      (o.covariance_pool_experts ? " pooled" : "") +
+                                      (o.covariance_tensors.empty() ? "" : " only=" + o.covariance_tensors) : "");
 }
 
 }  // namespace
@@ -90,6 +91,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
                                   o.covariance_blocks, o.covariance_pool_experts);
     collector.collect_output_head(o.process_output);
+    collector.covariance_tensors(o.covariance_tensors);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
@@ -173,6 +175,9 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     result.read_back_bytes = collector.traffic().read_back;
     result.imatrix = std::move(collector.data());
     result.imatrix.meta = {{o.text_file}, n_chunks, o.chunk_size};
+    if (o.covariance_budget > 0) {
+        result.imatrix.meta.covariance_tensors = o.covariance_tensors;
+    }
     if (o.shard_count > 0) {
         result.imatrix.meta.shard_count = o.shard_count;
         result.imatrix.meta.shards = {o.shard};
