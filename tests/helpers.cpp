@@ -119,6 +119,17 @@ bool kill_after_checkpoint(const std::string & command, const std::string & chec
     return appeared;
 }
 
+RunResult run_perplexity(const std::string & args) {
+    RunResult r{};
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        r = run(upstream("llama-perplexity") + " " + args);
+        if (r.exit_code != 0 || r.output.find("Final estimate: PPL = ") != std::string::npos) {
+            break;
+        }
+    }
+    return r;
+}
+
 std::vector<uint8_t> bytes_of(const std::string & path) { return imx::read_file(path); }
 bool file_exists(const std::string & path) { return fs::exists(path); }
 

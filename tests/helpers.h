@@ -19,6 +19,10 @@ struct RunResult {
 };
 RunResult run(const std::string & command);
 
+// Runs upstream llama-perplexity with these arguments. Its logger is asynchronous and can lose the last lines
+// (the final estimate) when the process exits under load: such a run is repeated, up to three times.
+RunResult run_perplexity(const std::string & args);
+
 // Runs upstream llama-imatrix once for these arguments (cached by a key made of them) and returns the path
 // of its output file. `extra` is appended to: -m MODEL -f calibration.txt -o OUT -c 512 -t 2.
 std::string upstream_imatrix(const std::string & model, const std::string & extra, const std::string & ext);

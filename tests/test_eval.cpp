@@ -37,7 +37,7 @@ std::string q2k() {
 
 TEST(Eval, PerplexityMatchesLlamaPerplexity) {
     const std::string q = q2k();
-    const RunResult up = run(upstream("llama-perplexity") + " -m " + q + " -f " + shared("data/wiki.test.raw") +
+    const RunResult up = run_perplexity("-m " + q + " -f " + shared("data/wiki.test.raw") +
                              " -c 512 --chunks 4 -t 2");
     ASSERT_EQ(up.exit_code, 0) << tail(up.output);
     const double up_ppl = number_after(up.output, "Final estimate: PPL = ");

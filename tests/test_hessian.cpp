@@ -173,7 +173,7 @@ TEST(QuantizeHessian, SameSizeLoadsUpstreamAndLowersKld) {
     EXPECT_FALSE(bytes_of(dir + "/diag.gguf") == bytes_of(dir + "/hess.gguf"));
 
     // llama.cpp decodes it: llama-perplexity runs, and its PPL is imx eval's
-    const RunResult ppl = run(upstream("llama-perplexity") + " -m " + dir + "/hess.gguf -f " +
+    const RunResult ppl = run_perplexity("-m " + dir + "/hess.gguf -f " +
                               shared("data/wiki.test.raw") + " -c 512 --chunks 4 -t 2 -b 512");
     ASSERT_EQ(ppl.exit_code, 0) << tail(ppl.output);
     const size_t at = ppl.output.find("Final estimate: PPL = ");

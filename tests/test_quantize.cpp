@@ -75,7 +75,7 @@ TEST(Quantize, VeryLowBitTypesSucceedWithUnseenExperts) {
         EXPECT_NE(r.output.find("\"matrices_unseen\": "), std::string::npos);
         EXPECT_EQ(r.output.find("\"matrices_unseen\": 0,"), std::string::npos);
         // the file loads and runs in upstream's own tool
-        const RunResult ppl = run(upstream("llama-perplexity") + " -m " + dir + "/" + type + ".gguf -f " +
+        const RunResult ppl = run_perplexity("-m " + dir + "/" + type + ".gguf -f " +
                                   shared("data/wiki.test.raw") + " -c 128 --chunks 2 -t 2");
         EXPECT_EQ(ppl.exit_code, 0) << tail(ppl.output);
         EXPECT_NE(ppl.output.find("Final estimate: PPL"), std::string::npos);

@@ -60,7 +60,7 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     ASSERT_EQ(up.exit_code, 0) << tail(up.output);
     EXPECT_TRUE(bytes_of(dir + "/up.gguf") == bytes_of(dir + "/mix.gguf"));
 
-    const RunResult ppl = run(upstream("llama-perplexity") + " -m " + dir + "/mix.gguf -f " +
+    const RunResult ppl = run_perplexity("-m " + dir + "/mix.gguf -f " +
                               shared("data/wiki.test.raw") + " -c 128 --chunks 2 -t 2");
     EXPECT_EQ(ppl.exit_code, 0) << tail(ppl.output);
     EXPECT_NE(ppl.output.find("Final estimate"), std::string::npos);

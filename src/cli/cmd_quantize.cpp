@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/frontier_html.h"
 #include "core/imatrix_file.h"
+#include "core/prior_choice.h"
 #include "core/quant_weights.h"
 #include "engine/hessian_encoder.h"
 #include "engine/llama_model.h"
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <span>
 #include <filesystem>
@@ -29,8 +31,11 @@ namespace {
 struct Options {
     engine::QuantizeOptions q;
     std::string             imatrix;
+    std::vector<std::string> imatrix_parts;  // --imatrix given more than once: parts of one text, added
     std::string             prior_target = "one";
+    std::string             prior_weight_text = "0";
     double                  prior_weight = 0;
+    std::map<std::string, Prior> chosen_priors;  // --prior-weight auto
     uint32_t                legacy_chunk_size = kDefaultLegacyChunkSize;
     bool                    json = false;
     bool                    verbose = false;
@@ -91,6 +96,43 @@ std::string target_text(const Options & o) {
     return s;
 }
 
+// --prior-weight auto: W (and with --prior auto the target) per tensor, cross-fitted on the --imatrix parts.
+void choose_prior(Options & o) {
+    std::vector<Imatrix> parts;
+    for (const std::string & f : o.imatrix_parts) {
+        parts.push_back(load_imatrix(f, o.legacy_chunk_size));
+    }
+    std::vector<PriorTarget> targets;
+    if (o.prior_target == "auto") {
+        targets = {PriorTarget::one, PriorTarget::mean, PriorTarget::geomean, PriorTarget::hier};
+    } else {
+        targets = {parse_prior_target(o.prior_target)};
+    }
+    const std::map<std::string, PriorChoice> chosen = choose_priors(parts, targets);
+    std::map<double, int> by_weight;
+    std::map<std::string, int> by_target;
+    double loss = 0, loss_none = 0;
+    for (const auto & [name, c] : chosen) {
+        o.chosen_priors[name] = c.prior;
+        by_weight[c.prior.weight] += 1;
+        by_target[prior_target_name(c.prior.target)] += 1;
+        loss += c.loss;
+        loss_none += c.loss_none;
+    }
+    std::string ws, ts;
+    for (const auto & [w, n] : by_weight) {
+        char b[48];
+        std::snprintf(b, sizeof b, "%sW=%g ×%d", ws.empty() ? "" : ", ", w, n);
+        ws += b;
+    }
+    for (const auto & [t, n] : by_target) {
+        ts += (ts.empty() ? "" : ", ") + t + " ×" + std::to_string(n);
+    }
+    std::fprintf(stderr, "imx quantize: prior chosen per tensor by cross-fitting %zu parts (held-out log error %.1f%% "
+                         "below W = 0): %s; targets %s\n", parts.size(),
+                 loss_none > 0 ? 100.0 * (1.0 - loss / loss_none) : 0.0, ws.c_str(), ts.c_str());
+}
+
 // --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
 void run_target(Options & o, const Imatrix & im) {
     engine::TargetOptions t;
@@ -103,7 +145,7 @@ void run_target(Options & o, const Imatrix & im) {
     t.ctx = o.ctx;
     t.chunks = o.chunks;
     t.cache_dir = o.cache_dir;
-    t.cache_key = "prior " + o.prior_target + " " + std::to_string(o.prior_weight);
+    t.cache_key = "prior " + o.prior_target + " " + o.prior_weight_text;
     if (o.method == "hessian") {
         t.hessian = &im;
         t.hessian_options = o.hessian;
@@ -205,13 +247,18 @@ Run add_quantize(CLI::App & app) {
     app.add_option("-o,--output", q.output, "quantized GGUF to write")->required();
     app.add_option("type", q.type, "file type as llama-quantize names it: Q4_K_M, Q2_K, IQ2_XXS, ... ("
                                    "`imx quantize --list-types`)");
-    app.add_option("--imatrix", o->imatrix, "importance matrix (GGUF or legacy .dat)");
-    app.add_option("--prior-weight", o->prior_weight, "W: the neutral prior is worth W tokens (0: upstream's weights)")
+    app.add_option("--imatrix", o->imatrix_parts, "importance matrix (GGUF or legacy .dat); several: parts of one "
+                                                  "text (imx collect --shard i/K), added")
+        ->allow_extra_args(false);  // one file per --imatrix: a type after it stays the type
+    app.add_option("--prior-weight", o->prior_weight_text,
+                   "W: the neutral prior is worth W tokens (0: upstream's weights); auto: chosen per tensor by "
+                   "cross-fitting the --imatrix parts")
+        ->capture_default_str();
+    app.add_option("--prior", o->prior_target,
+                   "prior target: one, mean, geomean, hier (expert <- tensor <- 1); auto (with --prior-weight auto): "
+                   "chosen per tensor too")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
-    app.add_option("--prior", o->prior_target, "prior target: one, mean, geomean, hier (expert <- tensor <- 1)")
-        ->capture_default_str()
-        ->check(CLI::IsMember({"one", "mean", "geomean", "hier"}));
+        ->check(CLI::IsMember({"one", "mean", "geomean", "hier", "auto"}));
     app.add_option("--tensor-type", q.tensor_types, "REGEX=TYPE: ggml type for matching tensors (repeatable)");
     app.add_option("--output-tensor-type", q.output_tensor_type, "ggml type for output.weight");
     app.add_option("--token-embedding-type", q.token_embedding_type, "ggml type for token_embd.weight");
@@ -291,26 +338,46 @@ Run add_quantize(CLI::App & app) {
         if (!target && (!o->recipe_file.empty() || !o->html.empty())) {
             throw Error("--recipe and --html go with --target-size or --target-bpw");
         }
-        if (o->prior_weight > 0 && o->imatrix.empty()) {
+        const bool auto_prior = o->prior_weight_text == "auto";
+        if (!auto_prior) {
+            char * end = nullptr;
+            o->prior_weight = std::strtod(o->prior_weight_text.c_str(), &end);
+            if (end == o->prior_weight_text.c_str() || *end != 0 || !(o->prior_weight >= 0)) {
+                throw Error("--prior-weight '" + o->prior_weight_text + "': expected a number of tokens >= 0, or auto");
+            }
+            if (o->prior_target == "auto") {
+                throw Error("--prior auto chooses the target with the weight: give --prior-weight auto too");
+            }
+        }
+        o->imatrix = o->imatrix_parts.empty() ? "" : o->imatrix_parts[0];
+        if ((o->prior_weight > 0 || auto_prior) && o->imatrix.empty()) {
             throw Error("--prior-weight needs an --imatrix to weigh against");
+        }
+        if (auto_prior && o->imatrix_parts.size() < 2) {
+            throw Error("--prior-weight auto needs parts of the text to cross-fit: --imatrix part1.gguf --imatrix "
+                        "part2.gguf (imx collect --shard 1/2 and --shard 2/2)");
         }
         prepare_outputs({q.output, o->recipe_file, o->html});
         if (target && !std::filesystem::is_regular_file(o->text)) {
             throw Error(o->text + ": no such file");
         }
         engine::init_llama(o->verbose);
-        const Prior prior{o->prior_weight, parse_prior_target(o->prior_target)};
+        const Prior prior{o->prior_weight, parse_prior_target(o->prior_target == "auto" ? "one" : o->prior_target)};
         QuantWeights weights;
         Imatrix im;
         if (o->method == "hessian" && o->imatrix.empty()) {
             throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance)");
         }
         if (!o->imatrix.empty()) {
-            im = load_imatrix(o->imatrix, o->legacy_chunk_size);
+            im = merge_files(o->imatrix_parts, o->legacy_chunk_size);
+            if (auto_prior) {
+                choose_prior(*o);
+            }
             if (o->method == "hessian" && im.covariances.empty()) {
                 throw Error(o->imatrix + ": holds no covariance; collect one with imx collect --covariance");
             }
-            weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model));
+            weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model),
+                                    auto_prior ? &o->chosen_priors : nullptr);
             warn_about_unseen(im, weights, prior, o->imatrix);
             for (const std::string & note : weights.notes) {
                 std::fprintf(stderr, "imx: %s\n", note.c_str());
@@ -369,7 +436,14 @@ Run add_quantize(CLI::App & app) {
             j["type"] = q.type;
             j["imatrix"] = o->imatrix;
             j["prior"] = prior_target_name(prior.target);
-            j["prior_weight"] = prior.weight;
+            if (auto_prior) {
+                j["prior_weight"] = "auto";
+                for (const auto & [name, p] : o->chosen_priors) {
+                    j["priors"][name] = {{"weight", p.weight}, {"target", prior_target_name(p.target)}};
+                }
+            } else {
+                j["prior_weight"] = prior.weight;
+            }
             j["matrices"] = weights.n_matrices;
             j["matrices_unseen"] = weights.n_unseen;
             j["zero_groups_floored"] = weights.n_zero_groups;

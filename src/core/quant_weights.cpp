@@ -106,7 +106,8 @@ std::vector<float> quant_weights(const TensorStats & t, const Prior & prior) {
     return w;
 }
 
-QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes) {
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes,
+                           const std::map<std::string, Prior> * per_tensor) {
     QuantWeights out;
     for (const auto & [name, stats] : im.tensors) {
         if (stats.counts.empty() || stats.sums.empty()) {
@@ -125,7 +126,8 @@ QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelS
         for (int64_t c : counts) {
             out.n_unseen += c == 0;
         }
-        std::vector<float> w = quant_weights(*t, prior);
+        const auto chosen = per_tensor ? per_tensor->find(name) : std::map<std::string, Prior>::const_iterator{};
+        std::vector<float> w = quant_weights(*t, per_tensor && chosen != per_tensor->end() ? chosen->second : prior);
         out.n_zero_groups += floor_zero_groups(w, t->n_cols(), counts);
         out.tensors.emplace(name, std::move(w));
     }

@@ -51,7 +51,9 @@ using ModelShapes = std::map<std::string, std::array<int64_t, 3>>;
 // tensor has: `shapes` (the model's) tells, and an expert whose sums are all zero is taken as never seen
 // (count 0, so it gets the prior's target where upstream would quantize it against zero weights).
 // With `shapes`, MLA substitutes are added too (add_mla_substitutes).
-QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes = {});
+// `per_tensor`: priors chosen per tensor (core/prior_choice.h); tensors it does not name get `prior`.
+QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelShapes & shapes = {},
+                           const std::map<std::string, Prior> * per_tensor = nullptr);
 
 // Dead features: a matrix that saw tokens can still have all-zero weights over a whole group of 16 columns
 // (no token ever activated them). Most of ggml's quantizers then write that group (Q3_K, Q6_K, IQ4_*, Q4_0…)
