@@ -190,41 +190,130 @@ std::vector<std::string> default_candidate_types() {
             "iq4_xs", "q4_K", "q5_K", "q6_K", "q8_0"};
 }
 
-TargetResult quantize_to_target(const TargetOptions & o) {
-    const auto t_start = std::chrono::steady_clock::now();
-    TargetResult res;
-    const std::string & model = o.quantize.model;
-    const int threads = o.quantize.threads > 0 ? o.quantize.threads
-                                               : (int) std::max(1u, std::thread::hardware_concurrency());
+namespace {
 
-    // what llama-quantize would quantize, and the candidates each tensor takes as asked
-    std::vector<ggml_type> candidates;
-    for (const std::string & c : o.candidates) {
+// One search, stage by stage: the tensors and their candidates, the check of the target, the measurements
+// (cached), the allocation, llama-quantize's mixes for comparison, and the output.
+class TargetSearch {
+public:
+    explicit TargetSearch(const TargetOptions & o)
+        : o_(o), model_(o.quantize.model), src_(o.quantize.model),
+          threads_(o.quantize.threads > 0 ? o.quantize.threads : (int) std::max(1u, std::thread::hardware_concurrency())),
+          by_bpw_(o.target_bpw > 0), align_(gguf_get_alignment(src_.ctx)), cache_("", "") {}
+
+    TargetResult run();
+
+private:
+    void select_tensors();
+    void check_target() const;
+    void open_cache();
+    void choose_probes();
+    void measure_errors();
+    void measure_sensitivities(const Evaluator & eval);
+    double error_of(const Tensor & t, ggml_type c) const;
+    double damage(const Tensor & t, ggml_type c) const;
+    std::vector<TensorTypeOptions> options(bool with_damage) const;
+    void allocate();
+    void add_stock_mixes();
+    void write_output(const Evaluator & eval);
+
+    uint64_t stored(uint64_t bytes) const { return by_bpw_ ? bytes : (uint64_t) GGML_PAD(bytes, align_); }
+    double target_bytes() const { return by_bpw_ ? o_.target_bpw * (double) n_elements_ / 8.0 : o_.target_bytes; }
+    std::string show(double bytes) const {
+        char s[64];
+        if (by_bpw_) {
+            std::snprintf(s, sizeof s, "%.3f bpw", bytes * 8.0 / (double) n_elements_);
+        } else {
+            std::snprintf(s, sizeof s, "%.2f MiB", bytes / 1048576.0);
+        }
+        return s;
+    }
+    bool takes(const Tensor & t, ggml_type c) const { return can_take(t.name, t.n_per_row, c, o_.quantize.weights); }
+    QuantizeOptions scratch_options() const;
+    HessianOptions hessian_options(const std::string & only = "") const {
+        HessianOptions h = o_.hessian_options;
+        h.threads = threads_;
+        if (!only.empty()) {
+            h.tensors = only;
+        }
+        return h;
+    }
+
+    const TargetOptions &            o_;
+    const std::string &              model_;
+    const TensorTable                src_;
+    const int                        threads_;
+    const bool                       by_bpw_;
+    const size_t                     align_;
+    std::vector<ggml_type>           candidates_;
+    std::vector<Tensor>              tensors_;
+    int64_t                          n_elements_ = 0;
+    uint64_t                         all_source_bytes_ = 0;
+    Cache                            cache_;
+    std::map<std::string, ggml_type> probe_of_;
+    std::vector<ggml_type>           measured_;  // the candidates and the probe types
+    std::string                      scratch_;
+    std::vector<TensorTypeOptions>   items_;
+    TargetResult                     res_;
+};
+
+TargetResult TargetSearch::run() {
+    const auto t_start = std::chrono::steady_clock::now();
+    select_tensors();
+    check_target();
+    open_cache();
+    choose_probes();
+    scratch_ = temporary_path(o_.quantize.output);
+
+    const auto t_errors = std::chrono::steady_clock::now();
+    measure_errors();
+    res_.seconds_errors = seconds_since(t_errors);
+
+    EvalOptions eo;
+    eo.text_file = o_.text_file;
+    eo.ctx = o_.ctx;
+    eo.max_chunks = o_.chunks;
+    eo.threads = threads_;
+    eo.cache_dir = o_.cache_dir;
+    const Evaluator eval(model_, eo);
+    res_.chunks = (int) eval.chunks();
+    const auto t_sens = std::chrono::steady_clock::now();
+    measure_sensitivities(eval);
+    res_.seconds_sensitivity = seconds_since(t_sens);
+
+    const auto t_solve = std::chrono::steady_clock::now();
+    allocate();
+    res_.seconds_solve = seconds_since(t_solve);
+    add_stock_mixes();
+    write_output(eval);
+    res_.seconds_total = seconds_since(t_start);
+    return res_;
+}
+
+// What llama-quantize would quantize (its own dry run says), and the candidates each tensor takes as asked.
+void TargetSearch::select_tensors() {
+    for (const std::string & c : o_.candidates) {
         const ggml_type t = type_named(c);
         if (!ggml_is_quantized(t) && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) {
             throw Error("--candidates: " + c + " is not a type a weight is stored in");
         }
-        if (std::find(candidates.begin(), candidates.end(), t) == candidates.end()) {
-            candidates.push_back(t);
+        if (std::find(candidates_.begin(), candidates_.end(), t) == candidates_.end()) {
+            candidates_.push_back(t);
         }
     }
-    if (candidates.empty()) {
+    if (candidates_.empty()) {
         throw Error("--candidates: no type given");
     }
-    const ggml_type probe_asked = type_named(o.probe_type);
-    QuantizeOptions plan = o.quantize;
+    type_named(o_.probe_type);  // a bad name fails now
+    QuantizeOptions plan = o_.quantize;
     plan.type = "Q8_0";
     plan.tensor_types.clear();
     plan.weights = nullptr;
     const std::map<std::string, std::string> quantized = planned_types(plan);
-    const TensorTable src(model);
-    std::vector<Tensor> tensors;
-    int64_t n_elements = 0;
-    uint64_t all_source_bytes = 0;
-    for (int64_t i = 0; i < gguf_get_n_tensors(src.ctx); ++i) {
-        const ggml_tensor * st = src.find(gguf_get_tensor_name(src.ctx, i));
-        n_elements += ggml_nelements(st);
-        all_source_bytes += ggml_nbytes(st);
+    for (int64_t i = 0; i < gguf_get_n_tensors(src_.ctx); ++i) {
+        const ggml_tensor * st = src_.find(gguf_get_tensor_name(src_.ctx, i));
+        n_elements_ += ggml_nelements(st);
+        all_source_bytes_ += ggml_nbytes(st);
         if (!quantized.count(st->name)) {
             continue;
         }
@@ -235,283 +324,265 @@ TargetResult quantize_to_target(const TargetOptions & o) {
         t.rows = ggml_nrows(st);
         t.rows_per_matrix = st->ne[1];
         t.source_bytes = ggml_nbytes(st);
-        for (ggml_type c : candidates) {
-            if (can_take(t.name, t.n_per_row, c, o.quantize.weights)) {
+        for (ggml_type c : candidates_) {
+            if (takes(t, c)) {
                 t.valid.push_back(c);
             }
         }
         if (t.valid.empty()) {
-            throw Error(model + ": tensor " + t.name + " (rows of " + std::to_string(t.n_per_row) +
+            throw Error(model_ + ": tensor " + t.name + " (rows of " + std::to_string(t.n_per_row) +
                         ") takes none of the candidate types as it is");
         }
-        tensors.push_back(std::move(t));
+        tensors_.push_back(std::move(t));
     }
-    if (tensors.empty()) {
-        throw Error(model + ": no tensor llama-quantize would quantize");
+    if (tensors_.empty()) {
+        throw Error(model_ + ": no tensor llama-quantize would quantize");
     }
+}
 
-    // the file = what stays as it is + the chosen tensors, each padded to the file's alignment
-    const size_t align = gguf_get_alignment(src.ctx);
-    const bool by_bpw = o.target_bpw > 0;
-    auto stored = [&](uint64_t bytes) { return by_bpw ? bytes : (uint64_t) GGML_PAD(bytes, align); };
-    uint64_t fixed_estimate = by_bpw ? all_source_bytes : fs::file_size(model);
-    for (const Tensor & t : tensors) {
-        fixed_estimate -= stored(t.source_bytes);
+// Before any measurement: the file is what stays as it is plus the chosen tensors, each padded to the file's
+// alignment; the header's few bytes of new metadata are not known yet, the rest is.
+void TargetSearch::check_target() const {
+    uint64_t fixed = by_bpw_ ? all_source_bytes_ : fs::file_size(model_);
+    for (const Tensor & t : tensors_) {
+        fixed -= stored(t.source_bytes);
     }
-    auto options_for = [&](const std::function<double(const Tensor &, ggml_type)> & damage) {
-        std::vector<TensorTypeOptions> items;
-        for (const Tensor & t : tensors) {
-            TensorTypeOptions it{t.name, {}};
-            for (ggml_type c : t.valid) {
-                it.options.push_back({ggml_type_name(c), stored(t.bytes(c)), damage ? damage(t, c) : 0.0});
-            }
-            items.push_back(std::move(it));
-        }
-        return items;
-    };
-    auto target_in_bytes = [&]() -> double {
-        return by_bpw ? o.target_bpw * (double) n_elements / 8.0 : o.target_bytes;
-    };
-    auto show = [&](double bytes) {
-        char s[64];
-        if (by_bpw) {
-            std::snprintf(s, sizeof s, "%.3f bpw", bytes * 8.0 / (double) n_elements);
-        } else {
-            std::snprintf(s, sizeof s, "%.2f MiB", bytes / 1048576.0);
-        }
-        return std::string(s);
-    };
-    {
-        const auto items = options_for(nullptr);
-        const double least = (double) (fixed_estimate + smallest_allocation(items));
-        const double most = (double) (fixed_estimate + largest_allocation(items));
-        const double target = target_in_bytes();
-        if (target < least || target > most) {
-            throw Error("target " + show(target) + " is outside what the candidate types can make of " + model +
-                        ": " + show(least) + " (all at their smallest) to " + show(most) + " (all at their largest)");
-        }
+    const auto items = options(false);
+    const double least = (double) (fixed + smallest_allocation(items));
+    const double most = (double) (fixed + largest_allocation(items));
+    if (target_bytes() < least || target_bytes() > most) {
+        throw Error("target " + show(target_bytes()) + " is outside what the candidate types can make of " + model_ +
+                    ": " + show(least) + " (all at their smallest) to " + show(most) + " (all at their largest)");
     }
+}
 
-    // 1. errors of every tensor at every candidate (and probe) type
-    std::string key = "v1|" + file_stamp(model) + "|" + file_stamp(o.quantize.imatrix_file) + "|" + o.cache_key +
-                      "|text " + file_stamp(o.text_file) + "|ctx " + std::to_string(o.ctx) + "|chunks " +
-                      std::to_string(o.chunks);
-    if (o.hessian) {
-        const auto & h = o.hessian_options;
+// The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks.
+void TargetSearch::open_cache() {
+    std::string key = "v1|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+                      "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
+                      std::to_string(o_.chunks);
+    if (o_.hessian) {
+        const auto & h = o_.hessian_options;
         key += "|hessian damp " + std::to_string(h.rounding.damp) + " prior " + std::to_string(h.prior_weight) +
                " refinements " + std::to_string(h.rounding.refinements) + " tol " +
                std::to_string(h.rounding.refine_tolerance) + " per-head " + std::to_string(h.per_head) + " only " +
                h.tensors;
     }
-    Cache cache(o.cache_dir, key);
-    res.cache_file = cache.path;
-    std::map<std::string, ggml_type> probe_of;
-    std::vector<ggml_type> measured = candidates;
-    for (const Tensor & t : tensors) {
+    cache_ = Cache(o_.cache_dir, key);
+    res_.cache_file = cache_.path;
+}
+
+// The probe type, or for a tensor that cannot take it the candidate nearest to it in bits per weight.
+void TargetSearch::choose_probes() {
+    const ggml_type asked = type_named(o_.probe_type);
+    measured_ = candidates_;
+    for (const Tensor & t : tensors_) {
         ggml_type p = t.valid[0];
-        for (ggml_type c : t.valid) {  // the probe, or the candidate nearest to it in bits per weight
-            if (std::fabs(bits_per_weight(c) - bits_per_weight(probe_asked)) <
-                std::fabs(bits_per_weight(p) - bits_per_weight(probe_asked))) {
+        for (ggml_type c : t.valid) {
+            if (std::fabs(bits_per_weight(c) - bits_per_weight(asked)) <
+                std::fabs(bits_per_weight(p) - bits_per_weight(asked))) {
                 p = c;
             }
         }
-        if (can_take(t.name, t.n_per_row, probe_asked, o.quantize.weights)) {
-            p = probe_asked;
-            if (std::find(measured.begin(), measured.end(), p) == measured.end()) {
-                measured.push_back(p);
+        if (takes(t, asked)) {
+            p = asked;
+            if (std::find(measured_.begin(), measured_.end(), p) == measured_.end()) {
+                measured_.push_back(p);
             }
         }
-        probe_of[t.name] = p;
+        probe_of_[t.name] = p;
     }
-    const std::string scratch = temporary_path(o.quantize.output);
-    const auto t_errors = std::chrono::steady_clock::now();
+}
+
+QuantizeOptions TargetSearch::scratch_options() const {
+    QuantizeOptions q = o_.quantize;
+    q.type = "Q8_0";  // a quantized file type, so that overrides apply; tensors not overridden get Q8_0
+    q.output = scratch_;
+    q.progress = nullptr;
+    q.tensor_types.clear();
+    return q;
+}
+
+// 1. Every tensor at every measured type: one candidate file per type, its tensors' errors read back.
+void TargetSearch::measure_errors() {
     int done = 0;
-    for (ggml_type c : measured) {
+    for (ggml_type c : measured_) {
+        if (o_.progress) {
+            o_.progress("errors", done++, (int) measured_.size());
+        }
         std::vector<const Tensor *> todo;
         bool all = true;
-        for (const Tensor & t : tensors) {
-            const bool takes = can_take(t.name, t.n_per_row, c, o.quantize.weights);
-            all = all && takes;
-            if (takes && !cache.has_error(t.name, c)) {
+        for (const Tensor & t : tensors_) {
+            all = all && takes(t, c);
+            if (takes(t, c) && !cache_.has_error(t.name, c)) {
                 todo.push_back(&t);
             }
         }
-        if (o.progress) {
-            o.progress("errors", done++, (int) measured.size());
-        }
-        if (todo.empty() && cache.j.contains("fixed_bytes")) {
+        if (todo.empty() && cache_.j.contains("fixed_bytes")) {
             continue;
         }
-        QuantizeOptions q = o.quantize;
-        q.type = "Q8_0";  // tensors not taking c get Q8_0; only the others are measured
-        q.output = scratch;
-        q.progress = nullptr;
-        q.tensor_types.clear();
+        QuantizeOptions q = scratch_options();
         if (all) {
             q.tensor_types.push_back(std::string(".*=") + ggml_type_name(c));
         } else {
-            for (const Tensor & t : tensors) {
-                if (can_take(t.name, t.n_per_row, c, o.quantize.weights)) {
+            for (const Tensor & t : tensors_) {
+                if (takes(t, c)) {
                     q.tensor_types.push_back(exact_pattern(t.name) + "=" + ggml_type_name(c));
                 }
             }
         }
         std::vector<HessianTensorReport> reports;
-        if (o.hessian) {
-            HessianOptions h = o.hessian_options;
-            h.threads = threads;
-            q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
-                reports = hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
+        if (o_.hessian) {
+            q.finish = [&, h = hessian_options()](const std::string & written) {
+                reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
             };
         }
-        const TemporaryFile scratch_file(scratch);
+        const TemporaryFile scratch_file(scratch_);
         quantize_model(q);
-        res.candidate_files += 1;
+        res_.candidate_files += 1;
         {
-            const TensorTable qt(scratch);
-            std::fstream src_in(model, std::ios::binary | std::ios::in), q_in(scratch, std::ios::binary | std::ios::in);
-            uint64_t fixed = fs::file_size(scratch);
-            for (const Tensor & t : tensors) {
-                fixed -= (uint64_t) GGML_PAD(ggml_nbytes(qt.find(t.name)), align);
+            const TensorTable qt(scratch_);
+            std::fstream src_in(model_, std::ios::binary | std::ios::in), q_in(scratch_, std::ios::binary | std::ios::in);
+            uint64_t fixed = fs::file_size(scratch_);
+            for (const Tensor & t : tensors_) {
+                fixed -= (uint64_t) GGML_PAD(ggml_nbytes(qt.find(t.name)), align_);
             }
-            cache.j["fixed_bytes"] = fixed;
+            cache_.j["fixed_bytes"] = fixed;  // the file's header and unquantized tensors, exactly
             for (const Tensor * t : todo) {
-                const auto w = o.quantize.weights ? o.quantize.weights->tensors.find(t->name)
-                                                  : std::map<std::string, std::vector<float>>::const_iterator{};
-                const std::vector<float> * weights =
-                    o.quantize.weights && w != o.quantize.weights->tensors.end() ? &w->second : nullptr;
+                const QuantWeights * qw = o_.quantize.weights;
+                const auto w = qw ? qw->tensors.find(t->name) : std::map<std::string, std::vector<float>>::const_iterator{};
                 json e;
-                e["diag"] = diagonal_error(*t, src, src_in, qt, q_in, weights, threads);
+                e["diag"] = diagonal_error(*t, src_, src_in, qt, q_in, qw && w != qw->tensors.end() ? &w->second : nullptr,
+                                           threads_);
                 for (const auto & r : reports) {
                     if (r.name == t->name) {
                         e["hessian"] = r.loss_final;
                     }
                 }
-                cache.tensor(t->name)["errors"][ggml_type_name(c)] = e;
+                cache_.tensor(t->name)["errors"][ggml_type_name(c)] = e;
             }
         }
         std::error_code ec;
-        fs::remove(scratch, ec);
-        cache.save();
+        fs::remove(scratch_, ec);
+        cache_.save();
     }
-    res.seconds_errors = seconds_since(t_errors);
-    const uint64_t fixed = by_bpw ? [&] {
-        uint64_t f = all_source_bytes;
-        for (const Tensor & t : tensors) {
-            f -= t.source_bytes;
-        }
-        return f;
-    }() : cache.j["fixed_bytes"].get<uint64_t>();
+}
 
-    // one metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one
-    auto error_of = [&](const Tensor & t, ggml_type c) {
-        const json & errors = cache.j["tensors"][t.name]["errors"];
-        bool hessian = true;
-        for (const auto & [type, e] : errors.items()) {
-            hessian = hessian && e.contains("hessian");
-        }
-        return errors[ggml_type_name(c)][hessian ? "hessian" : "diag"].get<double>();
-    };
-
-    // 2. sensitivities: each tensor alone at its probe type, KLD on the calibration chunks
-    EvalOptions eo;
-    eo.text_file = o.text_file;
-    eo.ctx = o.ctx;
-    eo.max_chunks = o.chunks;
-    eo.threads = threads;
-    eo.cache_dir = o.cache_dir;
-    const Evaluator eval(model, eo);
-    res.chunks = (int) eval.chunks();
+// 2. Each tensor alone at its probe type, everything else as in the model: KLD on the calibration chunks.
+void TargetSearch::measure_sensitivities(const Evaluator & eval) {
     std::set<ggml_type> sources;
-    for (const Tensor & t : tensors) {
+    for (const Tensor & t : tensors_) {
         sources.insert(t.source);
     }
-    const auto t_sens = std::chrono::steady_clock::now();
-    done = 0;
-    for (const Tensor & t : tensors) {
-        if (o.progress) {
-            o.progress("sensitivity", done++, (int) tensors.size());
+    int done = 0;
+    for (const Tensor & t : tensors_) {
+        if (o_.progress) {
+            o_.progress("sensitivity", done++, (int) tensors_.size());
         }
-        if (cache.has_probe(t.name) && cache.tensor(t.name)["probe"]["type"] == ggml_type_name(probe_of[t.name])) {
+        const char * probe = ggml_type_name(probe_of_[t.name]);
+        if (cache_.has_probe(t.name) && cache_.tensor(t.name)["probe"]["type"] == probe) {
             continue;
         }
-        QuantizeOptions q = o.quantize;
-        q.type = "Q8_0";
-        q.output = scratch;
-        q.progress = nullptr;
-        q.tensor_types = {exact_pattern(t.name) + "=" + ggml_type_name(probe_of[t.name])};
-        if (sources.size() == 1) {  // everything else as it is in the model
+        QuantizeOptions q = scratch_options();
+        q.tensor_types = {exact_pattern(t.name) + "=" + probe};
+        if (sources.size() == 1) {
             q.tensor_types.push_back(std::string(".*=") + ggml_type_name(*sources.begin()));
         } else {
-            for (const Tensor & other : tensors) {
+            for (const Tensor & other : tensors_) {
                 q.tensor_types.push_back(exact_pattern(other.name) + "=" + ggml_type_name(other.source));
             }
         }
-        if (o.hessian) {
-            HessianOptions h = o.hessian_options;
-            h.threads = threads;
-            h.tensors = exact_pattern(t.name);
-            q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
-                hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
+        if (o_.hessian) {
+            q.finish = [&, h = hessian_options(exact_pattern(t.name))](const std::string & written) {
+                hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
             };
         }
-        const TemporaryFile scratch_file(scratch);
+        const TemporaryFile scratch_file(scratch_);
         quantize_model(q);
-        const QualitySummary s = summarize(eval.score(scratch));
+        const QualitySummary s = summarize(eval.score(scratch_));
         std::error_code ec;
-        fs::remove(scratch, ec);
-        res.probes += 1;
-        cache.tensor(t.name)["probe"] = {{"type", ggml_type_name(probe_of[t.name])}, {"kld", s.kld_mean.value}};
-        cache.save();
+        fs::remove(scratch_, ec);
+        res_.probes += 1;
+        cache_.tensor(t.name)["probe"] = {{"type", probe}, {"kld", s.kld_mean.value}};
+        cache_.save();
     }
-    res.seconds_sensitivity = seconds_since(t_sens);
+}
 
-    // 3. the allocation
-    const auto t_solve = std::chrono::steady_clock::now();
-    auto damage = [&](const Tensor & t, ggml_type c) {
-        const json & probe = cache.j["tensors"][t.name]["probe"];
-        const double at_probe = error_of(t, type_named(probe["type"].get<std::string>()));
-        return at_probe > 0 ? probe["kld"].get<double>() * error_of(t, c) / at_probe : 0.0;
-    };
-    const std::vector<TensorTypeOptions> items = options_for(damage);
-    const double target = target_in_bytes();
-    if (target < (double) (fixed + smallest_allocation(items))) {
-        throw Error("target " + show(target) + " is below the smallest file the candidates make of " + model + " (" +
-                    show((double) (fixed + smallest_allocation(items))) + ")");
+// One metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one.
+double TargetSearch::error_of(const Tensor & t, ggml_type c) const {
+    const json & errors = cache_.j["tensors"][t.name]["errors"];
+    bool hessian = true;
+    for (const auto & [type, e] : errors.items()) {
+        hessian = hessian && e.contains("hessian");
     }
-    res.budget_bytes = (uint64_t) std::floor(target) - fixed;
-    const TypeAllocation a = allocate_types(items, res.budget_bytes);
-    res.seconds_solve = seconds_since(t_solve);
-    res.predicted_kld = a.damage;
-    res.lower_bound = a.lower_bound;
+    return errors[ggml_type_name(c)][hessian ? "hessian" : "diag"].get<double>();
+}
+
+// damage_t(T) = KLD_t(P) · err_t(T) / err_t(P)
+double TargetSearch::damage(const Tensor & t, ggml_type c) const {
+    const json & probe = cache_.j["tensors"][t.name]["probe"];
+    const double at_probe = error_of(t, type_named(probe["type"].get<std::string>()));
+    return at_probe > 0 ? probe["kld"].get<double>() * error_of(t, c) / at_probe : 0.0;
+}
+
+std::vector<TensorTypeOptions> TargetSearch::options(bool with_damage) const {
+    std::vector<TensorTypeOptions> items;
+    for (const Tensor & t : tensors_) {
+        TensorTypeOptions it{t.name, {}};
+        for (ggml_type c : t.valid) {
+            it.options.push_back({ggml_type_name(c), stored(t.bytes(c)), with_damage ? damage(t, c) : 0.0});
+        }
+        items.push_back(std::move(it));
+    }
+    return items;
+}
+
+// 3. The allocation, and the recipe that names it.
+void TargetSearch::allocate() {
+    uint64_t fixed = cache_.j["fixed_bytes"].get<uint64_t>();
+    if (by_bpw_) {  // bits per weight count tensor data only
+        fixed = all_source_bytes_;
+        for (const Tensor & t : tensors_) {
+            fixed -= t.source_bytes;
+        }
+    }
+    items_ = options(true);
+    if (target_bytes() < (double) (fixed + smallest_allocation(items_))) {
+        throw Error("target " + show(target_bytes()) + " is below the smallest file the candidates make of " + model_ +
+                    " (" + show((double) (fixed + smallest_allocation(items_))) + ")");
+    }
+    res_.budget_bytes = (uint64_t) std::floor(target_bytes()) - fixed;
+    const TypeAllocation a = allocate_types(items_, res_.budget_bytes);
+    res_.predicted_kld = a.damage;
+    res_.lower_bound = a.lower_bound;
     std::map<std::string, uint64_t> bytes_by_type;
-    for (size_t i = 0; i < items.size(); ++i) {
-        const TypeOption & chosen = items[i].options[a.choice[i]];
-        res.tensors.push_back({items[i].name, chosen.type, chosen.bytes, chosen.damage});
-        res.recipe.push_back(exact_pattern(items[i].name) + "=" + chosen.type);
+    const uint64_t fixed_file = cache_.j["fixed_bytes"].get<uint64_t>();
+    res_.predicted_file_bytes = fixed_file;
+    for (size_t i = 0; i < items_.size(); ++i) {
+        const TypeOption & chosen = items_[i].options[a.choice[i]];
+        res_.tensors.push_back({items_[i].name, chosen.type, chosen.bytes, chosen.damage});
+        res_.recipe.push_back(exact_pattern(items_[i].name) + "=" + chosen.type);
         bytes_by_type[chosen.type] += chosen.bytes;
+        res_.predicted_file_bytes += GGML_PAD(tensors_[i].bytes(type_named(chosen.type)), align_);
     }
+    // the file type named in the output's metadata: that of the type holding the most bytes
     const auto most = std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
                                        [](const auto & x, const auto & y) { return x.second < y.second; });
-    res.base_type = file_type_for(type_named(most->first));
-    // in file bytes, also when the budget is in bits per weight (tensor data, unpadded)
-    const uint64_t fixed_file = cache.j["fixed_bytes"].get<uint64_t>();
-    auto file_bytes_of = [&](const std::vector<size_t> & choice) {
-        uint64_t b = fixed_file;
-        for (size_t i = 0; i < items.size(); ++i) {
-            b += GGML_PAD(tensors[i].bytes(type_named(items[i].options[choice[i]].type)), align);
-        }
-        return b;
-    };
-    res.predicted_file_bytes = file_bytes_of(a.choice);
-    for (const FrontierPoint & p : allocation_frontier(items)) {
-        res.frontier.push_back({fixed_file + p.bytes, p.damage});  // file bytes (by bpw: give or take padding)
+    res_.base_type = file_type_for(type_named(most->first));
+    for (const FrontierPoint & p : allocation_frontier(items_)) {
+        res_.frontier.push_back({fixed_file + p.bytes, p.damage});  // file bytes (by bpw: give or take padding)
     }
-    // llama-quantize's own mixes, predicted from the same measurements where their types were measured
+}
+
+// llama-quantize's own mixes, predicted from the same measurements where all their types were measured.
+void TargetSearch::add_stock_mixes() {
+    const uint64_t fixed_file = cache_.j["fixed_bytes"].get<uint64_t>();
     for (const char * mix : {"Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ2_XXS",
                              "IQ2_XS", "IQ2_M", "IQ3_XXS", "IQ3_M", "IQ4_XS"}) {
-        QuantizeOptions stock = plan;
+        QuantizeOptions stock = o_.quantize;
         stock.type = mix;
+        stock.tensor_types.clear();
+        stock.weights = nullptr;
         std::map<std::string, std::string> types;
         try {
             types = planned_types(stock);
@@ -520,11 +591,10 @@ TargetResult quantize_to_target(const TargetOptions & o) {
         }
         StockMix s{mix, fixed_file, 0};
         bool known = true;
-        for (const Tensor & t : tensors) {
+        for (const Tensor & t : tensors_) {
             const auto it = types.find(t.name);
             const ggml_type c = it == types.end() ? t.source : type_named(it->second);
-            known = known && std::find(t.valid.begin(), t.valid.end(), c) != t.valid.end() &&
-                    cache.has_error(t.name, c);
+            known = std::find(t.valid.begin(), t.valid.end(), c) != t.valid.end() && cache_.has_error(t.name, c);
             if (!known) {
                 break;
             }
@@ -532,40 +602,40 @@ TargetResult quantize_to_target(const TargetOptions & o) {
             s.damage += damage(t, c);
         }
         if (known) {
-            res.stock.push_back(s);
+            res_.stock.push_back(s);
         }
     }
+}
 
-    // 4. the output, by llama_model_quantize with the choice as overrides, then the Hessian pass
-    if (o.progress) {
-        o.progress("quantize", 0, 1);
+// 4. The output: llama_model_quantize with the choice as overrides, then the Hessian pass; its KLD measured.
+void TargetSearch::write_output(const Evaluator & eval) {
+    if (o_.progress) {
+        o_.progress("quantize", 0, 1);
     }
-    QuantizeOptions q = o.quantize;
-    q.type = res.base_type;
-    q.tensor_types = res.recipe;
-    if (o.hessian) {
-        HessianOptions h = o.hessian_options;
-        h.threads = threads;
-        q.finish = [&, h](const std::string & written) {  // h: a copy, it outlives this block
-            res.hessian_reports = hessian_reencode(model, written, *o.hessian, h, [](int, int) {});
+    QuantizeOptions q = o_.quantize;
+    q.type = res_.base_type;
+    q.tensor_types = res_.recipe;
+    if (o_.hessian) {
+        q.finish = [&, h = hessian_options()](const std::string & written) {
+            res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
         };
     }
     quantize_model(q);
-    res.file_bytes = fs::file_size(q.output);
-    {
-        const TensorTable out(q.output);
-        uint64_t data = 0;
-        for (int64_t i = 0; i < gguf_get_n_tensors(out.ctx); ++i) {
-            data += ggml_nbytes(out.find(gguf_get_tensor_name(out.ctx, i)));
-        }
-        res.bpw = (double) data * 8.0 / (double) n_elements;
+    res_.file_bytes = fs::file_size(q.output);
+    const TensorTable out(q.output);
+    uint64_t data = 0;
+    for (int64_t i = 0; i < gguf_get_n_tensors(out.ctx); ++i) {
+        data += ggml_nbytes(out.find(gguf_get_tensor_name(out.ctx, i)));
     }
-    if (o.progress) {
-        o.progress("measure", 0, 1);
+    res_.bpw = (double) data * 8.0 / (double) n_elements_;
+    if (o_.progress) {
+        o_.progress("measure", 0, 1);
     }
-    res.measured_kld = summarize(eval.score(q.output)).kld_mean.value;
-    res.seconds_total = seconds_since(t_start);
-    return res;
+    res_.measured_kld = summarize(eval.score(q.output)).kld_mean.value;
 }
+
+}  // namespace
+
+TargetResult quantize_to_target(const TargetOptions & o) { return TargetSearch(o).run(); }
 
 }  // namespace imx::engine
