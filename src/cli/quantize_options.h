@@ -1,0 +1,47 @@
+// imx quantize's options, shared by the command (cmd_quantize.cpp) and its --target-size path
+// (cmd_quantize_target.cpp).
+#pragma once
+
+#include "eval_options.h"
+#include "core/imatrix_file.h"
+#include "core/quant_weights.h"
+#include "engine/hessian_encoder.h"
+#include "engine/quantize.h"
+#include "engine/type_search.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace imx::cli {
+
+struct QuantizeCommand {
+    engine::QuantizeOptions q;
+    std::string             imatrix;
+    std::vector<std::string> imatrix_parts;  // --imatrix given more than once: parts of one text, added
+    std::string             prior_target = "one";
+    std::string             prior_weight_text = "0";
+    double                  prior_weight = 0;
+    std::map<std::string, Prior> chosen_priors;  // --prior-weight auto
+    uint32_t                legacy_chunk_size = kDefaultLegacyChunkSize;
+    bool                    json = false;
+    bool                    verbose = false;
+    std::string             method = "diagonal";
+    engine::HessianOptions  hessian;
+    // --target-size / --target-bpw
+    double                   target_mib = 0;
+    double                   target_bpw = 0;
+    std::vector<std::string> candidates = engine::default_candidate_types();
+    std::string              text;
+    uint32_t                 ctx = 512;
+    int                      chunks = 8;
+    std::string              probe_type = "q3_K";
+    std::string              cache_dir = default_cache_dir();
+    std::string              recipe_file;
+    std::string              html;
+};
+
+// --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
+void run_target(QuantizeCommand & o, const Imatrix & im);
+
+}  // namespace imx::cli
