@@ -73,6 +73,13 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     EXPECT_EQ(k["probes"].get<int>(), 0);
     EXPECT_LE(k["bpw"].get<double>(), 4.5);
     EXPECT_GT(k["bpw"].get<double>(), 4.3);
+    // probes by role: one per role over all layers (8 in qwen3moe-tiny), the errors from the cache
+    const RunResult roles = run(target_cmd(dir, "--target-size 16 --probe-groups role -o role.gguf"));
+    ASSERT_EQ(roles.exit_code, 0) << tail(roles.output);
+    const nlohmann::json r8 = json_of(roles);
+    EXPECT_EQ(r8["candidate_files"].get<int>(), 0);
+    EXPECT_EQ(r8["probes"].get<int>(), 7) << "8 roles, token_embd's probe already measured";
+    EXPECT_LE(fs::file_size(dir + "/role.gguf"), target_mib * 1048576.0);
     // no scratch file is left beside the outputs
     for (const auto & e : fs::directory_iterator(dir)) {
         EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();

@@ -165,6 +165,11 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    app.add_option("--probe-groups", o->probe_groups,
+                   "target: tensor (one probe each) or role (one per role over all layers: a few probes for a "
+                   "large model, the KLD shared by error)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"tensor", "role"}));
     app.add_option("--probe-type", o->probe_type, "target: the type each tensor is tried at alone")
         ->capture_default_str();
     app.add_option("--cache-dir", o->cache_dir, "target: where measurements (and the base's log-probs) are kept")

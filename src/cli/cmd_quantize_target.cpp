@@ -31,6 +31,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     t.target_bpw = o.target_bpw;
     t.candidates = o.candidates;
     t.probe_type = o.probe_type;
+    t.probe_groups = o.probe_groups;
     t.text_file = o.text;
     t.ctx = o.ctx;
     t.chunks = o.chunks;

@@ -127,9 +127,6 @@ struct Cache {
         return j.contains("tensors") && j["tensors"].contains(name) && j["tensors"][name].contains("errors") &&
                j["tensors"][name]["errors"].contains(ggml_type_name(t));
     }
-    bool has_probe(const std::string & name) const {
-        return j.contains("tensors") && j["tensors"].contains(name) && j["tensors"][name].contains("probe");
-    }
 };
 
 std::string file_stamp(const std::string & path) {
@@ -210,6 +207,7 @@ private:
     void choose_probes();
     void measure_errors();
     void measure_sensitivities(const Evaluator & eval);
+    std::string group_of(const Tensor & t) const;
     double error_of(const Tensor & t, ggml_type c) const;
     double damage(const Tensor & t, ggml_type c) const;
     std::vector<TensorTypeOptions> options(bool with_damage) const;
@@ -254,6 +252,7 @@ private:
     std::vector<ggml_type>           measured_;  // the candidates and the probe types
     std::string                      scratch_;
     std::vector<TensorTypeOptions>   items_;
+    std::map<std::string, double>    group_probe_error_;  // Σ of the group's errors at their probe types
     TargetResult                     res_;
 };
 
@@ -356,9 +355,10 @@ void TargetSearch::check_target() const {
     }
 }
 
-// The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks.
+// The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
+// group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
 void TargetSearch::open_cache() {
-    std::string key = "v1|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+    std::string key = "v2|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
                       std::to_string(o_.chunks);
     if (o_.hessian) {
@@ -468,23 +468,46 @@ void TargetSearch::measure_errors() {
     }
 }
 
-// 2. Each tensor alone at its probe type, everything else as in the model: KLD on the calibration chunks.
+// A tensor's probe group: itself, or its role (the name without "blk.N.").
+std::string TargetSearch::group_of(const Tensor & t) const {
+    if (o_.probe_groups != "role" || t.name.rfind("blk.", 0) != 0) {
+        return t.name;
+    }
+    const size_t dot = t.name.find('.', 4);
+    return dot == std::string::npos ? t.name : t.name.substr(dot + 1);
+}
+
+// 2. Each group (a tensor, or a role over all layers) alone at its probe types, everything else as in the
+// model: KLD on the calibration chunks.
 void TargetSearch::measure_sensitivities(const Evaluator & eval) {
     std::set<ggml_type> sources;
+    std::map<std::string, std::vector<const Tensor *>> groups;
     for (const Tensor & t : tensors_) {
         sources.insert(t.source);
+        groups[group_of(t)].push_back(&t);
     }
     int done = 0;
-    for (const Tensor & t : tensors_) {
+    for (const auto & [group, members] : groups) {
         if (o_.progress) {
-            o_.progress("sensitivity", done++, (int) tensors_.size());
+            o_.progress("sensitivity", done++, (int) groups.size());
         }
-        const char * probe = ggml_type_name(probe_of_[t.name]);
-        if (cache_.has_probe(t.name) && cache_.tensor(t.name)["probe"]["type"] == probe) {
+        std::string probes;  // what the cached value was measured with
+        double error = 0;
+        for (const Tensor * t : members) {
+            probes += std::string(probes.empty() ? "" : ",") + ggml_type_name(probe_of_[t->name]);
+            error += error_of(*t, probe_of_[t->name]);
+        }
+        group_probe_error_[group] = error;
+        json & cached = cache_.j["groups"][group];
+        if (cached.is_object() && cached.value("probes", "") == probes) {
             continue;
         }
         QuantizeOptions q = scratch_options();
-        q.tensor_types = {exact_pattern(t.name) + "=" + probe};
+        std::string only;
+        for (const Tensor * t : members) {
+            q.tensor_types.push_back(exact_pattern(t->name) + "=" + ggml_type_name(probe_of_[t->name]));
+            only += (only.empty() ? "" : "|") + exact_pattern(t->name);
+        }
         if (sources.size() == 1) {
             q.tensor_types.push_back(std::string(".*=") + ggml_type_name(*sources.begin()));
         } else {
@@ -493,7 +516,7 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
             }
         }
         if (o_.hessian) {
-            q.finish = [&, h = hessian_options(exact_pattern(t.name))](const std::string & written) {
+            q.finish = [&, h = hessian_options(only)](const std::string & written) {
                 hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
             };
         }
@@ -503,7 +526,7 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
         std::error_code ec;
         fs::remove(scratch_, ec);
         res_.probes += 1;
-        cache_.tensor(t.name)["probe"] = {{"type", probe}, {"kld", s.kld_mean.value}};
+        cached = {{"probes", probes}, {"kld", s.kld_mean.value}};
         cache_.save();
     }
 }
@@ -518,11 +541,12 @@ double TargetSearch::error_of(const Tensor & t, ggml_type c) const {
     return errors[ggml_type_name(c)][hessian ? "hessian" : "diag"].get<double>();
 }
 
-// damage_t(T) = KLD_t(P) · err_t(T) / err_t(P)
+// damage_t(T) = KLD_g(P) · err_t(T) / Σ_{u in g} err_u(P), g the tensor's probe group (for one tensor:
+// KLD_t(P) · err_t(T) / err_t(P))
 double TargetSearch::damage(const Tensor & t, ggml_type c) const {
-    const json & probe = cache_.j["tensors"][t.name]["probe"];
-    const double at_probe = error_of(t, type_named(probe["type"].get<std::string>()));
-    return at_probe > 0 ? probe["kld"].get<double>() * error_of(t, c) / at_probe : 0.0;
+    const std::string g = group_of(t);
+    const double at_probe = group_probe_error_.at(g);
+    return at_probe > 0 ? cache_.j["groups"][g]["kld"].get<double>() * error_of(t, c) / at_probe : 0.0;
 }
 
 std::vector<TensorTypeOptions> TargetSearch::options(bool with_damage) const {

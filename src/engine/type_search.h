@@ -5,7 +5,8 @@
 //    back: (w − q)ᵀ H (w − q) summed over rows, with H the input covariance where the Hessian encoder used one
 //    and the imatrix diagonal elsewhere (unit weights where there is no imatrix: the token embedding).
 // 2. Sensitivity. Each tensor alone is quantized at a probe type P (all others as in the model) and the
-//    KL-divergence of that model against the original is measured on a few chunks of the calibration text.
+//    KL-divergence of that model against the original is measured on a few chunks of the calibration text
+//    (--probe-groups role: each role over all layers at once, its KLD shared in proportion to the errors).
 //    Damage is taken as proportional to the output error, so tensor t at type T is predicted to cost
 //        damage_t(T) = KLD_t(P) · err_t(T) / err_t(P)
 //    and the model's KLD is predicted as the sum over tensors.
@@ -37,6 +38,10 @@ struct TargetOptions {
     double          target_bpw = 0;    // bits per weight as llama-quantize prints them (tensor data / elements)
     std::vector<std::string> candidates;  // ggml type names
     std::string     probe_type = "q3_K";
+    // "tensor": one probe per tensor; "role": one per role (blk.N.ffn_down.weight → ffn_down, all layers at
+    // once), its KLD shared among the role's tensors in proportion to their errors at the probe type — a few
+    // probes instead of hundreds for a real model.
+    std::string     probe_groups = "tensor";
     const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
     HessianOptions  hessian_options;
     std::string     text_file;  // calibration text for the sensitivities
