@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <map>
 #include <memory>
-#include <span>
 
 namespace imx::cli {
 
@@ -77,7 +76,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
         recipe += a + "\n";
     }
     if (!o.recipe_file.empty()) {
-        write_file_atomic(o.recipe_file, std::span(reinterpret_cast<const uint8_t *>(recipe.data()), recipe.size()));
+        write_text_atomic(o.recipe_file, recipe);
     }
     if (!o.html.empty()) {
         std::vector<FrontierMark> marks;
@@ -86,7 +85,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
         }
         marks.push_back({"chosen", r.predicted_file_bytes, r.predicted_kld});
         const std::string page = render_frontier_html(o.q.model, r.frontier, marks, r.measured_kld);
-        write_file_atomic(o.html, std::span(reinterpret_cast<const uint8_t *>(page.data()), page.size()));
+        write_text_atomic(o.html, page);
     }
     if (o.json) {
         nlohmann::ordered_json j;

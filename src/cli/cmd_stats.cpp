@@ -103,7 +103,7 @@ Run add_stats(CLI::App & app) {
                 }
             }
             const std::string page = render_html_report(im, ro);
-            write_file_atomic(o->html, {reinterpret_cast<const uint8_t *>(page.data()), page.size()});
+            write_text_atomic(o->html, page);
             std::fprintf(stderr, "imx: wrote %s\n", o->html.c_str());
         }
     };

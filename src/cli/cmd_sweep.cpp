@@ -225,7 +225,7 @@ Run add_sweep(CLI::App & app) {
             print_quality_table(mem, rows, ref_label);
             print_choices(mem, choices, ref_label, ev.chunks());
             std::fclose(mem);
-            write_file_atomic(o->markdown_file, std::span<const uint8_t>((const uint8_t *) buf, len));
+            write_text_atomic(o->markdown_file, std::string_view(buf, len));
             std::free(buf);
         }
         if (!o->json_file.empty()) {
@@ -244,7 +244,7 @@ Run add_sweep(CLI::App & app) {
                                                  {{"value", c.delta.value}, {"lo", c.delta.lo}, {"hi", c.delta.hi}}}});
             }
             const std::string s = j.dump(2) + "\n";
-            write_file_atomic(o->json_file, std::span<const uint8_t>((const uint8_t *) s.data(), s.size()));
+            write_text_atomic(o->json_file, s);
         }
         if (!o->keep) {
             for (const QualityRow & r : rows) {

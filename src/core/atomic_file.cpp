@@ -37,6 +37,10 @@ std::vector<uint8_t> read_file(const std::string & path) {
 
 std::string temporary_path(const std::string & path) { return path + ".tmp-" + std::to_string(getpid()); }
 
+void write_text_atomic(const std::string & path, std::string_view text) {
+    write_file_atomic(path, {reinterpret_cast<const uint8_t *>(text.data()), text.size()});
+}
+
 void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes) {
     const TemporaryFile tmp(temporary_path(path));
     const int fd = ::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace imx {
@@ -14,6 +15,8 @@ std::vector<uint8_t> read_file(const std::string & path);
 // old file or the new one, never a mix; on any failure the temporary file is removed and Error is thrown.
 // While it exists, the temporary file is removed by an interrupt (core/interrupt.h).
 void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes);
+// The same for text (reports, JSON, recipes).
+void write_text_atomic(const std::string & path, std::string_view text);
 
 // "<path>.tmp-<pid>": the one name every imx output is written under before it is renamed into place.
 std::string temporary_path(const std::string & path);

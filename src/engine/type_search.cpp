@@ -119,8 +119,7 @@ struct Cache {
         }
         std::error_code ec;
         fs::create_directories(fs::path(path).parent_path(), ec);
-        const std::string s = j.dump();
-        write_file_atomic(path, std::span(reinterpret_cast<const uint8_t *>(s.data()), s.size()));
+        write_text_atomic(path, j.dump());
     }
     json & tensor(const std::string & name) { return j["tensors"][name]; }
     bool has_error(const std::string & name, ggml_type t) const {
