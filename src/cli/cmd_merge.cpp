@@ -22,10 +22,10 @@ void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source)
     }
 }
 
-Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size) {
+Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size, std::vector<Imatrix> * loaded) {
     Imatrix merged;
     for (size_t i = 0; i < files.size(); ++i) {
-        const Imatrix im = load_imatrix(files[i], legacy_chunk_size);
+        Imatrix im = load_imatrix(files[i], legacy_chunk_size);
         if (!im.counts_per_expert_known) {
             std::fprintf(stderr,
                          "imx: warning: %s is a legacy imatrix.dat: its per-expert token counts are unknown, so its "
@@ -35,6 +35,9 @@ Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chun
             merged = im;
         } else {
             add_imatrix(merged, im, files[i]);
+        }
+        if (loaded) {
+            loaded->push_back(std::move(im));
         }
     }
     return merged;

@@ -24,8 +24,6 @@ namespace imx::cli {
 
 namespace {
 
-
-
 struct HessianSummary {
     int64_t tensors = 0, rows = 0, rows_improved = 0, pooled = 0;
     double  loss_diagonal = 0, loss_final = 0;
@@ -63,11 +61,7 @@ void warn_about_unseen(const Imatrix & im, const QuantWeights & w, const Prior &
 }
 
 // --prior-weight auto: W (and with --prior auto the target) per tensor, cross-fitted on the --imatrix parts.
-void choose_prior(QuantizeCommand & o) {
-    std::vector<Imatrix> parts;
-    for (const std::string & f : o.imatrix_parts) {
-        parts.push_back(load_imatrix(f, o.legacy_chunk_size));
-    }
+void choose_prior(QuantizeCommand & o, const std::vector<Imatrix> & parts) {
     std::vector<PriorTarget> targets;
     if (o.prior_target == "auto") {
         targets = {PriorTarget::one, PriorTarget::mean, PriorTarget::geomean, PriorTarget::hier};
@@ -235,9 +229,10 @@ Run add_quantize(CLI::App & app) {
             throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance)");
         }
         if (!o->imatrix.empty()) {
-            im = merge_files(o->imatrix_parts, o->legacy_chunk_size);
+            std::vector<Imatrix> parts;
+            im = merge_files(o->imatrix_parts, o->legacy_chunk_size, auto_prior ? &parts : nullptr);
             if (auto_prior) {
-                choose_prior(*o);
+                choose_prior(*o, parts);
             }
             if (o->method == "hessian" && im.covariances.empty()) {
                 throw Error(o->imatrix + ": holds no covariance; collect one with imx collect --covariance");

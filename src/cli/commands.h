@@ -30,7 +30,9 @@ Run add_sweep(CLI::App & app);
 
 // imx merge's work, for collect --in-file too: the files added up (a warning for legacy inputs, whose
 // per-expert counts are unknown) / one file added into `into` (a warning where covariances are dropped).
-Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size = kDefaultLegacyChunkSize);
+// `loaded`, if given, keeps each file as read (quantize --prior-weight auto cross-fits them).
+Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chunk_size = kDefaultLegacyChunkSize,
+                    std::vector<Imatrix> * loaded = nullptr);
 void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source);
 
 // upstream's table for one imatrix file on stdout (imx stats FILE; llama-imatrix --show-statistics)
