@@ -51,7 +51,6 @@ public:
     void collect_output_head(bool on) { process_output_ = on; }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
     void covariance_tensors(const std::string & regex) {
-        covariance_filter_ = regex;
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
     }
     // Called before each chunk's forward pass: lets errors name the chunk they happened in.
@@ -131,7 +130,6 @@ private:
     uint64_t                       covariance_budget_;
     bool                           covariance_blocks_only_;
     bool                           covariance_pool_experts_;  // one pooled XᵀX per expert input (core/covariance.h)
-    std::string                    covariance_filter_;
     std::regex                     covariance_regex_{".*"};
     bool                           process_output_ = false;
     uint64_t                       covariance_used_ = 0;
