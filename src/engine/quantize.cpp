@@ -69,16 +69,6 @@ llama_ftype parse_ftype(const std::string & name) {
     throw Error("unknown quantization type '" + name + "' (known: " + known + ")");
 }
 
-ggml_type parse_ggml_type(const std::string & name, const std::string & what) {
-    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
-        const char * n = ggml_type_name((ggml_type) i);
-        if (n && iequals(name, n)) {
-            return (ggml_type) i;
-        }
-    }
-    throw Error(what + ": unknown ggml type '" + name + "'");
-}
-
 llama_model_kv_override kv_string(const char * key, const std::string & value) {
     llama_model_kv_override kv{};
     kv.tag = LLAMA_KV_OVERRIDE_TYPE_STR;
@@ -115,6 +105,16 @@ std::string failure_reason(const std::string & log) {
 }
 
 }  // namespace
+
+ggml_type parse_ggml_type(const std::string & name, const std::string & what) {
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const char * n = ggml_type_name((ggml_type) i);
+        if (n && iequals(name, n)) {
+            return (ggml_type) i;
+        }
+    }
+    throw Error(what + ": unknown ggml type '" + name + "'");
+}
 
 std::vector<std::string> quant_type_names() {
     std::vector<std::string> names;

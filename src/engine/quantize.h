@@ -4,6 +4,8 @@
 
 #include "core/quant_weights.h"
 
+#include "ggml.h"
+
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -13,6 +15,9 @@
 #include <vector>
 
 namespace imx::engine {
+
+// A ggml type by its name, any case (q4_K, Q8_0, f16); throws imx::Error "<what>: unknown ggml type '<name>'".
+ggml_type parse_ggml_type(const std::string & name, const std::string & what);
 
 // The file types llama-quantize accepts by name (Q4_K_M, IQ2_XXS, ...), in its order.
 std::vector<std::string> quant_type_names();

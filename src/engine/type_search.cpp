@@ -30,20 +30,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::string lower(std::string s) {
-    std::transform(s.begin(), s.end(), s.begin(), ::tolower);
-    return s;
-}
-
-ggml_type type_named(const std::string & name) {
-    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
-        const char * n = ggml_type_name((ggml_type) i);
-        if (n && lower(n) == lower(name) && ggml_get_type_traits((ggml_type) i)->blck_size > 0) {
-            return (ggml_type) i;
-        }
-    }
-    throw Error("--candidates: unknown ggml type '" + name + "'");
-}
+// a type name this search wrote itself (cache, recipe, llama-quantize's dry run)
+ggml_type type_named(const std::string & name) { return parse_ggml_type(name, "type search"); }
 
 double bits_per_weight(ggml_type t) { return 8.0 * (double) ggml_type_size(t) / (double) ggml_blck_size(t); }
 
@@ -291,7 +279,7 @@ TargetResult TargetSearch::run() {
 // What llama-quantize would quantize (its own dry run says), and the candidates each tensor takes as asked.
 void TargetSearch::select_tensors() {
     for (const std::string & c : o_.candidates) {
-        const ggml_type t = type_named(c);
+        const ggml_type t = parse_ggml_type(c, "--candidates");
         if (!ggml_is_quantized(t) && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) {
             throw Error("--candidates: " + c + " is not a type a weight is stored in");
         }
@@ -302,7 +290,7 @@ void TargetSearch::select_tensors() {
     if (candidates_.empty()) {
         throw Error("--candidates: no type given");
     }
-    type_named(o_.probe_type);  // a bad name fails now
+    parse_ggml_type(o_.probe_type, "--probe-type");  // a bad name fails now
     QuantizeOptions plan = o_.quantize;
     plan.type = "Q8_0";
     plan.tensor_types.clear();
@@ -373,7 +361,7 @@ void TargetSearch::open_cache() {
 
 // The probe type, or for a tensor that cannot take it the candidate nearest to it in bits per weight.
 void TargetSearch::choose_probes() {
-    const ggml_type asked = type_named(o_.probe_type);
+    const ggml_type asked = parse_ggml_type(o_.probe_type, "--probe-type");
     measured_ = candidates_;
     for (const Tensor & t : tensors_) {
         ggml_type p = t.valid[0];
