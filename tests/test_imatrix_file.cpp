@@ -92,3 +92,37 @@ TEST(ImatrixFile, FormatFromPath) {
     EXPECT_EQ(format_from_path("imatrix.gguf"), ImatrixFormat::gguf);
     EXPECT_EQ(format_from_path("imatrix"), ImatrixFormat::gguf);
 }
+
+// collect --all-experts' statistics: kept beside upstream's tensors (F32, in double in a shard), back as they
+// were; a sums tensor
+// without its token count, or of a shape its tensor cannot have, is a clean error.
+TEST(ImatrixFile, AllExpertsStatisticsRoundTripAndBadOnesAreRefused) {
+    Imatrix im = sample();
+    im.all_experts["blk.0.ffn_up_exps.weight"] = {{0.5, 0.25, 3, 1024}, 1, 1024};
+    const Imatrix back = decode_imatrix(encode_gguf(im), "mem.gguf");
+    ASSERT_EQ(back.all_experts.size(), 1u);
+    const AllExpertStats & a = back.all_experts.at("blk.0.ffn_up_exps.weight");
+    EXPECT_EQ(a.sums, im.all_experts.at("blk.0.ffn_up_exps.weight").sums);
+    EXPECT_EQ(a.n_rows, 1);
+    EXPECT_EQ(a.tokens, 1024);
+    Imatrix part = sample();
+    part.meta.shard_count = 2;
+    part.meta.shards = {1};
+    part.all_experts["blk.0.ffn_up_exps.weight"] = {{0.1, 1e-300, 3, 1e12}, 1, 1024};
+    EXPECT_EQ(decode_imatrix(encode_gguf(part), "part.gguf").all_experts.at("blk.0.ffn_up_exps.weight").sums,
+              part.all_experts.at("blk.0.ffn_up_exps.weight").sums);
+    // upstream's part of the file is what it was without them
+    Imatrix plain = sample();
+    const auto with = encode_gguf(im), without = encode_gguf(plain);
+    EXPECT_EQ(decode_imatrix(with, "a").tensors.at("blk.0.attn_q.weight").sums,
+              decode_imatrix(without, "b").tensors.at("blk.0.attn_q.weight").sums);
+
+    im.all_experts["blk.0.ffn_up_exps.weight"] = {{1, 2, 3}, 1, 10};  // 3 columns for a 4-column tensor
+    try {
+        decode_imatrix(encode_gguf(im), "bad.gguf");
+        FAIL() << "a wrong shape must be refused";
+    } catch (const Error & e) {
+        EXPECT_NE(std::string(e.what()).find("bad.gguf: tensor blk.0.ffn_up_exps.weight.in_sum2_all"), std::string::npos)
+            << e.what();
+    }
+}

@@ -148,3 +148,26 @@ TEST(QuantWeights, AllZeroGroupsOfSeenMatricesGetAFloor) {
     EXPECT_EQ(w[64 + 5], 0.0f) << "a lone zero column stays (upstream's weights)";
     EXPECT_EQ(w[2 * 64], 1.0f) << "the unseen expert has the prior's target";
 }
+
+// collect --all-experts: each expert leans on its own input over every token; gate/up's one row serves all.
+TEST(QuantWeights, AllExpertsTargetIsEachExpertsOwnInputOverEveryToken) {
+    const AllExpertStats down{{40, 20, 60, 30, 80, 10}, 3, 20};  // per expert: means (2, 1), (3, 1.5), (4, 0.5)
+    const std::vector<float> w = quant_weights(three_experts(), Prior{5, PriorTarget::all_experts}, &down);
+    EXPECT_FLOAT_EQ(w[4], 4.0f) << "unseen expert 2 gets its own all-token mean";
+    EXPECT_FLOAT_EQ(w[5], 0.5f);
+    EXPECT_FLOAT_EQ(w[0], (8.0f + 5 * 2.0f) / (4 + 5));
+    EXPECT_FLOAT_EQ(w[3], (6.0f + 5 * 1.5f) / (10 + 5));
+    const AllExpertStats shared{{40, 20}, 1, 20};
+    const std::vector<float> s = quant_weights(three_experts(), Prior{5, PriorTarget::all_experts}, &shared);
+    EXPECT_FLOAT_EQ(s[4], 2.0f);
+    EXPECT_FLOAT_EQ(s[5], 1.0f);
+    // without those statistics (attention, dense FFN) the target is the tensor's mean, as --prior mean
+    const std::vector<float> none = quant_weights(three_experts(), Prior{5, PriorTarget::all_experts});
+    EXPECT_EQ(none, quant_weights(three_experts(), Prior{5, PriorTarget::mean}));
+    // and through the whole-imatrix entry point, by tensor name
+    Imatrix im;
+    im.tensors["blk.0.ffn_down_exps.weight"] = three_experts();
+    im.all_experts["blk.0.ffn_down_exps.weight"] = down;
+    EXPECT_EQ(quant_weights(im, Prior{5, PriorTarget::all_experts}).tensors.at("blk.0.ffn_down_exps.weight"), w);
+    EXPECT_EQ(parse_prior_target("all-experts"), PriorTarget::all_experts);
+}

@@ -63,6 +63,11 @@ void print_summary(const Imatrix & im, const engine::CollectResult & r, const st
     if (!im.covariances.empty()) {
         std::fprintf(stderr, "covariance: %s\n", covariance_summary(im).c_str());
     }
+    if (!im.all_experts.empty()) {
+        std::fprintf(stderr, "all experts: every expert's inputs over all %lld tokens for %zu expert tensors (kept "
+                             "beside the routed sums)\n", (long long) im.all_experts.begin()->second.tokens,
+                     im.all_experts.size());
+    }
     if (r.device_input_bytes > 0) {
         std::fprintf(stderr, "device traffic: %.2f MiB read back (per-column sums made where the activations are) "
                              "for %.2f MiB of matmul inputs on devices/servers (%.0fx less than copying them)\n",
@@ -86,6 +91,7 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
     if (!im.covariances.empty()) {
         j["covariance"] = covariance_summary(im);
     }
+    j["all_experts_tensors"] = im.all_experts.size();
     j["coverage"] = coverage_json(im);
     std::printf("%s\n", j.dump(2).c_str());
 }
@@ -138,6 +144,10 @@ Run add_collect(CLI::App & app) {
                  "keep one XᵀX per expert input, pooled over its experts (quantize scales it by each expert's own "
                  "imatrix); the default where per-expert matrices do not fit the budget");
     app.add_flag("--process-output", c.process_output, "also collect the output head (output.weight), as llama-imatrix");
+    app.add_flag("--all-experts", c.all_experts,
+                 "also every expert's inputs over all tokens, as if each token were routed to every expert (computed "
+                 "on the side; routing, outputs and the routed sums stay as they are): quantize --prior all-experts "
+                 "leans thin and unseen experts on them");
     app.add_option("--in-file", o->in_files,
                    "imatrix files added to what this run collects (comma-separated or repeated); without -f they "
                    "are only combined into -o (llama-imatrix's --in-file)")
@@ -235,6 +245,9 @@ Run add_collect(CLI::App & app) {
             }
         }
         prepare_outputs({c.output, c.save_every > 0 || c.resume ? engine::checkpoint_path(c.output) : ""});
+        if (c.all_experts && resolve_format(o->format, c.output) != ImatrixFormat::gguf) {
+            throw Error(c.output + ": --all-experts needs the GGUF format (legacy .dat files cannot hold it)");
+        }
         if (o->covariance) {
             if (resolve_format(o->format, c.output) != ImatrixFormat::gguf) {
                 throw Error(c.output + ": --covariance needs the GGUF format (legacy .dat files cannot hold it)");

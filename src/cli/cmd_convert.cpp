@@ -29,6 +29,10 @@ Run add_convert(CLI::App & app) {
                 std::fprintf(stderr, "imx: warning: the legacy format cannot hold covariances: the %zu in %s are "
                                      "left out\n", im.covariances.size(), o->in.c_str());
             }
+            if (!im.all_experts.empty()) {
+                std::fprintf(stderr, "imx: warning: the legacy format cannot hold all-experts statistics: those of %zu "
+                                     "tensors in %s are left out\n", im.all_experts.size(), o->in.c_str());
+            }
             for (const auto & [name, ts] : im.tensors) {
                 if (!ts.has_data()) {
                     std::fprintf(stderr, "imx: warning: %s has no data; the legacy format cannot store it\n",

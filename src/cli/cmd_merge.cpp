@@ -15,7 +15,12 @@ struct Options {
 }  // namespace
 
 void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source) {
+    const size_t all_before = into.all_experts.size();
     const auto dropped = merge_into(into, im, source);
+    if (into.all_experts.size() < all_before) {
+        std::fprintf(stderr, "imx: warning: %s lacks all-experts statistics (collect --all-experts): the merged file "
+                             "drops those of %zu tensors\n", source.c_str(), all_before - into.all_experts.size());
+    }
     if (!dropped.empty()) {
         std::fprintf(stderr, "imx: warning: %s lacks the covariance of %zu inputs (first: %s): the merged file keeps "
                              "none for them\n", source.c_str(), dropped.size(), dropped[0].c_str());

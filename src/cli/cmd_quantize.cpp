@@ -110,10 +110,11 @@ Run add_quantize(CLI::App & app) {
                    "cross-fitting the --imatrix parts")
         ->capture_default_str();
     app.add_option("--prior", o->prior_target,
-                   "prior target: one, mean, geomean, hier (expert <- tensor <- 1); auto (with --prior-weight auto): "
-                   "chosen per tensor too")
+                   "prior target: one, mean, geomean, hier (expert <- tensor <- 1), all-experts (each expert's own "
+                   "input over every token: imx collect --all-experts); auto (with --prior-weight auto): chosen per "
+                   "tensor too")
         ->capture_default_str()
-        ->check(CLI::IsMember({"one", "mean", "geomean", "hier", "auto"}));
+        ->check(CLI::IsMember({"one", "mean", "geomean", "hier", "all-experts", "auto"}));
     app.add_option("--tensor-type", q.tensor_types, "REGEX=TYPE: ggml type for matching tensors (repeatable)");
     app.add_option("--output-tensor-type", q.output_tensor_type, "ggml type for output.weight");
     app.add_option("--token-embedding-type", q.token_embedding_type, "ggml type for token_embd.weight");
@@ -208,6 +209,8 @@ Run add_quantize(CLI::App & app) {
             if (o->prior_target == "auto") {
                 throw Error("--prior auto chooses the target with the weight: give --prior-weight auto too");
             }
+        } else if (o->prior_target == "all-experts") {
+            throw Error("--prior all-experts takes a number for --prior-weight (auto cross-fits the other targets)");
         }
         o->imatrix = o->imatrix_parts.empty() ? "" : o->imatrix_parts[0];
         if ((o->prior_weight > 0 || auto_prior) && o->imatrix.empty()) {
@@ -233,6 +236,9 @@ Run add_quantize(CLI::App & app) {
             im = merge_files(o->imatrix_parts, o->legacy_chunk_size, auto_prior ? &parts : nullptr);
             if (auto_prior) {
                 choose_prior(*o, parts);
+            }
+            if (prior.target == PriorTarget::all_experts && im.all_experts.empty()) {
+                throw Error(o->imatrix + ": holds no all-experts statistics; collect them with imx collect --all-experts");
             }
             if (o->method == "hessian" && im.covariances.empty()) {
                 throw Error(o->imatrix + ": holds no covariance; collect one with imx collect --covariance");

@@ -10,7 +10,8 @@ namespace imx {
 namespace {
 
 const char kMagicV1[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '1'};
-const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '2'};  // v1 + covariances
+const char kMagicV2[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '2'};  // v1 + covariances
+const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '3'};  // v2 + all-experts statistics
 
 struct Out {
     std::vector<uint8_t> b;
@@ -100,6 +101,16 @@ void save_checkpoint(const Checkpoint & c, const std::string & path) {
         o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.values.data()),
                    reinterpret_cast<const uint8_t *>(cov.values.data() + cov.values.size()));
     }
+    o.put<uint32_t>((uint32_t) c.data.all_experts.size());
+    for (const auto & [name, a] : c.data.all_experts) {
+        o.str(name);
+        o.put<int64_t>(a.n_rows);
+        o.put<int64_t>(a.tokens);
+        o.put<uint64_t>(a.sums.size());
+        for (double x : a.sums) {
+            o.put<double>(x);
+        }
+    }
     write_file_atomic(path, o.b);
 }
 
@@ -108,7 +119,8 @@ Checkpoint load_checkpoint(const std::string & path) {
     In in{bytes, path};
     in.need(8);
     const bool v1 = std::memcmp(bytes.data(), kMagicV1, 8) == 0;
-    if (!v1 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
+    const bool v2 = std::memcmp(bytes.data(), kMagicV2, 8) == 0;
+    if (!v1 && !v2 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
         throw Error(path + ": not an imx checkpoint");
     }
     in.pos = 8;
@@ -151,6 +163,18 @@ Checkpoint load_checkpoint(const std::string & path) {
             throw Error(path + ": corrupt checkpoint (covariance " + std::to_string(i) + ")");
         }
         c.data.covariances.push_back(std::move(cov));
+    }
+    const uint32_t n_all = v1 || v2 ? 0 : in.get<uint32_t>();
+    for (uint32_t i = 0; i < n_all; ++i) {
+        const std::string name = in.str();
+        AllExpertStats a;
+        a.n_rows = in.get<int64_t>();
+        a.tokens = in.get<int64_t>();
+        in.array(a.sums);
+        if (a.n_rows < 1 || a.sums.size() % (uint64_t) a.n_rows != 0 || !c.data.tensors.count(name)) {
+            throw Error(path + ": corrupt checkpoint (all-experts statistics of " + name + ")");
+        }
+        c.data.all_experts.emplace(name, std::move(a));
     }
     return c;
 }

@@ -59,11 +59,34 @@ void join_covariances(Imatrix & into, const Imatrix & other, const std::string &
     into.meta.covariance_tensors = "(" + m.covariance_tensors + ")|(" + o.covariance_tensors + ")";
 }
 
+// Sums of the same text would add twice otherwise; statistics only one side has cover part of the text.
+void merge_all_experts(Imatrix & into, const Imatrix & other, const std::string & what) {
+    for (auto it = into.all_experts.begin(); it != into.all_experts.end();) {
+        const auto o = other.all_experts.find(it->first);
+        if (o == other.all_experts.end()) {
+            it = into.all_experts.erase(it);
+            continue;
+        }
+        AllExpertStats & a = it->second;
+        if (a.sums.size() != o->second.sums.size() || a.n_rows != o->second.n_rows) {
+            throw Error(what + ": the all-experts statistics of " + it->first + " differ in shape from the files before it");
+        }
+        for (size_t i = 0; i < a.sums.size(); ++i) {
+            a.sums[i] += o->second.sums[i];
+        }
+        a.tokens += o->second.tokens;
+        ++it;
+    }
+}
+
 }  // namespace
 
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
     if (!into.meta.covariance_tensors.empty() && !other.meta.covariance_tensors.empty()) {
         join_covariances(into, other, what);
+        if (into.all_experts.empty()) {  // the same run: the same statistics where both hold them
+            into.all_experts = other.all_experts;
+        }
         return {};
     }
     std::vector<std::string> dropped;
@@ -78,6 +101,7 @@ std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const
         }
     }
     into.covariances = std::move(kept);
+    merge_all_experts(into, other, what);
 
     for (const auto & [name, src] : other.tensors) {
         auto it = into.tensors.find(name);

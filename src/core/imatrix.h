@@ -46,6 +46,20 @@ struct ImatrixMeta {
 
 enum class ImatrixFormat { gguf, legacy };
 
+// imx collect --all-experts: what an expert tensor's inputs would have summed had every token been routed to
+// every expert (the model's own top-k routing still runs; these are computed on the side). gate/up read the
+// same input whatever the expert, so their one row serves all experts; down has one row per expert. Kept apart
+// from the routed sums, which stay what llama-imatrix writes; quantize --prior all-experts leans on them.
+struct AllExpertStats {
+    std::vector<double> sums;    // n_rows × n_cols: Σ over all tokens of x² (1 row shared, or 1 per expert)
+    int64_t             n_rows = 1;
+    int64_t             tokens = 0;
+
+    int64_t n_cols() const { return n_rows > 0 ? (int64_t) sums.size() / n_rows : 0; }
+    // The target of matrix m, column j: the mean of x² over all tokens.
+    double mean(int64_t m, int64_t j) const { return sums[(m % n_rows) * n_cols() + j] / (double) tokens; }
+};
+
 struct Imatrix {
     ImatrixMeta                        meta;
     std::map<std::string, TensorStats> tensors;  // sorted by name: deterministic output
@@ -54,6 +68,7 @@ struct Imatrix {
     bool                               counts_per_expert_known = true;
     // XᵀX of matmul inputs (imx collect --covariance), sorted by their first reader's name.
     std::vector<Covariance>            covariances;
+    std::map<std::string, AllExpertStats> all_experts;  // by weight name (expert tensors only)
 
     // The covariance of the input `weight` multiplies, or null.
     const Covariance * covariance_of(const std::string & weight) const;

@@ -27,6 +27,11 @@ const std::string  kCovSuffix     = ".in_cov";
 // A shard (imx collect --shard I/N) also stores its sums in double, "<name>.in_sum2_exact" F64 [n_cols, n_mat],
 // and its covariances as F64: the parts then add up to one run's doubles before the one rounding to F32.
 const std::string  kSumsExactSuffix = ".in_sum2_exact";
+// collect --all-experts (core/imatrix.h AllExpertStats): "<name>.in_sum2_all" F32 [n_cols, n_rows] (F64 in a
+// shard, so that parts add up to one run's doubles, as their other sums) and "<name>.tokens_all" F64 [1];
+// upstream skips both.
+const std::string  kAllSumsSuffix = ".in_sum2_all";
+const std::string  kAllTokensSuffix = ".tokens_all";
 const char * const kKeyShardCount = "imx.shard.count";
 const char * const kKeyShardParts = "imx.shard.parts";
 const char * const kKeyCovTensors = "imx.in_cov.tensors";  // collect --covariance-tensors: the subset held
@@ -90,6 +95,42 @@ std::string join_commas(const std::vector<std::string> & v) {
 
 // The covariances of an imx file: "<first reader>.in_cov" F32 [block, n_cols, n_mat], and in
 // imx.in_cov.readers one comma-separated list of readers per such tensor, in tensor order.
+void decode_all_experts(const gguf::File & f, Imatrix & im, const std::string & source) {
+    std::map<std::string, const gguf::Tensor *> tokens;
+    for (const auto & t : f.tensors) {
+        std::string base = t.name;
+        if (remove_suffix(base, kAllTokensSuffix)) {
+            tokens[base] = &t;
+        }
+    }
+    for (const auto & t : f.tensors) {
+        std::string name = t.name;
+        if (!remove_suffix(name, kAllSumsSuffix)) {
+            continue;
+        }
+        const auto tk = tokens.find(name);
+        const auto ts = im.tensors.find(name);
+        if (tk == tokens.end() || tk->second->type != gguf::kGgmlTypeF64 || tk->second->nelements() != 1) {
+            throw Error(source + ": tensor " + t.name + " needs " + name + kAllTokensSuffix + ", F64 [1]");
+        }
+        const int64_t n_rows = t.ne.size() > 1 ? t.ne[1] : 1;
+        if ((t.type != gguf::kGgmlTypeF64 && t.type != gguf::kGgmlTypeF32) || t.ne.empty() || ts == im.tensors.end() ||
+            t.ne[0] != ts->second.n_cols() ||
+            (n_rows != 1 && n_rows != ts->second.n_mat()) || t.nelements() != t.ne[0] * n_rows) {
+            throw Error(source + ": tensor " + t.name + " must be F32 or F64 [n_cols, 1 or n_expert] of a tensor in the "
+                        "file");
+        }
+        const double n = tk->second->data64[0];
+        if (!(n >= 1) || n != std::nearbyint(n)) {
+            throw Error(source + ": tensor " + tk->second->name + " is not a whole number of tokens");
+        }
+        AllExpertStats a{t.type == gguf::kGgmlTypeF64 ? t.data64 : std::vector<double>(t.data.begin(), t.data.end()),
+                         n_rows, (int64_t) n};
+        check_sums(a.sums, source, t.name);
+        im.all_experts.emplace(name, std::move(a));
+    }
+}
+
 void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & source) {
     const gguf::Value * readers = f.find(kKeyCovReaders);
     std::vector<const gguf::Tensor *> tensors;
@@ -282,6 +323,7 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
         throw Error(source + ": imatrix file holds no tensors");
     }
     decode_covariances(f, im, source);
+    decode_all_experts(f, im, source);
     return im;
 }
 
@@ -422,6 +464,18 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
             e.data64 = ts.sums;
             f.tensors.push_back(std::move(e));
         }
+    }
+    for (const auto & [name, a] : im.all_experts) {
+        gguf::Tensor sums{name + kAllSumsSuffix, {a.n_cols(), a.n_rows}, {}, {}};
+        if (part) {
+            sums.type = gguf::kGgmlTypeF64;
+            sums.data64 = a.sums;
+        } else {
+            sums.data.assign(a.sums.begin(), a.sums.end());
+        }
+        gguf::Tensor tokens{name + kAllTokensSuffix, {1}, {}, {(double) a.tokens}, gguf::kGgmlTypeF64};
+        f.tensors.push_back(std::move(sums));
+        f.tensors.push_back(std::move(tokens));
     }
     if (!im.covariances.empty()) {
         std::vector<const Covariance *> sorted;

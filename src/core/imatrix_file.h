@@ -8,7 +8,8 @@
 //   Values are raw sums (not means) so that files merge exactly; counts are exact integers below 2^24.
 //   imx extension (collect --covariance), after those and ignored by upstream: "<name>.in_cov" F32
 //   [block, n_cols, n_mat] per shared input (core/covariance.h), and imatrix KV imx.in_cov.readers: [string],
-//   the comma-separated weights that read each, in tensor order.
+//   the comma-separated weights that read each, in tensor order. collect --all-experts adds, per expert
+//   tensor, "<name>.in_sum2_all" F32 (F64 in shards) [n_cols, 1 or n_expert] and "<name>.tokens_all" F64 [1] (AllExpertStats).
 //
 // Legacy imatrix.dat (upstream before #9400, still read and written by it), little-endian:
 //   i32 n_entries

@@ -12,7 +12,8 @@ PriorTarget parse_prior_target(const std::string & name) {
     if (name == "mean") return PriorTarget::mean;
     if (name == "geomean") return PriorTarget::geomean;
     if (name == "hier") return PriorTarget::hier;
-    throw Error("unknown prior target '" + name + "' (one of: one, mean, geomean, hier)");
+    if (name == "all-experts") return PriorTarget::all_experts;
+    throw Error("unknown prior target '" + name + "' (one of: one, mean, geomean, hier, all-experts)");
 }
 
 const char * prior_target_name(PriorTarget t) {
@@ -21,6 +22,7 @@ const char * prior_target_name(PriorTarget t) {
         case PriorTarget::mean: return "mean";
         case PriorTarget::geomean: return "geomean";
         case PriorTarget::hier: return "hier";
+        case PriorTarget::all_experts: return "all-experts";
     }
     return "?";
 }
@@ -51,7 +53,7 @@ TensorStats split_legacy(const TensorStats & t, int64_t n_mat) {
 
 }  // namespace
 
-std::vector<float> quant_weights(const TensorStats & t, const Prior & prior) {
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, const AllExpertStats * all) {
     const std::vector<int64_t> counts = counts_per_matrix(t);
     const int64_t n_cols = counts.empty() ? 0 : (int64_t) t.sums.size() / (int64_t) counts.size();
     const int64_t n_rows = (int64_t) counts.size();
@@ -68,7 +70,10 @@ std::vector<float> quant_weights(const TensorStats & t, const Prior & prior) {
     }
 
     std::vector<double> target(n_cols, 1.0);
-    if (pooled_count > 0 && prior.target == PriorTarget::mean) {
+    const bool per_expert = prior.target == PriorTarget::all_experts && all && all->n_cols() == n_cols &&
+                            all->tokens > 0 && (all->n_rows == 1 || all->n_rows == n_rows);
+    if (pooled_count > 0 && (prior.target == PriorTarget::mean ||
+                             (prior.target == PriorTarget::all_experts && !per_expert))) {
         double s = 0;
         for (double v : pooled_sum) s += v / (double) pooled_count;
         target.assign(n_cols, s / (double) n_cols);
@@ -92,6 +97,11 @@ std::vector<float> quant_weights(const TensorStats & t, const Prior & prior) {
     std::vector<float> w(t.sums.size());
     for (int64_t m = 0; m < n_rows; ++m) {
         const int64_t n = counts[m];
+        if (per_expert) {
+            for (int64_t j = 0; j < n_cols; ++j) {
+                target[j] = all->mean(m, j);
+            }
+        }
         for (int64_t j = 0; j < n_cols; ++j) {
             const size_t i = (size_t) (m * n_cols + j);
             if (n == 0) {
@@ -127,7 +137,9 @@ QuantWeights quant_weights(const Imatrix & im, const Prior & prior, const ModelS
             out.n_unseen += c == 0;
         }
         const auto chosen = per_tensor ? per_tensor->find(name) : std::map<std::string, Prior>::const_iterator{};
-        std::vector<float> w = quant_weights(*t, per_tensor && chosen != per_tensor->end() ? chosen->second : prior);
+        const auto all = im.all_experts.find(name);
+        std::vector<float> w = quant_weights(*t, per_tensor && chosen != per_tensor->end() ? chosen->second : prior,
+                                             all == im.all_experts.end() ? nullptr : &all->second);
         out.n_zero_groups += floor_zero_groups(w, t->n_cols(), counts);
         out.tensors.emplace(name, std::move(w));
     }

@@ -8,6 +8,9 @@
 //     geomean  p = the geometric mean of the tensor's pooled column weights
 //     hier     p[j] = (Σ_m Σx²[m][j] + W) / (Σ_m count[m] + W): an expert leans on all experts of the tensor,
 //              which lean on 1 (for a single matrix this is `one`)
+//     all-experts  p[m][j] = Σx² of matrix m's input over every token / tokens (collect --all-experts): what
+//              expert m would have seen had every token been routed to it; tensors without those statistics
+//              (attention, dense FFN, whose counts are all tokens anyway) fall back to `mean`
 // W = 0 gives upstream llama-quantize's weights exactly (same float division). A matrix with count 0 gets the
 // target p: an expert that saw no token is quantized neutrally instead of to zeros.
 #pragma once
@@ -22,7 +25,7 @@
 
 namespace imx {
 
-enum class PriorTarget { one, mean, geomean, hier };
+enum class PriorTarget { one, mean, geomean, hier, all_experts };
 
 PriorTarget parse_prior_target(const std::string & name);  // throws Error for an unknown name
 const char * prior_target_name(PriorTarget t);
@@ -34,7 +37,8 @@ struct Prior {
 
 // Weights of one tensor, n_mat × n_cols floats in the tensor's matrix order (what llama_model_quantize takes).
 // A single count shared by several matrices (dense 3-D weights) applies to each of them.
-std::vector<float> quant_weights(const TensorStats & t, const Prior & prior);
+// `all`: the tensor's all-experts statistics, for the all-experts target (null: none collected).
+std::vector<float> quant_weights(const TensorStats & t, const Prior & prior, const AllExpertStats * all = nullptr);
 
 struct QuantWeights {
     std::map<std::string, std::vector<float>> tensors;

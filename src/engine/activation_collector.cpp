@@ -63,6 +63,9 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
     if (same_input_as_last(t)) {
         apply(name);  // a non-finite contribution already stopped the run at its first use
         last_collected_ = name;
+        if (last_all_experts_input_) {
+            add_all_experts_row(name, all_experts_->input_sums(), 1);
+        }
         if (last_covariance_ >= 0) {
             auto & readers = data_.covariances[last_covariance_].readers;
             if (std::find(readers.begin(), readers.end(), name) == readers.end()) {
@@ -118,6 +121,17 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
     bool ok = apply(name);
     last_collected_ = name;
     last_covariance_ = -1;
+    last_all_experts_input_ = false;
+    if (ok && all_experts_ && t->op == GGML_OP_MUL_MAT_ID) {
+        // down reads what the experts made of the layer's input; gate, up (or a merged gate_up) read that input
+        const bool down = name.find("ffn_down_exps") != std::string::npos;
+        try {
+            ok = add_all_experts(t, name, down ? nullptr : host_data());
+        } catch (const std::exception & e) {  // not through llama_decode: stop the graph, report after it
+            error_ = e.what();
+            ok = false;
+        }
+    }
     if (ok && covariance_budget_ > 0) {
         add_covariance(t, name, host_data());
     }
@@ -350,6 +364,37 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         c.add(e, rows_.data(), n_rows, n_cols);
         c.counts[e] += n_rows;
     }
+}
+
+bool ActivationCollector::add_all_experts(const ggml_tensor * t, const std::string & name, const char * data) {
+    if (data) {  // gate/up
+        all_experts_->keep_input(t, data);
+        add_all_experts_row(name, all_experts_->input_sums(), 1);
+        last_all_experts_input_ = true;
+        return true;
+    }
+    all_experts_->down_sums(t, all_down_);
+    const int64_t n_expert = t->src[0]->ne[2], n_cols = t->src[0]->ne[0];
+    for (int64_t e = 0; e < n_expert; ++e) {
+        if (!all_finite(all_down_.data() + e * n_cols, n_cols)) {
+            return fail(name + " (all experts)", e, true, tokens_this_batch_[name] - all_experts_->tokens());
+        }
+    }
+    add_all_experts_row(name, all_down_, n_expert);
+    return true;
+}
+
+void ActivationCollector::add_all_experts_row(const std::string & name, const std::vector<double> & sums,
+                                              int64_t n_rows) {
+    AllExpertStats & a = data_.all_experts[name];
+    if (a.sums.empty()) {
+        a.sums.assign(sums.size(), 0.0);
+        a.n_rows = n_rows;
+    }
+    for (size_t i = 0; i < sums.size(); ++i) {
+        a.sums[i] += sums[i];
+    }
+    a.tokens += all_experts_->tokens();
 }
 
 bool ActivationCollector::fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before) {

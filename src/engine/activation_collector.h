@@ -18,11 +18,14 @@
 // diagonal blocks of 256, then none. Per-head 3-D weights (attn_k_b) get none: their encoder stays diagonal.
 #pragma once
 
+#include "all_experts_pass.h"
+#include "backend_pool.h"
 #include "core/imatrix.h"
 #include "device_sums.h"
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
@@ -40,7 +43,7 @@ public:
     ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads,
                         uint64_t covariance_budget = 0, bool covariance_blocks_only = false,
                         bool covariance_pool_experts = false)
-        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), device_(cpu_threads),
+        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), pool_(cpu_threads), device_(pool_),
           covariance_budget_(covariance_budget),
           covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
 
@@ -49,6 +52,8 @@ public:
 
     // Also the output head (output.weight; llama-imatrix --process-output). Off: the pass stops before it.
     void collect_output_head(bool on) { process_output_ = on; }
+    // Also each expert's inputs over every token, beside the routed ones (--all-experts, AllExpertsPass).
+    void collect_all_experts(bool on) { all_experts_ = on ? std::make_unique<AllExpertsPass>(pool_) : nullptr; }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
     void covariance_tensors(const std::string & regex) {
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
@@ -59,6 +64,7 @@ public:
         tokens_this_batch_.clear();
         last_ = {};  // tensors of the next graph may reuse this one's addresses
         last_covariance_ = -1;
+        last_all_experts_input_ = false;
         if (!last_collected_.empty()) {
             final_weight_ = last_collected_;
         }
@@ -106,10 +112,15 @@ private:
     // XᵀX of the input of weight `name` (host data); sets last_covariance_.
     void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
     int covariance_index(const ggml_tensor * t, const std::string & name);
+    // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
+    // host memory, null for down); false if non-finite.
+    bool add_all_experts(const ggml_tensor * t, const std::string & name, const char * data);
+    void add_all_experts_row(const std::string & name, const std::vector<double> & sums, int64_t n_rows);
 
     uint32_t                       chunk_size_;
     bool                           force_device_;
     bool                           force_host_;
+    BackendPool                    pool_;
     DeviceSums                     device_;
     std::vector<float>             device_out_;
     Contribution                   delta_;
@@ -136,6 +147,9 @@ private:
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input
     std::vector<float>             rows_;                 // one matrix's input rows, gathered (experts, heads)
+    std::unique_ptr<AllExpertsPass> all_experts_;          // null unless --all-experts
+    bool                           last_all_experts_input_ = false;  // the last input was an expert gate/up's
+    std::vector<double>            all_down_;
 };
 
 }  // namespace imx::engine

@@ -39,6 +39,7 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
            (o.shard_count ? " shard=" + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) : "") +
            " experts_used=" + std::to_string(o.experts_used) + (o.process_output ? " output" : "") +
+           (o.all_experts ? " all_experts" : "") +
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
                                       (o.covariance_blocks ? " blocks" : "") +
                                       (o.covariance_pool_experts ? " pooled" : "") +
@@ -91,6 +92,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
                                   o.covariance_blocks, o.covariance_pool_experts);
     collector.collect_output_head(o.process_output);
+    collector.collect_all_experts(o.all_experts);
     collector.covariance_tensors(o.covariance_tensors);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);

@@ -41,6 +41,7 @@ struct CollectOptions {
     bool        covariance_blocks = false;  // --covariance-blocks: 256-column blocks wherever possible
     bool        covariance_pool_experts = false;  // --covariance-pooled-experts: one XᵀX per expert input
     std::string covariance_tensors;       // --covariance-tensors: only inputs whose first reader matches
+    bool        all_experts = false;      // --all-experts: every expert's inputs over all tokens too (AllExpertsPass)
     bool        process_output = false;   // --process-output: also the output head (output.weight), as upstream
     int         flash_attn = -1;          // -fa: -1 auto, 0 off, 1 on (llama.cpp's llama_flash_attn_type)
     std::vector<std::string> rpc_servers;  // --rpc: HOST:PORT of rpc-server processes that take layers (-ngl)

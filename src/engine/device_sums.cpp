@@ -2,82 +2,25 @@
 
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
-#include "ggml-cpu.h"
 #include "ggml.h"
 
 #include <stdexcept>
 
 namespace imx::engine {
 
-namespace {
-
-// A graph context for one computation: tensors' metadata only, data lives in backend buffers.
-struct GraphCtx {
-    ggml_context * ctx;
-    explicit GraphCtx(size_t n_nodes = 16) {
-        ggml_init_params p{ggml_tensor_overhead() * (n_nodes + 8) + ggml_graph_overhead_custom(n_nodes, false),
-                           nullptr, true};
-        ctx = ggml_init(p);
-    }
-    ~GraphCtx() { ggml_free(ctx); }
-};
-
-// A tensor of our graph that reads the activations where they are (no copy).
-ggml_tensor * alias(ggml_context * ctx, const ggml_tensor * x) {
-    ggml_tensor * a = ggml_new_tensor(ctx, x->type, GGML_MAX_DIMS, x->ne);
-    for (int i = 0; i < GGML_MAX_DIMS; ++i) {
-        a->nb[i] = x->nb[i];
-    }
-    if (ggml_backend_tensor_alloc(x->buffer, a, x->data) != GGML_STATUS_SUCCESS) {
-        throw std::runtime_error("device sums: cannot alias the activations");
-    }
-    return a;
-}
-
-}  // namespace
-
-DeviceSums::~DeviceSums() {
-    for (auto & [b, a] : allocators_) {
-        ggml_gallocr_free(a);
-    }
-    for (auto & [dev, b] : backends_) {
-        ggml_backend_free(b);
-    }
-}
-
-ggml_backend * DeviceSums::backend_for(const ggml_tensor * x) {
-    ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(x->buffer));
-    if (!dev || ggml_backend_buffer_is_host(x->buffer)) {
-        dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);  // host memory (no device of its own)
-    }
-    auto it = backends_.find(dev);
-    if (it == backends_.end()) {
-        ggml_backend * b = ggml_backend_dev_init(dev, nullptr);
-        if (!b) {
-            throw std::runtime_error("device sums: cannot open the device");
-        }
-        if (ggml_backend_is_cpu(b)) {
-            ggml_backend_cpu_set_n_threads(b, cpu_threads_);
-        }
-        it = backends_.emplace(dev, b).first;
-        allocators_[b] = ggml_gallocr_new(ggml_backend_get_default_buffer_type(b));
-    }
-    return it->second;
-}
-
 bool DeviceSums::dense(const ggml_tensor * x, std::vector<float> & out) {
     if (x->ne[3] != 1) {
         return false;
     }
-    ggml_backend * b = backend_for(x);
-    GraphCtx g;
+    ggml_backend * b = pool_.backend_for(x);
+    GraphContext g;
     ggml_tensor * in = alias(g.ctx, x);
     ggml_tensor * sq = ggml_sqr(g.ctx, ggml_is_contiguous(in) ? in : ggml_cont(g.ctx, in));
     // [cols, tokens, heads] → [tokens, cols, heads], then sum each row: Σ_t x² per column and head
     ggml_tensor * s = ggml_sum_rows(g.ctx, ggml_cont(g.ctx, ggml_permute(g.ctx, sq, 1, 0, 2, 3)));
     ggml_cgraph * gf = ggml_new_graph_custom(g.ctx, 16, false);
     ggml_build_forward_expand(gf, s);
-    if (!ggml_gallocr_alloc_graph(allocators_[b], gf) || ggml_backend_graph_compute(b, gf) != GGML_STATUS_SUCCESS) {
+    if (!ggml_gallocr_alloc_graph(pool_.allocator(b), gf) || ggml_backend_graph_compute(b, gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("device sums: graph failed");
     }
     out.resize(ggml_nelements(s));
@@ -111,8 +54,8 @@ bool DeviceSums::experts(const ggml_tensor * x, const std::vector<int32_t> & ids
     if (order.empty()) {
         return true;
     }
-    ggml_backend * b = backend_for(x);
-    GraphCtx g(8 + 2 * n_expert);
+    ggml_backend * b = pool_.backend_for(x);
+    GraphContext g(8 + 2 * n_expert);
     ggml_tensor * in = alias(g.ctx, x);
     ggml_tensor * idx = ggml_new_tensor_1d(g.ctx, GGML_TYPE_I32, (int64_t) order.size());
     ggml_set_input(idx);
@@ -132,7 +75,7 @@ bool DeviceSums::experts(const ggml_tensor * x, const std::vector<int32_t> & ids
         sums[e] = ggml_sum_rows(g.ctx, seg);  // [1, cols]
         ggml_build_forward_expand(gf, sums[e]);
     }
-    if (!ggml_gallocr_alloc_graph(allocators_[b], gf)) {
+    if (!ggml_gallocr_alloc_graph(pool_.allocator(b), gf)) {
         throw std::runtime_error("device sums: allocation failed");
     }
     ggml_backend_tensor_set(idx, order.data(), 0, order.size() * sizeof(int32_t));

@@ -12,22 +12,18 @@
 // The same code runs on the CPU backend (imx collect --device-sums), which is how CI tests this path.
 #pragma once
 
+#include "backend_pool.h"
+
 #include <cstdint>
-#include <map>
 #include <vector>
 
 struct ggml_tensor;
-struct ggml_backend;
-struct ggml_gallocr;
 
 namespace imx::engine {
 
 class DeviceSums {
 public:
-    explicit DeviceSums(int cpu_threads) : cpu_threads_(cpu_threads) {}
-    ~DeviceSums();
-    DeviceSums(const DeviceSums &) = delete;
-    DeviceSums & operator=(const DeviceSums &) = delete;
+    explicit DeviceSums(BackendPool & pool) : pool_(pool) {}
 
     // Σ over rows of x² per column and slice: returns cols × ne2 values (slice-major). False: not supported
     // (4-D input), the caller falls back to the host path.
@@ -38,11 +34,7 @@ public:
                  std::vector<float> & out);
 
 private:
-    ggml_backend * backend_for(const ggml_tensor * x);
-
-    int                                   cpu_threads_;
-    std::map<const void *, ggml_backend *> backends_;  // per device
-    std::map<ggml_backend *, ggml_gallocr *> allocators_;
+    BackendPool & pool_;
 };
 
 }  // namespace imx::engine
