@@ -267,6 +267,15 @@ TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {
         }
     }
     EXPECT_EQ(whole.dense(0), std::vector<double>((size_t) (n * n), 0.0));  // other matrices untouched
+    // add() keeps the upper triangles; symmetrize() makes the stored values the whole matrix
+    whole.symmetrize();
+    EXPECT_EQ(std::vector<double>(whole.values.begin() + n * n, whole.values.end()), a);
+    blocks.symmetrize();
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t k = 0; k < 256; ++k) {
+            ASSERT_EQ(blocks.values[(n + i) * 256 + k], b[i * n + i / 256 * 256 + k]) << i << "," << k;
+        }
+    }
 }
 
 }  // namespace

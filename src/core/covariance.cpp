@@ -16,8 +16,8 @@ std::vector<double> Covariance::dense(int64_t m) const {
     const double * v = values.data() + m * n_cols * block;
     for (int64_t i = 0; i < n_cols; ++i) {
         const int64_t s = block_start(i);
-        for (int64_t k = 0; k < block; ++k) {
-            h[i * n_cols + s + k] = v[i * block + k];
+        for (int64_t j = i; j < s + block; ++j) {  // the upper triangle, which add() keeps current
+            h[i * n_cols + j] = h[j * n_cols + i] = v[i * block + (j - s)];
         }
     }
     return h;
@@ -46,13 +46,22 @@ void Covariance::add(int64_t m, const float * rows, int64_t n_rows, int64_t row_
                 }
             }
         }
-        // mirror the block's upper triangle, in tiles (cache-friendly): H(j, i) = H(i, j)
-        constexpr int64_t kTile = 64;
-        for (int64_t ti = s; ti < end; ti += kTile) {
-            for (int64_t tj = ti; tj < end; tj += kTile) {
-                for (int64_t i = ti; i < std::min(ti + kTile, end); ++i) {
-                    for (int64_t j = std::max(tj, i + 1); j < std::min(tj + kTile, end); ++j) {
-                        v[j * block + (i - s)] = v[i * block + (j - s)];
+    }
+}
+
+void Covariance::symmetrize() {
+    // H(j, i) = H(i, j) below each block's diagonal, in tiles (cache-friendly)
+    constexpr int64_t kTile = 64;
+    for (int64_t m = 0; m < n_mat; ++m) {
+        double * v = values.data() + m * n_cols * block;
+        for (int64_t s = 0; s < n_cols; s += block) {
+            const int64_t end = s + block;
+            for (int64_t ti = s; ti < end; ti += kTile) {
+                for (int64_t tj = ti; tj < end; tj += kTile) {
+                    for (int64_t i = ti; i < std::min(ti + kTile, end); ++i) {
+                        for (int64_t j = std::max(tj, i + 1); j < std::min(tj + kTile, end); ++j) {
+                            v[j * block + (i - s)] = v[i * block + (j - s)];
+                        }
                     }
                 }
             }

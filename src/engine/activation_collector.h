@@ -69,8 +69,14 @@ public:
             final_weight_ = last_collected_;
         }
     }
-    // Tensors and counts so far; after a resume, the checkpoint's.
-    Imatrix & data() { return data_; }
+    // Tensors and counts so far; after a resume, the checkpoint's. Covariances are made whole here: during the
+    // pass only their upper triangles are kept current (Covariance::add).
+    Imatrix & data() {
+        for (Covariance & c : data_.covariances) {
+            c.symmetrize();
+        }
+        return data_;
+    }
     // Non-empty once a non-finite activation was seen; the forward pass is stopped at that point.
     const std::string & error() const { return error_; }
     // Bytes of matmul inputs that lived on a device (GPU, RPC server), and the bytes read back from there:
