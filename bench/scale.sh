@@ -83,6 +83,27 @@ for shape in $shapes; do
   done
   grep -h "^covariance:" "$tmp/$shape-1-cov.log" | sed 's/^/covariance (1 layer): /' || true
 
+  # Steady state: what one more chunk costs once a run is under way (a real imatrix run has 100-200 chunks,
+  # where the per-layer costs paid once — allocating the accumulators, writing the file — fade). The 1-layer
+  # model over 3N chunks against N: per chunk = (t(3N) − t(N)) / 2N.
+  m=$tmp/$shape-1.gguf; n3=$((3 * chunks))
+  three=(-m "$m" -f "$text" -c 512 --chunks "$n3" -t "$threads")
+  measure "$shape-1-ppl1-3x" "$build/upstream/llama-perplexity" "${three[@]}" -b 512
+  measure "$shape-1-collect-3x" "$build/imx" collect "${three[@]}" -o "$tmp/$shape-3x-im.gguf"
+  measure "$shape-1-cov-3x" "$build/imx" collect "${three[@]}" -o "$tmp/$shape-3x-cov.gguf" --covariance
+  echo
+  echo "## $shape: steady state (1-layer model, per chunk from $chunks and $n3 chunks)"
+  echo
+  echo "| step | per chunk s | / llama-perplexity -b 512 | / imx collect | paid once (1 layer) s |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  per() { awk -v a="$(wall "$shape-1-$1")" -v b="$(wall "$shape-1-$1-3x")" -v n="$chunks" 'BEGIN { printf "%.4f", (b - a) / (2 * n) }'; }
+  pp=$(per ppl1); pc=$(per collect)
+  for step in ppl1:"llama-perplexity -b 512" collect:"imx collect" cov:"imx collect --covariance"; do
+    key=${step%%:*}; label=${step#*:}; x=$(per "$key")
+    awk -v l="$label" -v x="$x" -v pp="$pp" -v pc="$pc" -v a="$(wall "$shape-1-$key")" -v n="$chunks" \
+      'BEGIN { printf "| %s | %.3f | %.2f | %.2f | %.1f |\n", l, x, x / pp, x / pc, a - n * x }'
+  done
+
   [ "$quantize" = 1 ] || continue
   echo
   echo "## $shape: quantization of the 1-layer model (imatrix with covariance from imx collect --covariance)"

@@ -98,3 +98,25 @@ TEST(GgufFile, RejectsBadMagicAndVersion) {
     bytes[4] = 1;
     EXPECT_THROW(gguf::parse(bytes, "v.gguf"), Error);
 }
+
+// Large tensors are written from doubles without a float copy (rounded_from), in pieces: the same bytes.
+TEST(GgufFile, PiecewiseWritingFromDoublesGivesTheSameBytes) {
+    std::vector<double> values(200000);
+    for (size_t i = 0; i < values.size(); ++i) {
+        values[i] = 1.0 / (double) (i + 3);
+    }
+    gguf::File copied, pointed;
+    copied.tensors.push_back({"a.in_cov", {500, 400}, std::vector<float>(values.begin(), values.end()), {}});
+    copied.tensors.push_back({"b.counts", {3}, {1, 2, 3}, {}});
+    pointed = copied;
+    pointed.tensors[0].data.clear();
+    pointed.tensors[0].rounded_from = &values;
+    std::vector<uint8_t> pieces;
+    size_t n_pieces = 0;
+    gguf::serialize(pointed, [&](std::span<const uint8_t> p) {
+        pieces.insert(pieces.end(), p.begin(), p.end());
+        ++n_pieces;
+    });
+    EXPECT_EQ(pieces, gguf::serialize(copied));
+    EXPECT_GT(n_pieces, 3u);
+}

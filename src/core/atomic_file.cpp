@@ -41,27 +41,48 @@ void write_text_atomic(const std::string & path, std::string_view text) {
     write_file_atomic(path, {reinterpret_cast<const uint8_t *>(text.data()), text.size()});
 }
 
-void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes) {
-    const TemporaryFile tmp(temporary_path(path));
-    const int fd = ::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(std::make_unique<TemporaryFile>(temporary_path(path_))) {
+    fd_ = ::open(tmp_->path().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd_ < 0) {
+        throw Error(path_ + ": cannot create (" + std::strerror(errno) + ")");
     }
+}
+
+AtomicFile::~AtomicFile() {
+    if (fd_ >= 0) {  // not committed
+        ::close(fd_);
+        std::remove(tmp_->path().c_str());
+    }
+}
+
+void AtomicFile::write(std::span<const uint8_t> bytes) {
     size_t done = 0;
-    bool ok = true;
-    while (ok && done < bytes.size()) {
-        const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-        ok = w > 0;
-        done += ok ? (size_t) w : 0;
+    while (done < bytes.size()) {
+        const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
+        if (w <= 0) {
+            throw Error(path_ + ": cannot write (" + std::strerror(errno) + ")");
+        }
+        done += (size_t) w;
     }
-    const int err = errno;
-    ok = ok && ::fsync(fd) == 0;
-    ok = (::close(fd) == 0) && ok;
-    if (!ok || std::rename(tmp.path().c_str(), path.c_str()) != 0) {
+}
+
+void AtomicFile::commit() {
+    bool ok = ::fsync(fd_) == 0;
+    int err = errno;
+    ok = (::close(fd_) == 0) && ok;
+    err = ok ? 0 : (err ? err : errno);
+    fd_ = -1;
+    if (!ok || std::rename(tmp_->path().c_str(), path_.c_str()) != 0) {
         const int e = ok ? errno : err;
-        std::remove(tmp.path().c_str());
-        throw Error(path + ": cannot write (" + std::strerror(e) + ")");
+        std::remove(tmp_->path().c_str());
+        throw Error(path_ + ": cannot write (" + std::strerror(e) + ")");
     }
+}
+
+void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes) {
+    AtomicFile f(path);
+    f.write(bytes);
+    f.commit();
 }
 
 std::vector<std::string> prepare_output(const std::string & path) {

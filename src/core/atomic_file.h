@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -9,12 +10,30 @@
 
 namespace imx {
 
+class TemporaryFile;
+
 std::vector<uint8_t> read_file(const std::string & path);
 
 // Writes to a temporary file beside `path`, flushes it to disk, then renames it over `path`. Readers see the
 // old file or the new one, never a mix; on any failure the temporary file is removed and Error is thrown.
 // While it exists, the temporary file is removed by an interrupt (core/interrupt.h).
 void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes);
+// The same, written piece by piece (files too large to build in memory first): write() each piece, then
+// commit(). Destroyed without commit() (an exception on the way), the temporary file is removed.
+class AtomicFile {
+public:
+    explicit AtomicFile(std::string path);
+    ~AtomicFile();
+    AtomicFile(const AtomicFile &) = delete;
+    AtomicFile & operator=(const AtomicFile &) = delete;
+    void write(std::span<const uint8_t> bytes);
+    void commit();
+
+private:
+    std::string                    path_;
+    std::unique_ptr<TemporaryFile> tmp_;
+    int                            fd_ = -1;
+};
 // The same for text (reports, JSON, recipes).
 void write_text_atomic(const std::string & path, std::string_view text);
 

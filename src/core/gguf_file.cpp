@@ -2,6 +2,7 @@
 
 #include "error.h"
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 
@@ -253,11 +254,13 @@ File parse(std::span<const uint8_t> bytes, const std::string & source) {
 
 namespace {
 
-size_t data_bytes(const Tensor & t) { return t.type == kGgmlTypeF64 ? t.data64.size() * 8 : t.data.size() * 4; }
+size_t data_bytes(const Tensor & t) {
+    return t.type == kGgmlTypeF64 ? t.data64.size() * 8 : (t.rounded_from ? t.rounded_from->size() : t.data.size()) * 4;
+}
 
 }  // namespace
 
-std::vector<uint8_t> serialize(const File & file) {
+void serialize(const File & file, const std::function<void(std::span<const uint8_t>)> & sink) {
     Writer w;
     w.out.insert(w.out.end(), {'G', 'G', 'U', 'F'});
     w.put<uint32_t>(file.version);
@@ -297,13 +300,31 @@ std::vector<uint8_t> serialize(const File & file) {
         offset += (data_bytes(t) + alignment - 1) / alignment * alignment;
     }
     w.pad(alignment);
+    sink(w.out);
+    const std::vector<uint8_t> zeros(alignment, 0);
+    std::vector<float> rounded;
     for (const auto & t : file.tensors) {
-        const auto * p = t.type == kGgmlTypeF64 ? reinterpret_cast<const uint8_t *>(t.data64.data())
-                                                : reinterpret_cast<const uint8_t *>(t.data.data());
-        w.out.insert(w.out.end(), p, p + data_bytes(t));
-        w.pad(alignment);
+        if (t.rounded_from) {
+            constexpr size_t kPiece = size_t{1} << 16;
+            const std::vector<double> & v = *t.rounded_from;
+            for (size_t i = 0; i < v.size(); i += kPiece) {
+                rounded.assign(v.begin() + (std::ptrdiff_t) i, v.begin() + (std::ptrdiff_t) std::min(v.size(), i + kPiece));
+                sink({reinterpret_cast<const uint8_t *>(rounded.data()), rounded.size() * 4});
+            }
+        } else {
+            const auto * p = t.type == kGgmlTypeF64 ? reinterpret_cast<const uint8_t *>(t.data64.data())
+                                                    : reinterpret_cast<const uint8_t *>(t.data.data());
+            sink({p, data_bytes(t)});
+        }
+        const size_t n = data_bytes(t);
+        sink({zeros.data(), (n + alignment - 1) / alignment * alignment - n});
     }
-    return std::move(w.out);
+}
+
+std::vector<uint8_t> serialize(const File & file) {
+    std::vector<uint8_t> out;
+    serialize(file, [&](std::span<const uint8_t> piece) { out.insert(out.end(), piece.begin(), piece.end()); });
+    return out;
 }
 
 Value make_string(const std::string & s) {

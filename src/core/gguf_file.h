@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -50,6 +51,9 @@ struct Tensor {
     std::vector<float>   data;    // F32 tensors
     std::vector<double>  data64;  // F64 tensors; other types are listed, their data left unread
     uint32_t             type = kGgmlTypeF32;
+    // Writing only: an F32 tensor whose values are these doubles, rounded to float as they are written, so
+    // that a large tensor (a covariance: 1 GB per 8B layer) needs no float copy in memory.
+    const std::vector<double> * rounded_from = nullptr;
     int64_t nelements() const;
 };
 
@@ -66,6 +70,8 @@ File parse(std::span<const uint8_t> bytes, const std::string & source);
 
 // Serialises exactly as ggml's gguf_write_to_file would for the same KVs and tensors.
 std::vector<uint8_t> serialize(const File & file);
+// The same bytes, handed to `sink` piece by piece (header, then each tensor's data in bounded pieces).
+void serialize(const File & file, const std::function<void(std::span<const uint8_t>)> & sink);
 
 // Builders for the values imatrix files use.
 Value make_string(const std::string & s);

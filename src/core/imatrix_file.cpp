@@ -424,7 +424,10 @@ Imatrix decode_imatrix(std::span<const uint8_t> bytes, const std::string & sourc
     return decode_legacy(bytes, source, legacy_chunk_size);
 }
 
-std::vector<uint8_t> encode_gguf(const Imatrix & im) {
+namespace {
+
+// The GGUF of an imatrix; large tensors (covariances) point into `im` instead of being copied.
+gguf::File imatrix_gguf(const Imatrix & im) {
     gguf::File f;
     f.kvs.push_back({kKeyType, gguf::make_string("imatrix")});
     f.kvs.push_back({kKeyDatasets, gguf::make_string_array(im.meta.datasets)});
@@ -491,7 +494,7 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
                 t.type = gguf::kGgmlTypeF64;
                 t.data64 = c->values;
             } else {
-                t.data.assign(c->values.begin(), c->values.end());
+                t.rounded_from = &c->values;
             }
             f.tensors.push_back(std::move(t));
         }
@@ -500,8 +503,12 @@ std::vector<uint8_t> encode_gguf(const Imatrix & im) {
     if (!im.meta.covariance_tensors.empty()) {
         f.kvs.push_back({kKeyCovTensors, gguf::make_string(im.meta.covariance_tensors)});
     }
-    return gguf::serialize(f);
+    return f;
 }
+
+}  // namespace
+
+std::vector<uint8_t> encode_gguf(const Imatrix & im) { return gguf::serialize(imatrix_gguf(im)); }
 
 std::vector<uint8_t> encode_legacy(const Imatrix & im, uint32_t fallback_chunk_size) {
     const int64_t chunk_size = im.meta.chunk_size ? im.meta.chunk_size : fallback_chunk_size;
@@ -550,8 +557,13 @@ void save_imatrix(const Imatrix & im, const std::string & path, ImatrixFormat fo
     if (format == ImatrixFormat::legacy && im.meta.shard_count > 0) {
         throw Error(path + ": holds part of a sharded run, which needs the GGUF format (its sums in double)");
     }
-    const auto bytes = format == ImatrixFormat::legacy ? encode_legacy(im) : encode_gguf(im);
-    write_file_atomic(path, bytes);
+    if (format == ImatrixFormat::legacy) {
+        write_file_atomic(path, encode_legacy(im));
+        return;
+    }
+    AtomicFile out(path);  // streamed: a covariance need not be copied (1 GB per 8B layer) to be written
+    gguf::serialize(imatrix_gguf(im), [&](std::span<const uint8_t> piece) { out.write(piece); });
+    out.commit();
 }
 
 ImatrixFormat format_from_path(const std::string & path) {
