@@ -12,7 +12,7 @@
 # The whole-model estimate is t(1) + (L − 1) × per-layer. Quantization is per tensor: L × the 1-layer run's
 # time is its (slightly high) estimate.
 #
-#   bench/scale.sh [--shapes "llama3-8b qwen3-30b-a3b"] [--chunks 8] [--threads N] [--types "Q2_K IQ2_XXS"]
+#   bench/scale.sh [--shapes "llama3-8b qwen3-30b-a3b deepseek-v3"] [--chunks 8] [--threads N] [--types "Q2_K IQ2_XXS"]
 #                  [--no-quantize]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,10 +39,13 @@ synth_args() {
   case "$1" in
     llama3-8b) echo "--arch qwen3 --embd 4096 --ff 14336 --heads 32 --kv-heads 8 --head-dim 128" ;;
     qwen3-30b-a3b) echo "--arch qwen3moe --embd 2048 --heads 32 --kv-heads 4 --head-dim 128 --experts 128 --experts-used 8 --expert-ff 768" ;;
+    # one DeepSeek-V3 MoE layer per block (MLA, 256 routed experts top-8 + 1 shared); Q4_0 weights: in F16 one
+    # such layer is 22 GB, more than a 24 GB machine can run from; collection only (quantizing needs F16)
+    deepseek-v3) echo "--arch deepseek2 --embd 7168 --heads 128 --head-dim 128 --rope-dim 64 --q-lora 1536 --kv-lora 512 --experts 256 --experts-used 8 --expert-ff 2048 --shared-experts 1 --weight-type q4_0" ;;
     *) echo "scale.sh: unknown shape $1" >&2; exit 2 ;;
   esac
 }
-model_layers() { case "$1" in llama3-8b) echo 32 ;; qwen3-30b-a3b) echo 48 ;; esac; }
+model_layers() { case "$1" in llama3-8b) echo 32 ;; qwen3-30b-a3b) echo 48 ;; deepseek-v3) echo 61 ;; esac; }
 
 # measure NAME CMD...: "wall_s peak_MiB" into $tmp/NAME.m, output into $tmp/NAME.log
 measure() {
@@ -104,7 +107,7 @@ for shape in $shapes; do
       'BEGIN { printf "| %s | %.3f | %.2f | %.2f | %.1f |\n", l, x, x / pp, x / pc, a - n * x }'
   done
 
-  [ "$quantize" = 1 ] || continue
+  [ "$quantize" = 1 ] && [ "$shape" != deepseek-v3 ] || continue
   echo
   echo "## $shape: quantization of the 1-layer model (imatrix with covariance from imx collect --covariance)"
   echo

@@ -164,7 +164,12 @@ TEST_P(SynthModels, CollectAgreesWithUpstreamOnSyntheticModel) {
     const std::string arch = GetParam();
     const std::string dir = work_dir("synth");
     const std::string model = dir + "/" + arch + ".gguf";
-    const std::string shape = arch == "qwen3moe" ? " --experts 8 --experts-used 2 --expert-ff 128" : " --ff 512";
+    // deepseek2: one dense block then one MoE block with a shared expert, MLA attention, Q8_0 weights
+    const std::string shape = arch == "qwen3moe"    ? " --experts 8 --experts-used 2 --expert-ff 128"
+                              : arch == "deepseek2" ? " --experts 8 --experts-used 2 --expert-ff 128 --q-lora 128 "
+                                                      "--kv-lora 128 --rope-dim 32 --head-dim 64 --dense-layers 1 "
+                                                      "--ff 512 --weight-type q8_0"
+                                                    : " --ff 512";
     const RunResult made = run(imx_bin() + " synth --arch " + arch + " --vocab-from " +
                                shared("models/qwen3moe-tiny.gguf") + " -o " + model +
                                " --layers 2 --embd 256 --heads 4 --kv-heads 2" + shape);
@@ -179,12 +184,13 @@ TEST_P(SynthModels, CollectAgreesWithUpstreamOnSyntheticModel) {
     const Imatrix a = load_imatrix(dir + "/" + arch + "-imx.gguf");
     const Imatrix b = load_imatrix(dir + "/" + arch + "-up.gguf");
     EXPECT_EQ(a.tensors.size(), b.tensors.size());
-    EXPECT_EQ(a.tensors.size(), arch == "qwen3moe" ? 16u : 14u);  // 7 or 8 weights per block, 2 blocks
+    // 7 or 8 weights per block, 2 blocks; deepseek2: 6 attention + 3 dense FFN, then 6 + router + 3 + 3 shared
+    EXPECT_EQ(a.tensors.size(), arch == "qwen3moe" ? 16u : arch == "deepseek2" ? 22u : 14u);
     std::string where;
     EXPECT_LT(worst_relative(a, b, where), 1e-4) << "at " << where;
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, SynthModels, ::testing::Values("qwen3", "qwen3moe"));
+INSTANTIATE_TEST_SUITE_P(Archs, SynthModels, ::testing::Values("qwen3", "qwen3moe", "deepseek2"));
 
 // A non-finite activation stops the run, naming tensor and chunk; the last checkpoint stays, no output is written.
 TEST(CollectNonFinite, StopsNamingTensorAndChunkAndKeepsTheCheckpoint) {
