@@ -144,6 +144,11 @@ TEST(AllExpertsFiles, ResumeShardsAndMergeGiveTheSameBytes) {
     ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
     EXPECT_NE(mixed.output.find("lacks all-experts statistics"), std::string::npos) << mixed.output;
     EXPECT_TRUE(load_imatrix(dir + "/ds-mixed.gguf").all_experts.empty());
+    const RunResult reversed = run(imx_bin() + " merge " + plain + " " + whole + " -o " + dir + "/ds-mixed2.gguf");
+    ASSERT_EQ(reversed.exit_code, 0) << reversed.output;
+    EXPECT_NE(reversed.output.find("the files before " + whole + " lack all-experts statistics"), std::string::npos)
+        << reversed.output;
+    EXPECT_TRUE(load_imatrix(dir + "/ds-mixed2.gguf").all_experts.empty());
 }
 
 TEST(AllExpertsQuantize, PriorUsesThemAndBadCombinationsFailInOneLine) {
