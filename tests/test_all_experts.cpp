@@ -88,6 +88,9 @@ TEST_P(AllExperts, RoutedSumsStayAndEveryTokenReachesEveryExpert) {
     }
     EXPECT_EQ(with.all_experts.size(), n_expert_tensors);
     EXPECT_GT(n_expert_tensors, 0u);
+    const RunResult shown = run(imx_bin() + " inspect " + with_file);
+    EXPECT_NE(shown.output.find("all experts: " + std::to_string(n_expert_tensors) + " expert tensors over all 1536 "
+                                "tokens"), std::string::npos) << shown.output;
     if (stem() == "qwen3moe") {  // upstream reads the file as before
         const RunResult q = run(upstream("llama-quantize") + " --imatrix " + with_file + " " +
                                 shared("models/" + model()) + " " + dir() + "/upstream-q4.gguf Q4_K_M 2");

@@ -46,6 +46,10 @@ void print_json(const Options & o, const Imatrix & im) {
         j["covariances"].push_back({{"readers", c.readers}, {"n_cols", c.n_cols}, {"block", c.block},
                                     {"n_mat", c.n_mat}});
     }
+    j["all_experts"] = nlohmann::json::array();
+    for (const auto & [name, a] : im.all_experts) {
+        j["all_experts"].push_back({{"name", name}, {"n_rows", a.n_rows}, {"tokens", a.tokens}});
+    }
     std::printf("%s\n", j.dump(2).c_str());
 }
 
@@ -75,6 +79,10 @@ void print_text(const Options & o, const Imatrix & im) {
         }
         std::printf("covariance: %zu inputs (%d whole, %zu in blocks of 256), for imx quantize --method hessian\n",
                     im.covariances.size(), whole, im.covariances.size() - whole);
+    }
+    if (!im.all_experts.empty()) {
+        std::printf("all experts: %zu expert tensors over all %lld tokens (collect --all-experts), for quantize "
+                    "--prior all-experts\n", im.all_experts.size(), (long long) im.all_experts.begin()->second.tokens);
     }
     std::printf("\n");
     std::printf("%-36s %7s %6s %12s %12s  %s\n", "tensor", "cols", "mats", "min tokens", "max tokens", "unseen");
