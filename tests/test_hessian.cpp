@@ -2,13 +2,16 @@
 // the whole matrix's, upstream reads the file, resume is exact) and quantize --method hessian (same types and
 // size as llama-quantize, loads in llama-perplexity, lower output error and KL-divergence).
 #include "core/imatrix_file.h"
+#include "engine/fixed_scale_rounding.h"
 #include "helpers.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 
 using namespace imx;
 using namespace imx::test;
@@ -267,4 +270,44 @@ TEST(CollectCovariance, PooledExpertsAreTheSumOfTheExperts) {
     EXPECT_NE(r.output.find("hessian: 12 tensors re-encoded"), std::string::npos) << tail(r.output);
     EXPECT_EQ(fs::file_size(d + "/pooled.gguf"), fs::file_size(d + "/diag.gguf"));
     EXPECT_NE(bytes_of(d + "/pooled.gguf"), bytes_of(d + "/diag.gguf"));
+}
+
+// Refinement rounds re-round Q2_K blocks under the scales they have: what is written decodes to what is
+// claimed, every value is the nearest level of its sub-block, and the scales stay as they were.
+TEST(FixedScaleRounding, Q2KValuesAreTheNearestLevelsUnderTheBlocksScales) {
+    const auto reround = engine::fixed_scale_reround(GGML_TYPE_Q2_K);
+    ASSERT_TRUE(reround);
+    EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_IQ2_XXS)) << "types without it keep calling the quantizer";
+    std::mt19937 rng(7);
+    std::normal_distribution<float> g(0, 1);
+    std::vector<float> w(256), target(256), decoded(256), check(256);
+    for (auto & x : w) {
+        x = g(rng);
+    }
+    std::vector<uint8_t> prev(ggml_type_size(GGML_TYPE_Q2_K)), bytes(prev.size());
+    ggml_quantize_chunk(GGML_TYPE_Q2_K, w.data(), prev.data(), 0, 1, 256, nullptr);
+    for (int i = 0; i < 256; ++i) {
+        target[i] = w[i] + 0.3f * g(rng);
+    }
+    reround(prev.data(), target.data(), bytes.data(), decoded.data());
+    ggml_get_type_traits(GGML_TYPE_Q2_K)->to_float(bytes.data(), check.data(), 256);
+    EXPECT_EQ(check, decoded);
+    EXPECT_TRUE(std::equal(prev.begin(), prev.begin() + 16, bytes.begin())) << "sub-block scales kept";
+    EXPECT_TRUE(std::equal(prev.end() - 4, prev.end(), bytes.end() - 4)) << "super-block scales kept";
+    // brute force: the four levels of each value's sub-block, from blocks that hold q = 0..3 everywhere
+    std::vector<float> levels(4 * 256);
+    for (int q = 0; q < 4; ++q) {
+        std::vector<uint8_t> b = prev;
+        std::fill(b.begin() + 16, b.begin() + 80, (uint8_t) (q | q << 2 | q << 4 | q << 6));
+        ggml_get_type_traits(GGML_TYPE_Q2_K)->to_float(b.data(), levels.data() + q * 256, 256);
+    }
+    for (int i = 0; i < 256; ++i) {
+        float best = levels[i];
+        for (int q = 1; q < 4; ++q) {
+            if (std::fabs(levels[q * 256 + i] - target[i]) < std::fabs(best - target[i])) {
+                best = levels[q * 256 + i];
+            }
+        }
+        EXPECT_FLOAT_EQ(std::fabs(decoded[i] - target[i]), std::fabs(best - target[i])) << "value " << i;
+    }
 }

@@ -187,7 +187,11 @@ double HessianRounder::encode_block(const float * t, int64_t s, const BlockQuant
                 sc.target[i] = sc.best_dec[i] - alpha * v / imp[i];
             }
         }
-        q.encode(sc.target.data(), imp, sc.code.data(), sc.dec.data());
+        if (round > 0 && q.reround) {
+            q.reround(out, sc.target.data(), sc.code.data(), sc.dec.data());  // `out`: the best bytes so far
+        } else {
+            q.encode(sc.target.data(), imp, sc.code.data(), sc.dec.data());
+        }
         for (int64_t i = 0; i < b; ++i) {
             sc.delta[i] = sc.dec[i] - t[s + i];
         }

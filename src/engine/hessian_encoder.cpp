@@ -1,5 +1,7 @@
 #include "hessian_encoder.h"
 
+#include "fixed_scale_rounding.h"
+
 #include "core/error.h"
 #include "core/linear_algebra.h"
 #include "tensor_file.h"
@@ -211,6 +213,9 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                     ggml_quantize_chunk(type, target, bytes, 0, 1, block, importance);
                     ggml_get_type_traits(type)->to_float(bytes, decoded, block);
                 };
+                if (!o.refine_rescale) {
+                    bq.reround = fixed_scale_reround(type);
+                }
                 std::vector<uint8_t> code(row_bytes * rows);
                 const auto t2 = std::chrono::steady_clock::now();
                 rounder->round_rows(w.data(), rows, bq, code.data(), nullptr, after.data(), threads);

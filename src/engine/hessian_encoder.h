@@ -30,6 +30,9 @@ struct HessianOptions {
     // Per-head 3-D weights (MLA attn_k_b/attn_v_b) stay diagonal unless asked: re-encoding them raised KLD on
     // deepseek3-tiny (docs/hessian.md).
     bool                   per_head = false;
+    // Refinement rounds call ggml's whole quantizer (a new scale search) instead of re-rounding under the
+    // block's scales (engine/fixed_scale_rounding.h) where that is written: slower, and measured worse.
+    bool                   refine_rescale = false;
 };
 
 struct HessianTensorReport {
