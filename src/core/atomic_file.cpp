@@ -67,15 +67,17 @@ void AtomicFile::write(std::span<const uint8_t> bytes) {
 }
 
 void AtomicFile::commit() {
-    bool ok = ::fsync(fd_) == 0;
-    int err = errno;
-    ok = (::close(fd_) == 0) && ok;
-    err = ok ? 0 : (err ? err : errno);
+    int err = ::fsync(fd_) == 0 ? 0 : errno;
+    if (::close(fd_) != 0 && err == 0) {
+        err = errno;
+    }
     fd_ = -1;
-    if (!ok || std::rename(tmp_->path().c_str(), path_.c_str()) != 0) {
-        const int e = ok ? errno : err;
+    if (err == 0 && std::rename(tmp_->path().c_str(), path_.c_str()) != 0) {
+        err = errno;
+    }
+    if (err != 0) {
         std::remove(tmp_->path().c_str());
-        throw Error(path_ + ": cannot write (" + std::strerror(e) + ")");
+        throw Error(path_ + ": cannot write (" + std::strerror(err) + ")");
     }
 }
 
