@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <string>
 
 namespace imx::engine {
@@ -25,7 +26,16 @@ struct AllExpertsPass::Replay {
     ggml_tensor *       x;    // [n_cols, 1, tokens]
     ggml_tensor *       ids;  // [group, tokens]
     const ggml_tensor * down;
+    std::map<const ggml_tensor *, ggml_tensor *> rebuilt;  // once each: a merged gate_up feeds two views
 };
+
+ggml_tensor * AllExpertsPass::replay(const ggml_tensor * node, Replay & r) {
+    auto it = r.rebuilt.find(node);
+    if (it == r.rebuilt.end()) {
+        it = r.rebuilt.emplace(node, rebuild(node, r)).first;
+    }
+    return it->second;
+}
 
 void AllExpertsPass::keep_input(const ggml_tensor * t, const char * host_data) {
     const ggml_tensor * x = t->src[1];  // [n_cols, 1 or n_used, tokens]
@@ -49,7 +59,7 @@ void AllExpertsPass::keep_input(const ggml_tensor * t, const char * host_data) {
 
 // The node again, computed for every expert of the group instead of the routed ones. Elementwise steps keep
 // their parameters (op_params copied whole: the GLU's swap flag and limits, clamp bounds, scale).
-ggml_tensor * AllExpertsPass::replay(const ggml_tensor * node, Replay & r) {
+ggml_tensor * AllExpertsPass::rebuild(const ggml_tensor * node, Replay & r) {
     ggml_context * ctx = r.ctx;
     ggml_tensor * out = nullptr;
     switch (node->op) {
@@ -111,7 +121,7 @@ void AllExpertsPass::down_sums(const ggml_tensor * down, std::vector<double> & o
         const int64_t g = std::min(group, n_expert - e0);
         GraphContext gc(64);
         Replay r{gc.ctx, ggml_new_tensor_3d(gc.ctx, GGML_TYPE_F32, n_cols_, 1, tokens_),
-                 ggml_new_tensor_2d(gc.ctx, GGML_TYPE_I32, g, tokens_), down};
+                 ggml_new_tensor_2d(gc.ctx, GGML_TYPE_I32, g, tokens_), down, {}};
         ggml_set_input(r.x);
         ggml_set_input(r.ids);
         ggml_tensor * h = replay(down->src[1], r);  // [n_ff, g, tokens]

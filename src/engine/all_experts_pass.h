@@ -40,7 +40,9 @@ public:
 
 private:
     struct Replay;
+    // The node for every expert of the group, built once per graph (replay) by rebuild.
     ggml_tensor * replay(const ggml_tensor * node, Replay & r);
+    ggml_tensor * rebuild(const ggml_tensor * node, Replay & r);
 
     BackendPool &       pool_;
     const ggml_tensor * input_ = nullptr;  // the graph's tensor the copy was taken from
