@@ -16,12 +16,11 @@ struct Options {
 
 void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source) {
     const size_t all_before = into.all_experts.size();
-    const bool joining = !into.meta.covariance_tensors.empty() && !im.meta.covariance_tensors.empty();
     const auto dropped = merge_into(into, im, source);
     if (into.all_experts.size() < all_before) {
         std::fprintf(stderr, "imx: warning: %s lacks all-experts statistics (collect --all-experts): the merged file "
                              "drops those of %zu tensors\n", source.c_str(), all_before - into.all_experts.size());
-    } else if (all_before == 0 && !im.all_experts.empty() && !joining) {
+    } else if (!im.all_experts.empty() && into.all_experts.empty()) {
         std::fprintf(stderr, "imx: warning: the files before %s lack all-experts statistics: the merged file drops "
                              "its\n", source.c_str());
     }
