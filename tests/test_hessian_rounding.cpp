@@ -166,9 +166,9 @@ std::vector<float> gaussian_rows(int64_t rows, int64_t n, std::mt19937 & rng) {
 }
 
 // All rows at once (feedback by matrix products over groups of 256 columns) against the plain per-row way:
-// the same algorithm summed in another order. Float rounding moves the toy quantizer's float scales in the
-// last bits from the second group on, and now and then tips a rounding choice, so: 9 rows in 10 within 1e-4
-// of the per-row loss, the total within 1%. n = 640 with blocks of 32: groups of 8 blocks and a partial one.
+// the same algorithm summed in another order (the rounds' triangular products by BLAS, too). Float rounding
+// moves the toy quantizer's float scales in the last bits, and now and then tips a rounding choice, so: 9 rows
+// in 10 within 1e-4 of the per-row loss, the total within 1%. n = 640 with blocks of 32: groups of 8 blocks and a partial one.
 TEST(HessianRounding, AllRowsAtOnceEqualRowByRow) {
     std::mt19937 rng(5);
     const int64_t n = 640, block = 32, rows = 48;
@@ -189,9 +189,6 @@ TEST(HessianRounding, AllRowsAtOnceEqualRowByRow) {
         total_batched += loss_batched[i];
         total_single += l;
         close_rows += std::fabs(loss_batched[i] - l) <= 1e-4 * l;
-        // the first group is computed the same way in both: the same bytes
-        EXPECT_TRUE(std::equal(batched.begin() + i * row_bytes, batched.begin() + i * row_bytes + 8 * q.block_bytes,
-                               single.begin() + i * row_bytes)) << "row " << i;
     }
     EXPECT_NEAR(total_batched, total_single, 1e-2 * total_single);
     EXPECT_GE(close_rows, rows * 9 / 10);

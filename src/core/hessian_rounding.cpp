@@ -244,31 +244,103 @@ void HessianRounder::round_rows(const float * w, int64_t rows, const BlockQuanti
     const size_t row_bytes = (size_t) (n / b) * q.block_bytes;
     std::vector<float> t(w, w + rows * n);              // targets, moved by the feedback of earlier blocks
     std::vector<float> e((size_t) (rows * group));      // the group's E, row by row
-    std::vector<float> dec_row(decoded ? 0 : (size_t) (threads * n));
+    BlockRounds br(rows, b, q.block_bytes);
     std::fill(losses, losses + rows, 0.0);
     for (int64_t g0 = 0, g1 = 0; g0 < n; g0 = g1) {
         const int64_t seg_end = (g0 / seg + 1) * seg;
         g1 = std::min(g0 + group, seg_end);
-        parallel_for(rows, threads, [&](int64_t r, int tid) {
-            Scratch sc(b, q.block_bytes);
-            std::vector<float> eb((size_t) b);
-            float * tr = t.data() + r * n;
-            float * dr = decoded ? decoded + r * n : dec_row.data() + tid * n;
-            for (int64_t s = g0; s < g1; s += b) {
-                losses[r] += encode_block(tr, s, q, bytes + r * row_bytes + s / b * q.block_bytes, dr + s, eb.data(), sc);
-                for (int64_t k = 0; k < b; ++k) {
-                    e[r * group + s - g0 + k] = eb[k];
-                    const float * urow = u_row(s + k);
-                    for (int64_t j = s + b; j < g1; ++j) {  // feedback inside the group, now
-                        tr[j] += eb[k] * urow[j];
-                    }
+        for (int64_t s = g0; s < g1; s += b) {
+            round_block(t.data(), s, rows, q, br, threads);
+            for (int64_t r = 0; r < rows; ++r) {
+                losses[r] += br.best_loss[r];
+                std::copy_n(br.best_code.data() + r * q.block_bytes, q.block_bytes, bytes + r * row_bytes + s / b * q.block_bytes);
+                std::copy_n(br.best_e.data() + r * b, b, e.data() + r * group + (s - g0));
+                if (decoded) {
+                    std::copy_n(br.best_dec.data() + r * b, b, decoded + r * n + s);
                 }
             }
-        });
+            if (s + b < g1) {  // feedback inside the group, now: T[:, s+b:g1] += E_s · U[s:s+b, s+b:g1]
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) (g1 - s - b), (int) b, 1.0f,
+                            br.best_e.data(), (int) b, u_row(s) + s + b, (int) seg, 1.0f, t.data() + s + b, (int) n);
+            }
+        }
         if (g1 < seg_end) {  // to the rest of the segment, later: T[:, g1:] += E · U[g0:g1, g1:]
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) (seg_end - g1), (int) (g1 - g0), 1.0f,
                         e.data(), (int) group, u_row(g0) + g1, (int) seg, 1.0f, t.data() + g1, (int) n);
         }
+    }
+}
+
+HessianRounder::BlockRounds::BlockRounds(int64_t rows, int64_t b, size_t block_bytes)
+    : target((size_t) (rows * b)), dec(target.size()), best_dec(target.size()), e(target.size()),
+      best_e(target.size()), code((size_t) rows * block_bytes), best_code(code.size()), best_loss((size_t) rows),
+      done((size_t) rows) {}
+
+void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q, BlockRounds & br,
+                                 int threads) const {
+    // encode_block for all rows at once: the per-row work (ggml's quantizer or the re-rounding) in parallel,
+    // E = Δ·V⁻¹ and the shifts S·Δ = E·V⁻ᵀ as triangular matrix products over all rows (BLAS)
+    const int64_t n = n_, b = block_;
+    const size_t bb = q.block_bytes;
+    const float * vinv = block_inv_.data() + s * b;
+    const float * imp = importance_.data() + s;
+    std::fill(br.done.begin(), br.done.end(), 0);
+    for (int round = 0; round <= opt_.refinements; ++round) {
+        const float alpha = 1.0f / (float) (1 << round);
+        if (round > 0) {  // br.target := S Δ at the best solution so far, row by row
+            std::copy(br.best_e.begin(), br.best_e.end(), br.target.begin());
+            cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, (int) rows, (int) b, 1.0f, vinv,
+                        (int) b, br.target.data(), (int) b);
+        }
+        parallel_for(rows, threads, [&](int64_t r, int) {
+            if (br.done[r]) {
+                return;
+            }
+            float * target = br.target.data() + r * b;
+            const float * tr = t + r * n + s;
+            if (round == 0) {
+                q.encode(tr, imp, br.code.data() + r * bb, br.dec.data() + r * b);
+            } else {
+                // t' = q − α diag(S)⁻¹ S Δ at the best solution so far; α = ½, ¼, … (α = 1 mostly overshoots:
+                // starting at ½ saved an encoding per block at the same KLD, docs/hessian.md)
+                const float * best = br.best_dec.data() + r * b;
+                for (int64_t i = 0; i < b; ++i) {
+                    target[i] = best[i] - alpha * target[i] / imp[i];
+                }
+                if (q.reround) {
+                    q.reround(br.best_code.data() + r * bb, target, br.code.data() + r * bb, br.dec.data() + r * b);
+                } else {
+                    q.encode(target, imp, br.code.data() + r * bb, br.dec.data() + r * b);
+                }
+            }
+            float * er = br.e.data() + r * b;
+            const float * dr = br.dec.data() + r * b;
+            for (int64_t i = 0; i < b; ++i) {
+                er[i] = dr[i] - tr[i];  // Δ, made E below
+            }
+        });
+        cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) b, 1.0f, vinv,
+                    (int) b, br.e.data(), (int) b);
+        parallel_for(rows, threads, [&](int64_t r, int) {
+            if (br.done[r]) {
+                return;
+            }
+            const float * er = br.e.data() + r * b;
+            double l = 0;
+            for (int64_t i = 0; i < b; ++i) {
+                l += (double) er[i] * er[i];
+            }
+            const double gain = br.best_loss[r] - l;
+            if (round > 0 && !(gain > 0)) {
+                return;  // too long a step: the next, half as long, may still gain
+            }
+            br.best_loss[r] = l;
+            std::copy_n(er, b, br.best_e.data() + r * b);
+            std::copy_n(br.dec.data() + r * b, b, br.best_dec.data() + r * b);
+            std::copy_n(br.code.data() + r * bb, bb, br.best_code.data() + r * bb);
+            // converged: shorter steps would gain less still, each at the price of an encoding
+            br.done[r] = round > 0 && gain < opt_.refine_tolerance * (l + gain);
+        });
     }
 }
 

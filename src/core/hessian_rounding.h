@@ -16,7 +16,9 @@
 //
 // Scale: U comes from LAPACK (one Cholesky factorisation and one triangular inverse, float, as GPTQ), and
 // round_rows() encodes all rows of a matrix together, feeding each group of 256 columns' errors forward to the
-// later columns with one matrix product (BLAS) — GPTQ's "lazy batch" — instead of n² scalar updates per row.
+// later columns with one matrix product (BLAS) — GPTQ's "lazy batch" — instead of n² scalar updates per row;
+// inside a block, every round's E = Δ·V⁻¹ and shift S·Δ are triangular products over all rows, too (only
+// the quantizer's own work runs row by row).
 // H may be block diagonal (a covariance kept in 256-column blocks, core/covariance.h): its `segment`s are then
 // factorised and fed back independently, in memory n·segment.
 #pragma once
@@ -78,6 +80,17 @@ private:
     std::vector<float>     block_inv_;   // per block: (U_bb)⁻¹, upper, block×block
     std::vector<float>     block_inv_t_; // the same transposed, so that both products read rows
     std::vector<float>     importance_;  // diag(S_b) per column
+
+    // One block column of all rows through its rounds: the best encoding so far per row, its E and loss.
+    struct BlockRounds {
+        std::vector<float>   target, dec, best_dec, e, best_e;  // rows × block
+        std::vector<uint8_t> code, best_code;                   // rows × block_bytes
+        std::vector<double>  best_loss;
+        std::vector<char>    done;  // rounds ended early (refine_tolerance)
+        BlockRounds(int64_t rows, int64_t block, size_t block_bytes);
+    };
+    void round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q, BlockRounds & br,
+                     int threads) const;
 
     struct Scratch;
     // Encodes the block at columns s.. of the targets t; writes its bytes, decoded values and E = U_bb⁻ᵀ Δ;
