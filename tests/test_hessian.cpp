@@ -272,42 +272,69 @@ TEST(CollectCovariance, PooledExpertsAreTheSumOfTheExperts) {
     EXPECT_NE(bytes_of(d + "/pooled.gguf"), bytes_of(d + "/diag.gguf"));
 }
 
-// Refinement rounds re-round Q2_K blocks under the scales they have: what is written decodes to what is
-// claimed, every value is the nearest level of its sub-block, and the scales stay as they were.
-TEST(FixedScaleRounding, Q2KValuesAreTheNearestLevelsUnderTheBlocksScales) {
-    const auto reround = engine::fixed_scale_reround(GGML_TYPE_Q2_K);
+// Refinement rounds re-round blocks under the scales they have: every value is the nearest level of its
+// sub-block (brute force: the levels read back from blocks holding one q everywhere, under the same scales),
+// and the scale bytes stay as they were (re-rounding the block's own decoding gives its bytes back).
+class FixedScaleRounding : public ::testing::TestWithParam<ggml_type> {};
+
+TEST_P(FixedScaleRounding, ValuesAreTheNearestLevelsUnderTheBlocksScales) {
+    const ggml_type type = GetParam();
+    const auto reround = engine::fixed_scale_reround(type);
+    const engine::FixedScaleLayout * layout = engine::fixed_scale_layout(type);
     ASSERT_TRUE(reround);
-    EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_IQ2_XXS)) << "types without it keep calling the quantizer";
+    ASSERT_NE(layout, nullptr);
+    const int64_t block = ggml_blck_size(type);
+    const auto to_float = ggml_get_type_traits(type)->to_float;
     std::mt19937 rng(7);
     std::normal_distribution<float> g(0, 1);
-    std::vector<float> w(256), target(256), decoded(256), check(256);
+    std::vector<float> w((size_t) block), target((size_t) block), decoded((size_t) block), check((size_t) block);
     for (auto & x : w) {
         x = g(rng);
     }
-    std::vector<uint8_t> prev(ggml_type_size(GGML_TYPE_Q2_K)), bytes(prev.size());
-    ggml_quantize_chunk(GGML_TYPE_Q2_K, w.data(), prev.data(), 0, 1, 256, nullptr);
-    for (int i = 0; i < 256; ++i) {
+    std::vector<uint8_t> prev(ggml_type_size(type)), bytes(prev.size());
+    ggml_quantize_chunk(type, w.data(), prev.data(), 0, 1, block, nullptr);
+
+    to_float(prev.data(), check.data(), block);
+    reround(prev.data(), check.data(), bytes.data(), decoded.data());
+    EXPECT_EQ(bytes, prev) << "a block's own decoding re-rounds to its bytes";
+
+    for (int64_t i = 0; i < block; ++i) {
         target[i] = w[i] + 0.3f * g(rng);
     }
     reround(prev.data(), target.data(), bytes.data(), decoded.data());
-    ggml_get_type_traits(GGML_TYPE_Q2_K)->to_float(bytes.data(), check.data(), 256);
+    to_float(bytes.data(), check.data(), block);
     EXPECT_EQ(check, decoded);
-    EXPECT_TRUE(std::equal(prev.begin(), prev.begin() + 16, bytes.begin())) << "sub-block scales kept";
-    EXPECT_TRUE(std::equal(prev.end() - 4, prev.end(), bytes.end() - 4)) << "super-block scales kept";
-    // brute force: the four levels of each value's sub-block, from blocks that hold q = 0..3 everywhere
-    std::vector<float> levels(4 * 256);
-    for (int q = 0; q < 4; ++q) {
+    const int n_levels = layout->q_max - layout->q_min + 1;
+    std::vector<float> levels((size_t) (n_levels * block));
+    for (int q = layout->q_min; q <= layout->q_max; ++q) {
         std::vector<uint8_t> b = prev;
-        std::fill(b.begin() + 16, b.begin() + 80, (uint8_t) (q | q << 2 | q << 4 | q << 6));
-        ggml_get_type_traits(GGML_TYPE_Q2_K)->to_float(b.data(), levels.data() + q * 256, 256);
+        layout->clear(b.data());
+        for (int e = 0; e < block; ++e) {
+            layout->put(b.data(), e, q);
+        }
+        to_float(b.data(), levels.data() + (q - layout->q_min) * block, block);
     }
-    for (int i = 0; i < 256; ++i) {
+    for (int64_t i = 0; i < block; ++i) {
         float best = levels[i];
-        for (int q = 1; q < 4; ++q) {
-            if (std::fabs(levels[q * 256 + i] - target[i]) < std::fabs(best - target[i])) {
-                best = levels[q * 256 + i];
+        for (int q = 1; q < n_levels; ++q) {
+            if (std::fabs(levels[q * block + i] - target[i]) < std::fabs(best - target[i])) {
+                best = levels[q * block + i];
             }
         }
         EXPECT_FLOAT_EQ(std::fabs(decoded[i] - target[i]), std::fabs(best - target[i])) << "value " << i;
     }
+    std::vector<float> before((size_t) block);
+    to_float(prev.data(), before.data(), block);
+    EXPECT_NE(before, decoded) << "the shifted target moves some values";
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, FixedScaleRounding,
+                         ::testing::Values(GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                           GGML_TYPE_Q6_K, GGML_TYPE_Q4_0, GGML_TYPE_Q8_0),
+                         [](const auto & info) { return std::string(ggml_type_name(info.param)); });
+
+TEST(FixedScaleRoundingTypes, Q3KAndLatticeTypesKeepCallingTheQuantizer) {
+    EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_IQ2_XXS));
+    EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_Q3_K));
+    EXPECT_EQ(engine::fixed_scale_layout(GGML_TYPE_IQ3_XXS), nullptr);
 }
