@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -21,7 +22,14 @@ std::vector<uint8_t> read_file(const std::string & path) {
     if (!f) {
         throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
     }
+    // one allocation of the file's size where it is known: a 1 GB covariance file read in growing pieces cost
+    // ~2 GB of copies and fresh pages; the loop still reads what a pipe or a growing file has past that size
     std::vector<uint8_t> bytes;
+    struct stat st {};
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode)) {
+        bytes.resize((size_t) st.st_size);
+        bytes.resize(std::fread(bytes.data(), 1, bytes.size(), f));
+    }
     uint8_t buf[1 << 16];
     size_t n;
     while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {

@@ -131,10 +131,11 @@ void decode_all_experts(const gguf::File & f, Imatrix & im, const std::string & 
     }
 }
 
-void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & source) {
+// Takes the covariance tensors' values out of `f` (a covariance is ~1 GB per 8B layer: no second copy kept).
+void decode_covariances(gguf::File & f, Imatrix & im, const std::string & source) {
     const gguf::Value * readers = f.find(kKeyCovReaders);
-    std::vector<const gguf::Tensor *> tensors;
-    for (const auto & t : f.tensors) {
+    std::vector<gguf::Tensor *> tensors;
+    for (auto & t : f.tensors) {
         std::string base = t.name;
         if (remove_suffix(base, kCovSuffix)) {
             tensors.push_back(&t);
@@ -149,7 +150,7 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                     std::to_string(tensors.size()) + " " + kCovSuffix + " tensors");
     }
     for (size_t i = 0; i < tensors.size(); ++i) {
-        const gguf::Tensor & t = *tensors[i];
+        gguf::Tensor & t = *tensors[i];
         Covariance c;
         c.readers = split_commas(readers->strings[i]);
         if (t.name != c.readers[0] + kCovSuffix) {
@@ -184,9 +185,10 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
             }
         }
         if (t.type == gguf::kGgmlTypeF64) {
-            c.values = t.data64;
+            c.values = std::move(t.data64);
         } else {
             c.values.assign(t.data.begin(), t.data.end());
+            std::vector<float>().swap(t.data);
         }
         for (int64_t m = 0; m < c.n_mat; ++m) {
             for (int64_t j = 0; j < c.n_cols; ++j) {
@@ -205,7 +207,7 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
 }
 
 Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) {
-    const gguf::File f = gguf::parse(bytes, source);
+    gguf::File f = gguf::parse(bytes, source);
 
     const gguf::Value * type = f.find(kKeyType);
     if (!type || type->type != gguf::Type::string) {
