@@ -145,7 +145,7 @@ Run add_quantize(CLI::App & app) {
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--refine-rescale", o->hessian.refine_rescale,
                  "hessian: refinement rounds search the block's scales again with ggml's quantizer (before 2026-11-24 "
-                 "the only way; slower, and worse in KLD and PPL on deepseek3-tiny Q2_K) instead of keeping them (Q2_K)");
+                 "the only way; slower, and worse in KLD and PPL on deepseek3-tiny Q2_K) instead of keeping them (Q2_K, q4_K-q6_K, Q4_0, Q8_0)");
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
