@@ -228,6 +228,7 @@ Run add_quantize(CLI::App & app) {
             throw Error(o->text + ": no such file");
         }
         engine::init_llama(o->verbose);
+        o->hessian.row_scales = o->verbose;  // -v prints each tensor's output scale
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target == "auto" ? "one" : o->prior_target)};
         QuantWeights weights;
         Imatrix im;
@@ -287,11 +288,13 @@ Run add_quantize(CLI::App & app) {
             if (o->verbose) {
                 for (const auto & r : reports) {
                     std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
-                                         "%.1f s factor, %.1f s error, %.1f s encode\n",
+                                         "output scale wHq/qHq %.4f -> %.4f  %.1f s factor, %.1f s error, %.1f s encode\n",
                                  r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
                                  r.loss_diagonal, r.loss_final,
                                  r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
-                                 r.seconds_factor, r.seconds_loss, r.seconds_round);
+                                 r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
+                                 r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0, r.seconds_factor, r.seconds_loss,
+                                 r.seconds_round);
                 }
             }
         }

@@ -33,6 +33,8 @@ struct HessianOptions {
     // Refinement rounds call ggml's whole quantizer (a new scale search) instead of re-rounding under the
     // block's scales (engine/fixed_scale_rounding.h) where that is written: slower, and measured worse.
     bool                   refine_rescale = false;
+    // Also measure each encoding's output scale (below): three more triangular solves per matrix (-v).
+    bool                   row_scales = false;
 };
 
 struct HessianTensorReport {
@@ -46,6 +48,10 @@ struct HessianTensorReport {
     double      seconds_factor = 0;  // wall time: factorising H (shared by the input's readers: the first pays)
     double      seconds_loss = 0;    //            the diagonal encoding's error
     double      seconds_round = 0;   //            the Hessian encoding
+    // With row_scales: Σ wᵀHq and Σ qᵀHq over the rows, for the diagonal and the final encoding. Their ratio is
+    // the factor that would fit the quantized rows' outputs to the weights' on the calibration data: above 1,
+    // the encoding shrinks the outputs (issue 14's scale-bias question, docs/hessian.md).
+    double      wq_diagonal = 0, qq_diagonal = 0, wq_final = 0, qq_final = 0;
 };
 
 // Re-encodes, in place, the tensors of `quantized` (just written by llama_model_quantize from `model` with
