@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <regex>
 
 using namespace imx;
 using namespace imx::test;
@@ -156,6 +157,28 @@ TEST(CollectCovariance, ResumeAfterKill9GivesTheSameBytes) {
     ASSERT_EQ(resumed.exit_code, 0) << tail(resumed.output);
     EXPECT_NE(resumed.output.find("resumed after chunk"), std::string::npos) << tail(resumed.output);
     EXPECT_TRUE(bytes_of(out) == bytes_of(whole));
+}
+
+// -v prints each re-encoded tensor's output scale wᵀHq/qᵀHq, for the diagonal and the final encoding: near 1
+// for any reasonable encoding (a sign or factor slip in wᵀHq = (wᵀHw + qᵀHq − dᵀHd)/2 lands far from it).
+TEST(QuantizeHessian, VerboseOutputScalesAreNearOne) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const std::string dir = work_dir("hessian-scales");
+    const std::string im = collected(model, "qwen-cov6.gguf", "--chunks 6 --covariance");
+    const RunResult h = run(imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + im + " -o " +
+                            dir + "/hess.gguf Q2_K -t 2 --method hessian --hessian-tensors 'ffn_(gate|down)_exps' -v");
+    ASSERT_EQ(h.exit_code, 0) << tail(h.output);
+    const std::regex line(R"(output scale wHq/qHq ([0-9.]+) -> ([0-9.]+))");
+    int n = 0;
+    for (auto it = std::sregex_iterator(h.output.begin(), h.output.end(), line); it != std::sregex_iterator(); ++it) {
+        for (int k = 1; k <= 2; ++k) {
+            const double v = std::stod((*it)[k].str());
+            EXPECT_GT(v, 0.9) << (*it)[0].str();
+            EXPECT_LT(v, 1.1) << (*it)[0].str();
+        }
+        ++n;
+    }
+    EXPECT_EQ(n, 8) << "gate and down of 4 MoE layers\n" << tail(h.output);
 }
 
 // Same recipe, same size, a file llama.cpp loads; the output error falls and so does KL-divergence.
