@@ -34,20 +34,16 @@ void invert_lower(std::vector<double> & l, int64_t n) {
     l.swap(inv);
 }
 
-// U with H⁻¹ = UᵀU for one segment: with J the order reversal, J·H·J = L·Lᵀ (Cholesky), so H = V·Vᵀ with
-// V = J·L·J upper, and U = V⁻¹ = J·L⁻¹·J. J·M·J of a row-major matrix is its storage read backwards, and a
-// row-major lower triangle is a column-major upper one (what LAPACK is called with). False if H (damped) is
-// not positive definite in float.
-bool upper_factor_of_inverse(float * a, int64_t n) {
+// R with H = R·Rᵀ, upper, for one segment: with J the order reversal, J·H·J = L·Lᵀ (Cholesky) and R = J·L·J.
+// J·M·J of a row-major matrix is its storage read backwards, and a row-major lower triangle is a column-major
+// upper one (what LAPACK is called with). False if H (damped) is not positive definite in float.
+bool reversed_cholesky(float * a, int64_t n) {
     std::reverse(a, a + n * n);
     if (LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int) n, a, (lapack_int) n) != 0) {
         return false;
     }
     for (int64_t i = 0; i < n; ++i) {
         std::fill(a + i * n + i + 1, a + (i + 1) * n, 0.0f);  // LAPACK leaves the other half as it was
-    }
-    if (LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int) n, a, (lapack_int) n) != 0) {
-        return false;
     }
     std::reverse(a, a + n * n);
     return std::all_of(a, a + n * n, [](float v) { return std::isfinite(v); });
@@ -85,9 +81,9 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
     }
     mean_diag = mean_diag > 0 ? mean_diag / n : 1.0;
 
-    u_.resize((size_t) (n * segment));
+    r_.resize((size_t) (n * segment));
     for (int64_t s0 = 0; s0 < n; s0 += segment) {
-        float * a = u_.data() + s0 * segment;  // the segment's rows: segment × segment, factorised in place
+        float * a = r_.data() + s0 * segment;  // the segment's rows: segment × segment, factorised in place
         // damping grows tenfold until the factorisation succeeds (rank-deficient H from few tokens)
         for (double damp = opt_.damp;; damp *= 10) {
             for (int64_t i = 0; i < segment; ++i) {
@@ -97,7 +93,7 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
                 const double d = at(s0 + i, s0 + i);
                 a[i * segment + i] = (float) (d + damp * mean_diag + (d == 0 ? mean_diag : 0.0));  // dead columns
             }
-            if (upper_factor_of_inverse(a, segment)) {
+            if (reversed_cholesky(a, segment)) {
                 break;
             }
             if (damp > 1e6) {
@@ -106,53 +102,52 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
         }
     }
 
-    // per block: V = U_bb (upper), V⁻¹ via the lower inverse of Vᵀ; diag(S_b) = row norms² of V⁻¹
+    // per block: R_bb (= U_bb⁻¹, the inverse of a triangular matrix's diagonal block being the diagonal block
+    // of its inverse), its transpose, U_bb = R_bb⁻¹ (via the lower inverse of R_bbᵀ) and diag(S_b) = diag(R_bb R_bbᵀ)
     const int64_t b = block_;
-    block_inv_.assign((size_t) (n * b), 0.0f);
-    block_inv_t_.assign((size_t) (n * b), 0.0f);
+    block_r_.assign((size_t) (n * b), 0.0f);
+    block_r_t_.assign((size_t) (n * b), 0.0f);
+    block_u_.assign((size_t) (n * b), 0.0f);
     importance_.assign((size_t) n, 0.0f);
-    std::vector<double> vt((size_t) (b * b));
+    std::vector<double> rt((size_t) (b * b));
     for (int64_t s = 0; s < n; s += b) {
-        for (int64_t i = 0; i < b; ++i) {
-            for (int64_t j = 0; j < b; ++j) {
-                vt[i * b + j] = j >= i ? u_row(s + i)[s + j] : 0.0;  // V, upper
-            }
-        }
-        for (int64_t i = 0; i < b; ++i) {  // transpose: Vᵀ, lower
-            for (int64_t j = 0; j < i; ++j) {
-                std::swap(vt[i * b + j], vt[j * b + i]);
-            }
-        }
-        invert_lower(vt, b);  // (Vᵀ)⁻¹ = (V⁻¹)ᵀ
-        float * vinv = block_inv_.data() + s * b;
-        float * vinv_t = block_inv_t_.data() + s * b;
+        float * rb = block_r_.data() + s * b;
+        float * rbt = block_r_t_.data() + s * b;
         for (int64_t i = 0; i < b; ++i) {
             double norm = 0;
-            for (int64_t k = 0; k < b; ++k) {
-                vinv[i * b + k] = vt[k * b + i];
-                vinv_t[k * b + i] = vt[k * b + i];
-                norm += vinv[i * b + k] * vinv[i * b + k];
+            for (int64_t j = 0; j < b; ++j) {
+                const float v = j >= i ? r_row(s + i)[s + j] : 0.0f;
+                rb[i * b + j] = v;
+                rbt[j * b + i] = v;
+                rt[j * b + i] = v;  // R_bbᵀ, lower
+                norm += (double) v * v;
             }
             importance_[s + i] = (float) norm;
+        }
+        invert_lower(rt, b);  // (R_bbᵀ)⁻¹ = U_bbᵀ
+        float * ub = block_u_.data() + s * b;
+        for (int64_t i = 0; i < b; ++i) {
+            for (int64_t j = 0; j < b; ++j) {
+                ub[i * b + j] = (float) rt[j * b + i];
+            }
         }
     }
 }
 
 size_t HessianRounder::bytes() const {
-    return u_.size() * sizeof(float) + (block_inv_.size() + block_inv_t_.size()) * sizeof(float) +
-           importance_.size() * sizeof(float);
+    return (r_.size() + block_r_.size() + block_r_t_.size() + block_u_.size() + importance_.size()) * sizeof(float);
 }
 
 void HessianRounder::losses(const float * w, const float * decoded, int64_t rows, double * out) const {
-    // dᵀ H d = ‖U⁻ᵀ d‖²: per segment, Z = D·U⁻¹ by a triangular solve (Z·U = D) for all rows at once
+    // dᵀ H d = ‖Rᵀ d‖²: per segment, Z = D·R by a triangular product for all rows at once
     const int64_t n = n_, seg = segment_;
     std::vector<float> d((size_t) (rows * n));
     for (int64_t i = 0; i < rows * n; ++i) {
         d[i] = decoded[i] - w[i];
     }
     for (int64_t s0 = 0; s0 < n; s0 += seg) {
-        cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) seg, 1.0f,
-                    u_.data() + s0 * seg, (int) seg, d.data() + s0, (int) n);
+        cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) seg, 1.0f,
+                    r_.data() + s0 * seg, (int) seg, d.data() + s0, (int) n);
     }
     for (int64_t r = 0; r < rows; ++r) {
         double s = 0;
@@ -172,8 +167,8 @@ double HessianRounder::loss(const float * w, const float * decoded) const {
 double HessianRounder::encode_block(const float * t, int64_t s, const BlockQuantizer & q, uint8_t * out,
                                     float * decoded, float * e_out, Scratch & sc) const {
     const int64_t b = block_;
-    const float * vinv = block_inv_.data() + s * b;
-    const float * vinv_t = block_inv_t_.data() + s * b;
+    const float * vinv = block_r_.data() + s * b;  // V⁻¹ with V = U_bb: R_bb
+    const float * vinv_t = block_r_t_.data() + s * b;
     const float * imp = importance_.data() + s;
     std::copy(t + s, t + s + b, sc.target.begin());
     double best = std::numeric_limits<double>::infinity();
@@ -219,19 +214,29 @@ double HessianRounder::encode_block(const float * t, int64_t s, const BlockQuant
 
 double HessianRounder::round_row(const float * w, const BlockQuantizer & q, uint8_t * bytes, float * decoded) const {
     const int64_t n = n_, b = block_;
-    std::vector<float> t(w, w + n);  // targets, moved by the feedback of earlier blocks
-    std::vector<float> e((size_t) b);
+    std::vector<float> t(w, w + n), d((size_t) n, 0.0f), acc((size_t) b), e((size_t) b);
     Scratch sc(b, q.block_bytes);
     double total = 0;
     for (int64_t s = 0, blk = 0; s < n; s += b, ++blk) {
-        total += encode_block(t.data(), s, q, bytes + blk * q.block_bytes, decoded + s, e.data(), sc);
-        // feedback to the later columns of the segment: t_j += Σ_k E_k U_{s+k, j}
-        const int64_t end = (s / segment_ + 1) * segment_;
-        for (int64_t k = 0; k < b; ++k) {
-            const float * urow = u_row(s + k);
-            for (int64_t j = s + b; j < end; ++j) {
-                t[j] += e[k] * urow[j];
+        // t_s = w_s − (Σ_{k<s} d_k R_{k,s}) · U_ss over the earlier columns k of the segment, d = q − w
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t k = s / segment_ * segment_; k < s; ++k) {
+            const float * rrow = r_row(k);
+            for (int64_t j = 0; j < b; ++j) {
+                acc[j] += d[k] * rrow[s + j];
             }
+        }
+        const float * ub = block_u_.data() + s * b;
+        for (int64_t j = 0; j < b; ++j) {
+            float v = 0;
+            for (int64_t i = 0; i <= j; ++i) {
+                v += acc[i] * ub[i * b + j];
+            }
+            t[s + j] = w[s + j] - v;
+        }
+        total += encode_block(t.data(), s, q, bytes + blk * q.block_bytes, decoded + s, e.data(), sc);
+        for (int64_t j = s; j < s + b; ++j) {
+            d[j] = decoded[j] - w[j];
         }
     }
     return total;
@@ -242,31 +247,43 @@ void HessianRounder::round_rows(const float * w, int64_t rows, const BlockQuanti
     const int64_t n = n_, b = block_, seg = segment_;
     const int64_t group = std::min(seg, std::max(b, kGroup / b * b));
     const size_t row_bytes = (size_t) (n / b) * q.block_bytes;
-    std::vector<float> t(w, w + rows * n);              // targets, moved by the feedback of earlier blocks
-    std::vector<float> e((size_t) (rows * group));      // the group's E, row by row
+    // t holds A = D·R over the columns done (D = Q − W, the errors), pushed forward as each block and group
+    // ends; a block's targets are then W_s − A_s·U_ss, written over A_s
+    std::vector<float> t((size_t) (rows * n), 0.0f);
+    std::vector<float> d((size_t) (rows * group));  // the group's errors, row by row
     BlockRounds br(rows, b, q.block_bytes);
     std::fill(losses, losses + rows, 0.0);
     for (int64_t g0 = 0, g1 = 0; g0 < n; g0 = g1) {
         const int64_t seg_end = (g0 / seg + 1) * seg;
         g1 = std::min(g0 + group, seg_end);
         for (int64_t s = g0; s < g1; s += b) {
+            float * ts = t.data() + s;
+            cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) b, 1.0f,
+                        block_u_.data() + s * b, (int) b, ts, (int) n);
+            for (int64_t r = 0; r < rows; ++r) {
+                for (int64_t j = 0; j < b; ++j) {
+                    ts[r * n + j] = w[r * n + s + j] - ts[r * n + j];
+                }
+            }
             round_block(t.data(), s, rows, q, br, threads);
             for (int64_t r = 0; r < rows; ++r) {
                 losses[r] += br.best_loss[r];
                 std::copy_n(br.best_code.data() + r * q.block_bytes, q.block_bytes, bytes + r * row_bytes + s / b * q.block_bytes);
-                std::copy_n(br.best_e.data() + r * b, b, e.data() + r * group + (s - g0));
+                for (int64_t j = 0; j < b; ++j) {
+                    d[r * group + s - g0 + j] = br.best_dec[r * b + j] - w[r * n + s + j];
+                }
                 if (decoded) {
                     std::copy_n(br.best_dec.data() + r * b, b, decoded + r * n + s);
                 }
             }
-            if (s + b < g1) {  // feedback inside the group, now: T[:, s+b:g1] += E_s · U[s:s+b, s+b:g1]
+            if (s + b < g1) {  // to the group's later blocks, now: A[:, s+b:g1] += D_s · R[s:s+b, s+b:g1]
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) (g1 - s - b), (int) b, 1.0f,
-                            br.best_e.data(), (int) b, u_row(s) + s + b, (int) seg, 1.0f, t.data() + s + b, (int) n);
+                            d.data() + (s - g0), (int) group, r_row(s) + s + b, (int) seg, 1.0f, ts + b, (int) n);
             }
         }
-        if (g1 < seg_end) {  // to the rest of the segment, later: T[:, g1:] += E · U[g0:g1, g1:]
+        if (g1 < seg_end) {  // to the rest of the segment, later: A[:, g1:] += D_g · R[g0:g1, g1:]
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) (seg_end - g1), (int) (g1 - g0), 1.0f,
-                        e.data(), (int) group, u_row(g0) + g1, (int) seg, 1.0f, t.data() + g1, (int) n);
+                        d.data(), (int) group, r_row(g0) + g1, (int) seg, 1.0f, t.data() + g1, (int) n);
         }
     }
 }
@@ -282,7 +299,7 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
     // E = Δ·V⁻¹ and the shifts S·Δ = E·V⁻ᵀ as triangular matrix products over all rows (BLAS)
     const int64_t n = n_, b = block_;
     const size_t bb = q.block_bytes;
-    const float * vinv = block_inv_.data() + s * b;
+    const float * vinv = block_r_.data() + s * b;  // V⁻¹ with V = U_bb: R_bb
     const float * imp = importance_.data() + s;
     std::fill(br.done.begin(), br.done.end(), 0);
     for (int round = 0; round <= opt_.refinements; ++round) {

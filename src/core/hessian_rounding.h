@@ -14,11 +14,15 @@
 //
 // H is damped (H + λ·mean(diag H)·I, GPTQ's 1%): zero-variance columns and too few tokens stay invertible.
 //
-// Scale: U comes from LAPACK (one Cholesky factorisation and one triangular inverse, float, as GPTQ), and
-// round_rows() encodes all rows of a matrix together, feeding each group of 256 columns' errors forward to the
-// later columns with one matrix product (BLAS) — GPTQ's "lazy batch" — instead of n² scalar updates per row;
-// inside a block, every round's E = Δ·V⁻¹ and shift S·Δ are triangular products over all rows, too (only
-// the quantizer's own work runs row by row).
+// Scale: U is never formed. LAPACK factorises H itself (reversed: H = R·Rᵀ with R upper, float, one
+// `spotrf`), and U = R⁻¹ enters only through its diagonal blocks U_bb = R_bb⁻¹ (the inverse of a triangular
+// matrix's diagonal block is the diagonal block of its inverse): the feedback is applied in the equivalent
+// "pull" form — with D = Q − W the errors of the columns done, block b's targets are W_b − (D·R)_b·U_bb, and
+// E = Δ_b·R_bb (no triangular inverse of H's size: half the factorising time at n = 14336). round_rows()
+// encodes all rows of a matrix together, adding each group of 256 columns' D·R to the later columns with one
+// matrix product (BLAS) — GPTQ's "lazy batch" — instead of n² scalar updates per row; inside a block, every
+// round's E and shift S·Δ are triangular products over all rows, too (only the quantizer's own work runs row
+// by row).
 // H may be block diagonal (a covariance kept in 256-column blocks, core/covariance.h): its `segment`s are then
 // factorised and fed back independently, in memory n·segment.
 #pragma once
@@ -76,9 +80,10 @@ public:
 private:
     int64_t                n_, segment_, block_;
     HessianRoundingOptions opt_;
-    std::vector<float>     u_;           // upper Cholesky factor of H⁻¹, per segment: u_[i*segment + j − start]
-    std::vector<float>     block_inv_;   // per block: (U_bb)⁻¹, upper, block×block
-    std::vector<float>     block_inv_t_; // the same transposed, so that both products read rows
+    std::vector<float>     r_;           // R, H = R·Rᵀ upper (R⁻¹ = U), per segment: r_[i*segment + j − start]
+    std::vector<float>     block_r_;     // per block: R_bb, upper, block×block
+    std::vector<float>     block_r_t_;   // the same transposed, so that both products read rows
+    std::vector<float>     block_u_;     // per block: U_bb = R_bb⁻¹, upper
     std::vector<float>     importance_;  // diag(S_b) per column
 
     // One block column of all rows through its rounds: the best encoding so far per row, its E and loss.
@@ -97,7 +102,7 @@ private:
     // returns ‖E‖².
     double encode_block(const float * t, int64_t s, const BlockQuantizer & q, uint8_t * out, float * decoded,
                         float * e, Scratch & scratch) const;
-    const float * u_row(int64_t i) const { return u_.data() + i * segment_ - i / segment_ * segment_; }
+    const float * r_row(int64_t i) const { return r_.data() + i * segment_ - i / segment_ * segment_; }
 };
 
 }  // namespace imx
