@@ -159,14 +159,14 @@ TEST(CollectCovariance, ResumeAfterKill9GivesTheSameBytes) {
     EXPECT_TRUE(bytes_of(out) == bytes_of(whole));
 }
 
-// -v prints each re-encoded tensor's output scale wᵀHq/qᵀHq, for the diagonal and the final encoding: near 1
+// --output-scales -v prints each re-encoded tensor's output scale wᵀHq/qᵀHq, for the diagonal and the final encoding: near 1
 // for any reasonable encoding (a sign or factor slip in wᵀHq = (wᵀHw + qᵀHq − dᵀHd)/2 lands far from it).
 TEST(QuantizeHessian, VerboseOutputScalesAreNearOne) {
     const std::string model = "qwen3moe-tiny.gguf";
     const std::string dir = work_dir("hessian-scales");
     const std::string im = collected(model, "qwen-cov6.gguf", "--chunks 6 --covariance");
     const RunResult h = run(imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + im + " -o " +
-                            dir + "/hess.gguf Q2_K -t 2 --method hessian --hessian-tensors 'ffn_(gate|down)_exps' -v");
+                            dir + "/hess.gguf Q2_K -t 2 --method hessian --hessian-tensors 'ffn_(gate|down)_exps' --output-scales -v");
     ASSERT_EQ(h.exit_code, 0) << tail(h.output);
     const std::regex line(R"(output scale wHq/qHq ([0-9.]+) -> ([0-9.]+))");
     int n = 0;

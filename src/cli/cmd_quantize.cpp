@@ -146,6 +146,9 @@ Run add_quantize(CLI::App & app) {
     app.add_flag("--refine-rescale", o->hessian.refine_rescale,
                  "hessian: refinement rounds search the block's scales again with ggml's quantizer (before 2026-11-24 "
                  "the only way; slower, and worse in KLD and PPL on deepseek3-tiny Q2_K) instead of keeping them (Q2_K, q4_K-q6_K, Q4_0, Q8_0)");
+    app.add_flag("--output-scales", o->hessian.row_scales,
+                 "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq, diagonal and final (printed "
+                 "with -v; four more triangular products per matrix)");
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
@@ -228,7 +231,6 @@ Run add_quantize(CLI::App & app) {
             throw Error(o->text + ": no such file");
         }
         engine::init_llama(o->verbose);
-        o->hessian.row_scales = o->verbose;  // -v prints each tensor's output scale
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target == "auto" ? "one" : o->prior_target)};
         QuantWeights weights;
         Imatrix im;
@@ -287,14 +289,20 @@ Run add_quantize(CLI::App & app) {
                          (long long) hs.pooled);
             if (o->verbose) {
                 for (const auto & r : reports) {
+                    std::string scales;
+                    if (o->hessian.row_scales) {
+                        char buf[64];
+                        std::snprintf(buf, sizeof buf, "output scale wHq/qHq %.4f -> %.4f  ",
+                                      r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
+                                      r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0);
+                        scales = buf;
+                    }
                     std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
-                                         "output scale wHq/qHq %.4f -> %.4f  %.1f s factor, %.1f s error, %.1f s encode\n",
+                                         "%s%.1f s factor, %.1f s error, %.1f s encode\n",
                                  r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
                                  r.loss_diagonal, r.loss_final,
                                  r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
-                                 r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
-                                 r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0, r.seconds_factor, r.seconds_loss,
-                                 r.seconds_round);
+                                 scales.c_str(), r.seconds_factor, r.seconds_loss, r.seconds_round);
                 }
             }
         }

@@ -33,7 +33,7 @@ struct HessianOptions {
     // Refinement rounds call ggml's whole quantizer (a new scale search) instead of re-rounding under the
     // block's scales (engine/fixed_scale_rounding.h) where that is written: slower, and measured worse.
     bool                   refine_rescale = false;
-    // Also measure each encoding's output scale (below): three more triangular solves per matrix (-v).
+    // Also measure each encoding's output scale (below): four more triangular products per matrix.
     bool                   row_scales = false;
 };
 
