@@ -96,13 +96,16 @@ const FixedScaleLayout kQ6K = {
     },
 };
 
+// Q4_0 and Q8_0: one F16 scale d first, 32 values x = d·q
+void one_scale_of_32(const uint8_t * b, float * step, float * offset) {
+    std::fill(step, step + 32, half_at(b));
+    std::fill(offset, offset + 32, 0.0f);
+}
+
 // Q4_0: d, qs[16]; x = d·q, q −8..7 stored as q + 8, value j in the low nibble of byte j % 16 (high for j ≥ 16).
 const FixedScaleLayout kQ40 = {
     -8, 7,
-    [](const uint8_t * b, float * step, float * offset) {
-        std::fill(step, step + 32, half_at(b));
-        std::fill(offset, offset + 32, 0.0f);
-    },
+    one_scale_of_32,
     [](uint8_t * b) { std::memset(b + 2, 0, 16); },
     [](uint8_t * b, int e, int q) { set_bits(b + 2 + e % 16, 4 * (e / 16), 4, q + 8); },
 };
@@ -110,10 +113,7 @@ const FixedScaleLayout kQ40 = {
 // Q8_0: d, qs[32] int8; x = d·q (ggml's own encoder stays in −127..127)
 const FixedScaleLayout kQ80 = {
     -127, 127,
-    [](const uint8_t * b, float * step, float * offset) {
-        std::fill(step, step + 32, half_at(b));
-        std::fill(offset, offset + 32, 0.0f);
-    },
+    one_scale_of_32,
     [](uint8_t * b) { std::memset(b + 2, 0, 32); },
     [](uint8_t * b, int e, int q) { b[2 + e] = (uint8_t) (int8_t) q; },
 };
