@@ -3,6 +3,7 @@
 #include "helpers.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -97,4 +98,26 @@ TEST(Eval, SweepPrintsOneTableAndMarksTheBest) {
     EXPECT_TRUE(std::regex_search(r.output, std::regex(R"(\n- Q2_K: imx W=\d+ \w+, [+-]0\.\d{5} \[)")));
     EXPECT_TRUE(file_exists(dir + "/sweep.json"));
     EXPECT_FALSE(file_exists(dir + "/Q2_K-w0-one.gguf")) << "quants are removed without --keep";
+}
+
+// The paired PPL ratio against the first quant: exp of the mean nll difference over the same tokens, so its
+// value is exactly the ratio of the two PPLs, with an interval around it (narrower than the two PPL intervals).
+TEST(Eval, PairedPplRatioIsTheRatioOfThePerplexities) {
+    const std::string q = q2k(), base = shared("models/" + kModel);
+    const RunResult r = run(imx_bin() + " eval --base " + base + " " + base + " " + q + " -f " +
+                            shared("data/wiki.test.raw") + " -c 256 --chunks 4 -t 2 --json");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    const auto j = nlohmann::json::parse(r.output.substr(r.output.find("\n{") + 1));
+    const auto & models = j["models"];
+    ASSERT_EQ(models.size(), 3u);
+    const double ppl_ref = models[1]["ppl"]["value"], ppl_q = models[2]["ppl"]["value"];
+    ASSERT_TRUE(models[2].contains("ppl_ratio_to_reference")) << r.output;
+    const auto & ratio = models[2]["ppl_ratio_to_reference"];
+    EXPECT_NEAR(ratio["value"].get<double>(), ppl_q / ppl_ref, 1e-6 * ppl_q / ppl_ref);
+    EXPECT_LT(ratio["lo"].get<double>(), ratio["value"].get<double>());
+    EXPECT_GT(ratio["hi"].get<double>(), ratio["value"].get<double>());
+    const double width = ratio["hi"].get<double>() / ratio["lo"].get<double>();
+    const double unpaired = models[2]["ppl"]["hi"].get<double>() / models[2]["ppl"]["lo"].get<double>();
+    EXPECT_LT(width, unpaired) << "pairing over the same tokens narrows the interval";
+    EXPECT_FALSE(models[1].contains("ppl_ratio_to_reference")) << "the reference itself has none";
 }

@@ -55,6 +55,7 @@ Run add_eval(CLI::App & app) {
             QualityRow r{"", q, q, std::filesystem::file_size(q), summarize(scores.back()), {}, false, ""};
             if (scores.size() > 1) {
                 r.kld_vs_ref = paired_difference(scores.back().kld, scores.front().kld);
+                r.ppl_vs_ref = paired_ppl_ratio(scores.back().nll, scores.front().nll);
             }
             rows.push_back(r);
         }

@@ -208,6 +208,7 @@ Run add_sweep(CLI::App & app) {
             const auto ref = ref_scores.find(rows[i].group);
             if (ref != ref_scores.end() && rows[i].label != ref_label) {
                 rows[i].kld_vs_ref = paired_difference(s.kld, ref->second.kld);
+                rows[i].ppl_vs_ref = paired_ppl_ratio(s.nll, ref->second.nll);
             }
         }
         mark_best(rows);

@@ -22,6 +22,7 @@ struct QualityRow {
     std::optional<Estimate> kld_vs_ref;  // paired mean KLD difference against the group's reference row
     bool                    best = false;
     std::string             note;   // instead of numbers, e.g. "needs an imatrix"
+    std::optional<Estimate> ppl_vs_ref;  // paired PPL ratio against the reference row
 };
 
 // Markdown, so that it pastes into docs as is.

@@ -55,6 +55,11 @@ Estimate paired_difference(std::span<const float> a, std::span<const float> b) {
     return mean_estimate(d);
 }
 
+Estimate paired_ppl_ratio(std::span<const float> nll_a, std::span<const float> nll_b) {
+    const Estimate d = paired_difference(nll_a, nll_b);
+    return {std::exp(d.value), std::exp(d.lo), std::exp(d.hi)};
+}
+
 QualitySummary summarize(const TokenScores & s) {
     QualitySummary q;
     q.n_tokens = s.nll.size();

@@ -23,6 +23,9 @@ Estimate mean_estimate(std::span<const float> x);
 Estimate quantile_estimate(std::span<const float> x, double q);  // q in [0, 1]
 Estimate proportion_estimate(int64_t hits, int64_t n);
 Estimate paired_difference(std::span<const float> a, std::span<const float> b);  // mean of a - b
+// PPL(a) / PPL(b) over the same tokens: exp of the paired mean difference of their nll (the sharper test of
+// "is A's perplexity worse than B's" than the two PPL intervals side by side)
+Estimate paired_ppl_ratio(std::span<const float> nll_a, std::span<const float> nll_b);
 
 struct TokenScores {
     std::vector<float>   nll;
