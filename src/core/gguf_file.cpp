@@ -157,7 +157,8 @@ const Value * File::find(const std::string & key) const {
     return nullptr;
 }
 
-File parse(std::span<const uint8_t> bytes, const std::string & source) {
+File parse(std::span<const uint8_t> bytes, const std::string & source,
+           const std::function<bool(const std::string & name)> & in_place) {
     Reader r(bytes, source);
     File f;
     if (bytes.size() < 4 || std::memcmp(bytes.data(), "GGUF", 4) != 0) {
@@ -235,6 +236,11 @@ File parse(std::span<const uint8_t> bytes, const std::string & source) {
         if (data_start > bytes.size() || info.offset > bytes.size() - data_start ||
             nbytes > bytes.size() - data_start - info.offset) {
             r.fail("truncated file (data of tensor " + t.name + " runs past the end)");
+        }
+        if (in_place && in_place(t.name)) {
+            t.in_place = bytes.subspan(data_start + info.offset, nbytes);
+            f.tensors.push_back(std::move(t));
+            continue;
         }
         void * dst = nullptr;
         if (t.type == kGgmlTypeF64) {

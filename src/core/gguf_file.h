@@ -54,6 +54,9 @@ struct Tensor {
     // Writing only: an F32 tensor whose values are these doubles, rounded to float as they are written, so
     // that a large tensor (a covariance: 1 GB per 8B layer) needs no float copy in memory.
     const std::vector<double> * rounded_from = nullptr;
+    // Reading with parse's `in_place`: the tensor's data where it lies in the parsed bytes (data/data64 left
+    // empty), valid as long as those bytes are.
+    std::span<const uint8_t> in_place;
     int64_t nelements() const;
 };
 
@@ -66,7 +69,10 @@ struct File {
 };
 
 // Parses a whole GGUF file from memory. `source` names the file in error messages.
-File parse(std::span<const uint8_t> bytes, const std::string & source);
+// Tensors whose name `in_place` accepts are not copied out (Tensor::in_place): a covariance file is ~1 GB per
+// 8B layer, and its reader turns the floats into doubles anyway.
+File parse(std::span<const uint8_t> bytes, const std::string & source,
+           const std::function<bool(const std::string & name)> & in_place = {});
 
 // Serialises exactly as ggml's gguf_write_to_file would for the same KVs and tensors.
 std::vector<uint8_t> serialize(const File & file);

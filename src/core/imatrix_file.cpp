@@ -1,6 +1,7 @@
 #include "imatrix_file.h"
 
 #include "atomic_file.h"
+#include "mapped_file.h"
 #include "error.h"
 #include "gguf_file.h"
 
@@ -131,11 +132,11 @@ void decode_all_experts(const gguf::File & f, Imatrix & im, const std::string & 
     }
 }
 
-// Takes the covariance tensors' values out of `f` (a covariance is ~1 GB per 8B layer: no second copy kept).
-void decode_covariances(gguf::File & f, Imatrix & im, const std::string & source) {
+// The covariance tensors are read where they lie in the file's bytes (a covariance is ~1 GB per 8B layer).
+void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & source) {
     const gguf::Value * readers = f.find(kKeyCovReaders);
-    std::vector<gguf::Tensor *> tensors;
-    for (auto & t : f.tensors) {
+    std::vector<const gguf::Tensor *> tensors;
+    for (const auto & t : f.tensors) {
         std::string base = t.name;
         if (remove_suffix(base, kCovSuffix)) {
             tensors.push_back(&t);
@@ -150,7 +151,7 @@ void decode_covariances(gguf::File & f, Imatrix & im, const std::string & source
                     std::to_string(tensors.size()) + " " + kCovSuffix + " tensors");
     }
     for (size_t i = 0; i < tensors.size(); ++i) {
-        gguf::Tensor & t = *tensors[i];
+        const gguf::Tensor & t = *tensors[i];
         Covariance c;
         c.readers = split_commas(readers->strings[i]);
         if (t.name != c.readers[0] + kCovSuffix) {
@@ -184,11 +185,16 @@ void decode_covariances(gguf::File & f, Imatrix & im, const std::string & source
                             std::to_string(c.n_cols) + " columns");
             }
         }
+        c.values.resize((size_t) t.nelements());  // from the parsed bytes (gguf::parse's in_place)
+        const uint8_t * raw = t.in_place.data();
         if (t.type == gguf::kGgmlTypeF64) {
-            c.values = std::move(t.data64);
+            std::memcpy(c.values.data(), raw, c.values.size() * sizeof(double));
         } else {
-            c.values.assign(t.data.begin(), t.data.end());
-            std::vector<float>().swap(t.data);
+            for (size_t i = 0; i < c.values.size(); ++i) {
+                float v;
+                std::memcpy(&v, raw + 4 * i, 4);
+                c.values[i] = v;
+            }
         }
         for (int64_t m = 0; m < c.n_mat; ++m) {
             for (int64_t j = 0; j < c.n_cols; ++j) {
@@ -207,7 +213,10 @@ void decode_covariances(gguf::File & f, Imatrix & im, const std::string & source
 }
 
 Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) {
-    gguf::File f = gguf::parse(bytes, source);
+    const gguf::File f = gguf::parse(bytes, source, [](const std::string & name) {
+        std::string base = name;
+        return remove_suffix(base, kCovSuffix);
+    });
 
     const gguf::Value * type = f.find(kKeyType);
     if (!type || type->type != gguf::Type::string) {
@@ -552,7 +561,8 @@ std::vector<uint8_t> encode_legacy(const Imatrix & im, uint32_t fallback_chunk_s
 }
 
 Imatrix load_imatrix(const std::string & path, uint32_t legacy_chunk_size) {
-    return decode_imatrix(read_file(path), path, legacy_chunk_size);
+    const MappedFile file(path);
+    return decode_imatrix(file.bytes(), path, legacy_chunk_size);
 }
 
 void save_imatrix(const Imatrix & im, const std::string & path, ImatrixFormat format) {
