@@ -38,8 +38,8 @@ measured() {
 echo "# hessian encoder vs llama-quantize + imatrix: $chunks eval chunks of 512, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
-echo "| model | type | MiB (both) | KLD llama-quantize [95%] | KLD imx hessian [95%] | ΔKLD [95%] | change | PPL llama-quantize / imx hessian [95%] | PPL llama-perplexity / imx eval (10 chunks) | quantize s up / imx | peak MiB up / imx |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| model | type | MiB (both) | KLD llama-quantize [95%] | KLD imx hessian [95%] | ΔKLD [95%] | change | PPL llama-quantize / imx hessian [95%] | PPL ratio, paired [95%] | PPL llama-perplexity / imx eval (10 chunks) | quantize s up / imx | peak MiB up / imx |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for model in "${models[@]}"; do
   name=$(basename "$model" .gguf)
   im=$tmp/$name-cov.gguf
@@ -74,6 +74,7 @@ ppl_up = float(final.group(1) if final else re.findall(r"\[\d+\]([0-9.]+),", log
 cu, ci = open(f"{tmp}/up.cost").read().split(), open(f"{tmp}/imx.cost").read().split()
 print(f"| {name} | {t} | {up['bytes'] / 1048576:.2f} | {e(up['kld_mean'])} | {e(h['kld_mean'])} | {e(d, '%+.5f')} | "
       f"{100 * (h['kld_mean']['value'] / up['kld_mean']['value'] - 1):+.1f}% | {e(up['ppl'], '%.1f')} / {e(h['ppl'], '%.1f')} | "
+      f"{e(h['ppl_ratio_to_reference'], '%.4f')} | "
       f"{ppl_up:.4f} / {ppl_imx:.4f} | "
       f"{cu[0]} / {ci[0]} | {cu[1]} / {ci[1]} |")
 PY
