@@ -144,8 +144,9 @@ Run add_quantize(CLI::App & app) {
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--refine-rescale", o->hessian.refine_rescale,
-                 "hessian: refinement rounds search the block's scales again with ggml's quantizer (before 2026-11-24 "
-                 "the only way; slower, and worse in KLD and PPL on deepseek3-tiny Q2_K) instead of keeping them (Q2_K, q4_K-q6_K, Q4_0, Q8_0)");
+                 "hessian: refinement rounds search the block's scales again with ggml's quantizer instead of keeping "
+                 "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0): 1.5x slower at Q2_K, better on held-out calibration text, worse "
+                 "in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
     app.add_flag("--output-scales", o->hessian.row_scales,
                  "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq, diagonal and final (printed "
                  "with -v; four more triangular products per matrix)");
