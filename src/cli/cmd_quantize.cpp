@@ -149,7 +149,7 @@ Run add_quantize(CLI::App & app) {
                  "in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
     app.add_flag("--output-scales", o->hessian.row_scales,
                  "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq, diagonal and final (printed "
-                 "with -v; four more triangular products per matrix)");
+                 "with -v; three more triangular products per matrix)");
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()

@@ -229,21 +229,22 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                     job.report.loss_diagonal += before[r];
                     job.report.loss_final += std::min(before[r], after[r]);
                 }
-                if (o.row_scales) {  // wᵀHq = (wᵀHw + qᵀHq − (w − q)ᵀH(w − q)) / 2, each a loss from zero
+                if (o.row_scales) {
+                    // wᵀHq = (wᵀHw + qᵀHq − (w − q)ᵀH(w − q)) / 2: the last term is each encoding's loss, known
+                    // (before[r], and min(before, after) for the row's final bytes); the others are losses from zero
                     const std::vector<float> zero((size_t) (rows * n), 0.0f);
                     std::vector<float> fin((size_t) (rows * n));
                     for (int64_t r = 0; r < rows; ++r) {
                         to_float(type, q.data() + r * row_bytes, fin.data() + r * n, n);
                     }
-                    std::vector<double> ww((size_t) rows), qq_d((size_t) rows), qq_f((size_t) rows), dd_f((size_t) rows);
+                    std::vector<double> ww((size_t) rows), qq_d((size_t) rows), qq_f((size_t) rows);
                     rounder->losses(zero.data(), w.data(), rows, ww.data());
                     rounder->losses(zero.data(), diag.data(), rows, qq_d.data());
                     rounder->losses(zero.data(), fin.data(), rows, qq_f.data());
-                    rounder->losses(w.data(), fin.data(), rows, dd_f.data());
                     for (int64_t r = 0; r < rows; ++r) {
                         job.report.wq_diagonal += (ww[r] + qq_d[r] - before[r]) / 2;
                         job.report.qq_diagonal += qq_d[r];
-                        job.report.wq_final += (ww[r] + qq_f[r] - dd_f[r]) / 2;
+                        job.report.wq_final += (ww[r] + qq_f[r] - std::min(before[r], after[r])) / 2;
                         job.report.qq_final += qq_f[r];
                     }
                 }

@@ -34,7 +34,7 @@ struct HessianOptions {
     // block's scales (engine/fixed_scale_rounding.h) where that is written: 1.5× slower at Q2_K; better on
     // held-out calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md).
     bool                   refine_rescale = false;
-    // Also measure each encoding's output scale (below): four more triangular products per matrix.
+    // Also measure each encoding's output scale (below): three more triangular products per matrix.
     bool                   row_scales = false;
 };
 
