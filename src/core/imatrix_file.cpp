@@ -213,10 +213,8 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
 }
 
 Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) {
-    const gguf::File f = gguf::parse(bytes, source, [](const std::string & name) {
-        std::string base = name;
-        return remove_suffix(base, kCovSuffix);
-    });
+    const gguf::File f =
+        gguf::parse(bytes, source, [](const std::string & name) { return name.ends_with(kCovSuffix); });
 
     const gguf::Value * type = f.find(kKeyType);
     if (!type || type->type != gguf::Type::string) {
