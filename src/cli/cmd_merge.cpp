@@ -39,13 +39,13 @@ Imatrix merge_files(const std::vector<std::string> & files, uint32_t legacy_chun
                          "imx: warning: %s is a legacy imatrix.dat: its per-expert token counts are unknown, so its "
                          "one count per tensor is given to every expert\n", files[i].c_str());
         }
+        if (loaded) {
+            loaded->push_back(im);  // the parts themselves are asked for: a copy
+        }
         if (i == 0) {
-            merged = im;
+            merged = std::move(im);  // one file is most calls: no copy of its covariances (GBs at real width)
         } else {
             add_imatrix(merged, im, files[i]);
-        }
-        if (loaded) {
-            loaded->push_back(std::move(im));
         }
     }
     return merged;
