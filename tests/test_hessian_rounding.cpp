@@ -195,6 +195,32 @@ TEST(HessianRounding, AllRowsAtOnceEqualRowByRow) {
     RecordProperty("close_rows", close_rows);
 }
 
+// Threads take slices of the rows (47 rows on 3 threads: slices of 15 and 16): every row is encoded once, by
+// the same arithmetic as on one thread — same bytes, same losses, up to a tipped rounding choice if a BLAS sums
+// a slice in another order than the whole.
+TEST(HessianRounding, ThreadsSplitTheRowsWithoutChangingThem) {
+    std::mt19937 rng(8);
+    const int64_t n = 512, block = 32, rows = 47;
+    const HessianRounder r(correlated_hessian(n, 2000, rng), n, block, {});
+    const BlockQuantizer q = toy_quantizer(block);
+    const std::vector<float> w = gaussian_rows(rows, n, rng);
+    const size_t row_bytes = (size_t) (n / block) * q.block_bytes;
+    std::vector<uint8_t> one(rows * row_bytes), three(rows * row_bytes, 0xAB);
+    std::vector<double> l1((size_t) rows), l3((size_t) rows, -1.0), e1((size_t) rows), e3((size_t) rows, -1.0);
+    std::vector<float> d1((size_t) (rows * n)), d3((size_t) (rows * n));
+    r.round_rows(w.data(), rows, q, one.data(), d1.data(), l1.data(), 1);
+    r.round_rows(w.data(), rows, q, three.data(), d3.data(), l3.data(), 3);
+    r.losses(w.data(), d1.data(), rows, e1.data(), 1);
+    r.losses(w.data(), d3.data(), rows, e3.data(), 3);
+    int same_rows = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+        EXPECT_NEAR(l3[i], l1[i], 1e-2 * l1[i]) << "row " << i;
+        EXPECT_NEAR(e3[i], l3[i], 1e-4 * l3[i]) << "row " << i << ": the sliced losses are the rows' own";
+        same_rows += std::equal(one.begin() + i * row_bytes, one.begin() + (i + 1) * row_bytes, three.begin() + i * row_bytes);
+    }
+    EXPECT_GE(same_rows, rows * 9 / 10);
+}
+
 // A block-diagonal H given as segments (a covariance kept in 256-blocks) is the same as the dense matrix with
 // zeros between the blocks — with n·segment memory instead of n².
 // (LAPACK's blocking differs with the size, so float rounding differs.)

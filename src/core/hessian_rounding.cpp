@@ -2,6 +2,7 @@
 
 #include "dot.h"
 #include "error.h"
+#include "linear_algebra.h"
 #include "parallel.h"
 
 #include <cblas.h>
@@ -34,11 +35,10 @@ void invert_lower(std::vector<double> & l, int64_t n) {
     l.swap(inv);
 }
 
-// R with H = R·Rᵀ, upper, for one segment: with J the order reversal, J·H·J = L·Lᵀ (Cholesky) and R = J·L·J.
-// J·M·J of a row-major matrix is its storage read backwards, and a row-major lower triangle is a column-major
-// upper one (what LAPACK is called with). False if H (damped) is not positive definite in float.
-bool reversed_cholesky(float * a, int64_t n) {
-    std::reverse(a, a + n * n);
+// R with H = R·Rᵀ, upper, for one segment, from a = J·H·J (J the order reversal: J·M·J of a row-major matrix is
+// its storage read backwards): J·H·J = L·Lᵀ (Cholesky) and R = J·L·J, and a row-major lower triangle is a
+// column-major upper one (what LAPACK is called with). False if H (damped) is not positive definite in float.
+bool cholesky_of_reversed(float * a, int64_t n) {
     if (LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int) n, a, (lapack_int) n) != 0) {
         return false;
     }
@@ -86,14 +86,17 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
         float * a = r_.data() + s0 * segment;  // the segment's rows: segment × segment, factorised in place
         // damping grows tenfold until the factorisation succeeds (rank-deficient H from few tokens)
         for (double damp = opt_.damp;; damp *= 10) {
+            // J·H·J: row i of the segment is written backwards into row segment−1−i
             for (int64_t i = 0; i < segment; ++i) {
+                const double * hrow = h + (s0 + i) * segment;  // H(s0 + i, s0 + j) = hrow[j]
+                float * arow = a + (segment - 1 - i) * segment + segment - 1;
                 for (int64_t j = 0; j < segment; ++j) {
-                    a[i * segment + j] = (float) at(s0 + i, s0 + j);
+                    arow[-j] = (float) (scale * hrow[j]);
                 }
-                const double d = at(s0 + i, s0 + i);
-                a[i * segment + i] = (float) (d + damp * mean_diag + (d == 0 ? mean_diag : 0.0));  // dead columns
+                const double d = scale * hrow[i];
+                arow[-i] = (float) (d + damp * mean_diag + (d == 0 ? mean_diag : 0.0));  // dead columns
             }
-            if (reversed_cholesky(a, segment)) {
+            if (cholesky_of_reversed(a, segment)) {
                 break;
             }
             if (damp > 1e6) {
@@ -138,24 +141,27 @@ size_t HessianRounder::bytes() const {
     return (r_.size() + block_r_.size() + block_r_t_.size() + block_u_.size() + importance_.size()) * sizeof(float);
 }
 
-void HessianRounder::losses(const float * w, const float * decoded, int64_t rows, double * out) const {
-    // dᵀ H d = ‖Rᵀ d‖²: per segment, Z = D·R by a triangular product for all rows at once
+void HessianRounder::losses(const float * w, const float * decoded, int64_t rows, double * out, int threads) const {
+    // dᵀ H d = ‖Rᵀ d‖²: per segment, Z = D·R by a triangular product, each thread over its slice of the rows
     const int64_t n = n_, seg = segment_;
-    std::vector<float> d((size_t) (rows * n));
-    for (int64_t i = 0; i < rows * n; ++i) {
-        d[i] = decoded[i] - w[i];
-    }
-    for (int64_t s0 = 0; s0 < n; s0 += seg) {
-        cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) seg, 1.0f,
-                    r_.data() + s0 * seg, (int) seg, d.data() + s0, (int) n);
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t i = 0; i < n; ++i) {
-            s += (double) d[r * n + i] * d[r * n + i];
+    const BlasOnCallingThread blas;
+    parallel_slices(rows, threads, [&](int64_t r0, int64_t r1) {
+        std::vector<float> d((size_t) ((r1 - r0) * n));
+        for (int64_t i = 0; i < (r1 - r0) * n; ++i) {
+            d[i] = decoded[r0 * n + i] - w[r0 * n + i];
         }
-        out[r] = s;
-    }
+        for (int64_t s0 = 0; s0 < n; s0 += seg) {
+            cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) (r1 - r0), (int) seg,
+                        1.0f, r_.data() + s0 * seg, (int) seg, d.data() + s0, (int) n);
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+            double s = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                s += (double) d[(r - r0) * n + i] * d[(r - r0) * n + i];
+            }
+            out[r] = s;
+        }
+    });
 }
 
 double HessianRounder::loss(const float * w, const float * decoded) const {
@@ -244,6 +250,17 @@ double HessianRounder::round_row(const float * w, const BlockQuantizer & q, uint
 
 void HessianRounder::round_rows(const float * w, int64_t rows, const BlockQuantizer & q, uint8_t * bytes,
                                 float * decoded, double * losses, int threads) const {
+    // rows are independent under one H: each thread takes a slice of them through the whole pass, its products
+    // on its own thread (no hand-over between the quantizer and BLAS's workers, no spinning in between)
+    const size_t row_bytes = (size_t) (n_ / block_) * q.block_bytes;
+    const BlasOnCallingThread blas;
+    parallel_slices(rows, threads, [&](int64_t r0, int64_t r1) {
+        round_slice(w + r0 * n_, r1 - r0, q, bytes + r0 * row_bytes, decoded ? decoded + r0 * n_ : nullptr, losses + r0);
+    });
+}
+
+void HessianRounder::round_slice(const float * w, int64_t rows, const BlockQuantizer & q, uint8_t * bytes,
+                                 float * decoded, double * losses) const {
     const int64_t n = n_, b = block_, seg = segment_;
     const int64_t group = std::min(seg, std::max(b, kGroup / b * b));
     const size_t row_bytes = (size_t) (n / b) * q.block_bytes;
@@ -265,7 +282,7 @@ void HessianRounder::round_rows(const float * w, int64_t rows, const BlockQuanti
                     ts[r * n + j] = w[r * n + s + j] - ts[r * n + j];
                 }
             }
-            round_block(t.data(), s, rows, q, br, threads);
+            round_block(t.data(), s, rows, q, br);
             for (int64_t r = 0; r < rows; ++r) {
                 losses[r] += br.best_loss[r];
                 std::copy_n(br.best_code.data() + r * q.block_bytes, q.block_bytes, bytes + r * row_bytes + s / b * q.block_bytes);
@@ -293,9 +310,9 @@ HessianRounder::BlockRounds::BlockRounds(int64_t rows, int64_t b, size_t block_b
       best_e(target.size()), code((size_t) rows * block_bytes), best_code(code.size()), best_loss((size_t) rows),
       done((size_t) rows) {}
 
-void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q, BlockRounds & br,
-                                 int threads) const {
-    // encode_block for all rows at once: the per-row work (ggml's quantizer or the re-rounding) in parallel,
+void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q,
+                                 BlockRounds & br) const {
+    // encode_block for all rows at once: the per-row work (ggml's quantizer or the re-rounding) row by row,
     // E = Δ·V⁻¹ and the shifts S·Δ = E·V⁻ᵀ as triangular matrix products over all rows (BLAS)
     const int64_t n = n_, b = block_;
     const size_t bb = q.block_bytes;
@@ -309,9 +326,9 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
             cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, (int) rows, (int) b, 1.0f, vinv,
                         (int) b, br.target.data(), (int) b);
         }
-        parallel_for(rows, threads, [&](int64_t r, int) {
+        for (int64_t r = 0; r < rows; ++r) {
             if (br.done[r]) {
-                return;
+                continue;
             }
             float * target = br.target.data() + r * b;
             const float * tr = t + r * n + s;
@@ -335,12 +352,12 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
             for (int64_t i = 0; i < b; ++i) {
                 er[i] = dr[i] - tr[i];  // Δ, made E below
             }
-        });
+        }
         cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) rows, (int) b, 1.0f, vinv,
                     (int) b, br.e.data(), (int) b);
-        parallel_for(rows, threads, [&](int64_t r, int) {
+        for (int64_t r = 0; r < rows; ++r) {
             if (br.done[r]) {
-                return;
+                continue;
             }
             const float * er = br.e.data() + r * b;
             double l = 0;
@@ -349,7 +366,7 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
             }
             const double gain = br.best_loss[r] - l;
             if (round > 0 && !(gain > 0)) {
-                return;  // too long a step: the next, half as long, may still gain
+                continue;  // too long a step: the next, half as long, may still gain
             }
             br.best_loss[r] = l;
             std::copy_n(er, b, br.best_e.data() + r * b);
@@ -357,7 +374,7 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
             std::copy_n(br.code.data() + r * bb, bb, br.best_code.data() + r * bb);
             // converged: shorter steps would gain less still, each at the price of an encoding
             br.done[r] = round > 0 && gain < opt_.refine_tolerance * (l + gain);
-        });
+        }
     }
 }
 

@@ -62,15 +62,15 @@ public:
     HessianRounder(const std::vector<double> & h, int64_t n, int64_t block, const HessianRoundingOptions & o);
 
     // All `rows` rows of w (row-major, rows × n) at once: bytes (rows × n/block × block_bytes), decoded values
-    // (rows × n, may be null) and each row's loss (w − q)ᵀ H (w − q) under the damped H. The work inside a
-    // block runs on `threads` threads; the products on BLAS's threads.
+    // (rows × n, may be null) and each row's loss (w − q)ᵀ H (w − q) under the damped H. Each of `threads`
+    // threads takes a slice of the rows through the whole pass, BLAS included.
     void round_rows(const float * w, int64_t rows, const BlockQuantizer & q, uint8_t * bytes, float * decoded,
                     double * losses, int threads) const;
     // One row, the plain way (scalar feedback): the reference that round_rows is tested against.
     double round_row(const float * w, const BlockQuantizer & q, uint8_t * bytes, float * decoded) const;
 
-    // (w − q)ᵀ H (w − q) under the damped H for `rows` rows of decoded values q.
-    void losses(const float * w, const float * decoded, int64_t rows, double * out) const;
+    // (w − q)ᵀ H (w − q) under the damped H for `rows` rows of decoded values q, in slices of rows on `threads`.
+    void losses(const float * w, const float * decoded, int64_t rows, double * out, int threads = 1) const;
     double loss(const float * w, const float * decoded) const;
 
     int64_t n() const { return n_; }
@@ -94,8 +94,10 @@ private:
         std::vector<char>    done;  // rounds ended early (refine_tolerance)
         BlockRounds(int64_t rows, int64_t block, size_t block_bytes);
     };
-    void round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q, BlockRounds & br,
-                     int threads) const;
+    void round_block(const float * t, int64_t s, int64_t rows, const BlockQuantizer & q, BlockRounds & br) const;
+    // round_rows for one slice of rows, on the calling thread.
+    void round_slice(const float * w, int64_t rows, const BlockQuantizer & q, uint8_t * bytes, float * decoded,
+                     double * losses) const;
 
     struct Scratch;
     // Encodes the block at columns s.. of the targets t; writes its bytes, decoded values and E = U_bb⁻ᵀ Δ;

@@ -26,4 +26,17 @@ template <typename F> void parallel_for(int64_t n, int threads, F && f) {
     }
 }
 
+// Runs f(begin, end) once per thread on `threads` contiguous, nearly equal slices of [0, n).
+template <typename F> void parallel_slices(int64_t n, int threads, F && f) {
+    const int64_t k = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < k; ++t) {
+        pool.emplace_back([&f, n, k, t] { f(n * t / k, n * (t + 1) / k); });
+    }
+    f(0, n / k);
+    for (auto & t : pool) {
+        t.join();
+    }
+}
+
 }  // namespace imx
