@@ -3,6 +3,7 @@
 // size as llama-quantize, loads in llama-perplexity, lower output error and KL-divergence).
 #include "core/imatrix_file.h"
 #include "engine/fixed_scale_rounding.h"
+#include "engine/lattice_rounding.h"
 #include "helpers.h"
 
 #include <gtest/gtest.h>
@@ -10,7 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <regex>
 
@@ -318,13 +321,13 @@ TEST_P(FixedScaleRounding, ValuesAreTheNearestLevelsUnderTheBlocksScales) {
     ggml_quantize_chunk(type, w.data(), prev.data(), 0, 1, block, nullptr);
 
     to_float(prev.data(), check.data(), block);
-    reround(prev.data(), check.data(), bytes.data(), decoded.data());
+    reround(prev.data(), check.data(), nullptr, bytes.data(), decoded.data());
     EXPECT_EQ(bytes, prev) << "a block's own decoding re-rounds to its bytes";
 
     for (int64_t i = 0; i < block; ++i) {
         target[i] = w[i] + 0.3f * g(rng);
     }
-    reround(prev.data(), target.data(), bytes.data(), decoded.data());
+    reround(prev.data(), target.data(), nullptr, bytes.data(), decoded.data());
     to_float(bytes.data(), check.data(), block);
     EXPECT_EQ(check, decoded);
     const int n_levels = layout->q_max - layout->q_min + 1;
@@ -360,4 +363,71 @@ TEST(FixedScaleRoundingTypes, Q3KAndLatticeTypesKeepCallingTheQuantizer) {
     EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_IQ2_XXS));
     EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_Q3_K));
     EXPECT_EQ(engine::fixed_scale_layout(GGML_TYPE_IQ3_XXS), nullptr);
+    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_Q3_K));
+    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_IQ3_XXS));
+}
+
+// IQ2_XXS under its block's scales: each group of 8 takes the codeword (grid point and even-parity signs) that
+// is nearest the target under the importances — checked against every one of the 256 × 128 codewords, written
+// into the block and decoded by ggml — for a target near the block's decoding; scale bytes stay.
+TEST(LatticeRounding, Iq2xxsGroupsTakeTheNearestCodewordUnderTheBlocksScales) {
+    const ggml_type type = GGML_TYPE_IQ2_XXS;
+    const auto reround = engine::lattice_reround(type);
+    ASSERT_TRUE(reround);
+    const int64_t block = ggml_blck_size(type);
+    const auto to_float = ggml_get_type_traits(type)->to_float;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> g(0, 1);
+    std::uniform_real_distribution<float> u(0.2f, 2.0f);
+    std::vector<float> w((size_t) block), imp((size_t) block), target((size_t) block), decoded((size_t) block),
+        check((size_t) block), cand((size_t) block);
+    for (int64_t i = 0; i < block; ++i) {
+        w[i] = g(rng);
+        imp[i] = u(rng);
+    }
+    ggml_quantize_init(type);
+    std::vector<uint8_t> prev(ggml_type_size(type)), bytes(prev.size());
+    ggml_quantize_chunk(type, w.data(), prev.data(), 0, 1, block, imp.data());
+
+    to_float(prev.data(), check.data(), block);
+    reround(prev.data(), check.data(), imp.data(), bytes.data(), decoded.data());
+    EXPECT_EQ(bytes, prev) << "a block's own decoding re-rounds to its bytes";
+
+    for (int64_t i = 0; i < block; ++i) {
+        target[i] = check[i] + 0.15f * std::fabs(check[i]) * g(rng);
+    }
+    reround(prev.data(), target.data(), imp.data(), bytes.data(), decoded.data());
+    to_float(bytes.data(), check.data(), block);
+    EXPECT_EQ(check, decoded);
+    EXPECT_EQ(std::vector<uint8_t>(bytes.begin(), bytes.begin() + 2), std::vector<uint8_t>(prev.begin(), prev.begin() + 2));
+    const auto cost = [&](const float * x, int64_t e) {
+        double c = 0;
+        for (int j = 0; j < 8; ++j) {
+            c += imp[e + j] * (x[e + j] - target[e + j]) * (x[e + j] - target[e + j]);
+        }
+        return c;
+    };
+    int moved = 0;
+    for (int sub = 0; sub < 8; ++sub) {
+        EXPECT_EQ(bytes[2 + 8 * sub + 7] >> 4, prev[2 + 8 * sub + 7] >> 4) << "the scale of 32 values stays";
+        for (int k = 0; k < 4; ++k) {
+            const int64_t e = 32 * sub + 8 * k;
+            double best = std::numeric_limits<double>::infinity();
+            std::vector<uint8_t> b = bytes;
+            for (int index = 0; index < 256; ++index) {
+                for (uint32_t signs = 0; signs < 128; ++signs) {
+                    b[2 + 8 * sub + k] = (uint8_t) index;
+                    uint32_t word;
+                    std::memcpy(&word, b.data() + 2 + 8 * sub + 4, 4);
+                    word = (word & ~(0x7Fu << (7 * k))) | (signs << (7 * k));
+                    std::memcpy(b.data() + 2 + 8 * sub + 4, &word, 4);
+                    to_float(b.data(), cand.data(), block);
+                    best = std::min(best, cost(cand.data(), e));
+                }
+            }
+            EXPECT_NEAR(cost(decoded.data(), e), best, 1e-6 * best) << "group " << sub * 4 + k;
+            moved += bytes[2 + 8 * sub + k] != prev[2 + 8 * sub + k];
+        }
+    }
+    EXPECT_GT(moved, 0) << "the shifted target moves some codewords";
 }

@@ -145,8 +145,8 @@ Run add_quantize(CLI::App & app) {
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--refine-rescale", o->hessian.refine_rescale,
                  "hessian: refinement rounds search the block's scales again with ggml's quantizer instead of keeping "
-                 "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0): 1.5x slower at Q2_K, better on held-out calibration text, worse "
-                 "in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
+                 "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0, IQ2_XXS): 1.4-1.5x slower, at Q2_K better on held-out "
+                 "calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
     app.add_flag("--output-scales", o->hessian.row_scales,
                  "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq, diagonal and final (printed "
                  "with -v; three more triangular products per matrix)");

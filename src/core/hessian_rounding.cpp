@@ -189,7 +189,7 @@ double HessianRounder::encode_block(const float * t, int64_t s, const BlockQuant
             }
         }
         if (round > 0 && q.reround) {
-            q.reround(out, sc.target.data(), sc.code.data(), sc.dec.data());  // `out`: the best bytes so far
+            q.reround(out, sc.target.data(), imp, sc.code.data(), sc.dec.data());  // `out`: the best bytes so far
         } else {
             q.encode(sc.target.data(), imp, sc.code.data(), sc.dec.data());
         }
@@ -342,7 +342,7 @@ void HessianRounder::round_block(const float * t, int64_t s, int64_t rows, const
                     target[i] = best[i] - alpha * target[i] / imp[i];
                 }
                 if (q.reround) {
-                    q.reround(br.best_code.data() + r * bb, target, br.code.data() + r * bb, br.dec.data() + r * b);
+                    q.reround(br.best_code.data() + r * bb, target, imp, br.code.data() + r * bb, br.dec.data() + r * b);
                 } else {
                     q.encode(target, imp, br.code.data() + r * bb, br.dec.data() + r * b);
                 }

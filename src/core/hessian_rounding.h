@@ -39,9 +39,11 @@ struct BlockQuantizer {
     int64_t block = 0;
     size_t  block_bytes = 0;
     std::function<void(const float * target, const float * importance, uint8_t * bytes, float * decoded)> encode;
-    // Optional: the encoding nearest `target` under the scales of `prev` (this block's bytes so far), for the
-    // refinement rounds (engine/fixed_scale_rounding.h). Empty: the rounds call encode.
-    std::function<void(const uint8_t * prev, const float * target, uint8_t * bytes, float * decoded)> reround;
+    // Optional: the encoding nearest `target` (weighted by `importance`) under the scales of `prev` (this block's
+    // bytes so far), for the refinement rounds (engine/fixed_scale_rounding.h, engine/lattice_rounding.h).
+    // Empty: the rounds call encode.
+    std::function<void(const uint8_t * prev, const float * target, const float * importance, uint8_t * bytes,
+                       float * decoded)> reround;
 };
 
 struct HessianRoundingOptions {

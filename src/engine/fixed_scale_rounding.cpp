@@ -140,8 +140,9 @@ decltype(BlockQuantizer::reround) fixed_scale_reround(ggml_type type) {
     const int64_t block = ggml_blck_size(type);
     const size_t bytes_per_block = ggml_type_size(type);
     const auto to_float = ggml_get_type_traits(type)->to_float;
-    return [layout, block, bytes_per_block, to_float](const uint8_t * prev, const float * target, uint8_t * bytes,
-                                                      float * decoded) {
+    // per value, the nearest level is the best under any positive importances: they are not needed
+    return [layout, block, bytes_per_block, to_float](const uint8_t * prev, const float * target, const float *,
+                                                      uint8_t * bytes, float * decoded) {
         float step[256], offset[256];
         std::memcpy(bytes, prev, bytes_per_block);
         layout->scales(prev, step, offset);

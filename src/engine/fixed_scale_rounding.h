@@ -27,7 +27,7 @@ struct FixedScaleLayout {
 // Q5_K, Q6_K, Q4_0 and Q8_0. Not for q3_K: there, fixed scales cost KLD on both shared models (Q3_K_S, paired
 // against rounds that search the scales: +0.0020 and +0.0025), and so did letting each sub-block scale move
 // two steps either way on deepseek3-tiny (+0.0016; docs/hessian.md). The lattice types (IQ*) pick
-// whole codewords.
+// whole codewords: engine/lattice_rounding.h.
 const FixedScaleLayout * fixed_scale_layout(ggml_type type);
 
 // The re-rounding of `type`'s blocks, or an empty function where there is no layout (then rounds call the

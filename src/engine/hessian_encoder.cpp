@@ -1,6 +1,7 @@
 #include "hessian_encoder.h"
 
 #include "fixed_scale_rounding.h"
+#include "lattice_rounding.h"
 
 #include "core/error.h"
 #include "core/linear_algebra.h"
@@ -227,6 +228,9 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                 };
                 if (!o.refine_rescale) {
                     bq.reround = fixed_scale_reround(type);
+                    if (!bq.reround) {
+                        bq.reround = lattice_reround(type);
+                    }
                 }
                 std::vector<uint8_t> code(row_bytes * rows);
                 const auto t2 = std::chrono::steady_clock::now();
