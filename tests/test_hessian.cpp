@@ -171,10 +171,10 @@ TEST(QuantizeHessian, VerboseOutputScalesAreNearOne) {
     const RunResult h = run(imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + im + " -o " +
                             dir + "/hess.gguf Q2_K -t 2 --method hessian --hessian-tensors 'ffn_(gate|down)_exps' --output-scales -v");
     ASSERT_EQ(h.exit_code, 0) << tail(h.output);
-    const std::regex line(R"(output scale wHq/qHq ([0-9.]+) -> ([0-9.]+))");
+    const std::regex line(R"(output scale wHq/qHq ([0-9.]+) -> ([0-9.]+)  signal scale wHq/wHw ([0-9.]+) -> ([0-9.]+))");
     int n = 0;
     for (auto it = std::sregex_iterator(h.output.begin(), h.output.end(), line); it != std::sregex_iterator(); ++it) {
-        for (int k = 1; k <= 2; ++k) {
+        for (int k = 1; k <= 4; ++k) {
             const double v = std::stod((*it)[k].str());
             EXPECT_GT(v, 0.9) << (*it)[0].str();
             EXPECT_LT(v, 1.1) << (*it)[0].str();

@@ -148,7 +148,7 @@ Run add_quantize(CLI::App & app) {
                  "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0, IQ2_XXS): 1.4-1.5x slower, at Q2_K better on held-out "
                  "calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
     app.add_flag("--output-scales", o->hessian.row_scales,
-                 "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq, diagonal and final (printed "
+                 "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq and signal scale wᵀHq/wᵀHw, diagonal and final (printed "
                  "with -v; three more triangular products per matrix)");
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
@@ -292,10 +292,11 @@ Run add_quantize(CLI::App & app) {
                 for (const auto & r : reports) {
                     std::string scales;
                     if (o->hessian.row_scales) {
-                        char buf[64];
-                        std::snprintf(buf, sizeof buf, "output scale wHq/qHq %.4f -> %.4f  ",
+                        char buf[128];
+                        std::snprintf(buf, sizeof buf, "output scale wHq/qHq %.4f -> %.4f  signal scale wHq/wHw %.4f -> %.4f  ",
                                       r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
-                                      r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0);
+                                      r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0,
+                                      r.ww > 0 ? r.wq_diagonal / r.ww : 0.0, r.ww > 0 ? r.wq_final / r.ww : 0.0);
                         scales = buf;
                     }
                     std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "

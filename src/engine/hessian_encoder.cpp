@@ -262,6 +262,7 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                         job.report.qq_diagonal += qq_d[r];
                         job.report.wq_final += (ww[r] + qq_f[r] - std::min(before[r], after[r])) / 2;
                         job.report.qq_final += qq_f[r];
+                        job.report.ww += ww[r];
                     }
                 }
                 out.seekp((std::streamoff) dst_offset);

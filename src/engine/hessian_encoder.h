@@ -49,10 +49,11 @@ struct HessianTensorReport {
     double      seconds_factor = 0;  // wall time: factorising H (shared by the input's readers: the first pays)
     double      seconds_loss = 0;    //            the diagonal encoding's error
     double      seconds_round = 0;   //            the Hessian encoding
-    // With row_scales: Σ wᵀHq and Σ qᵀHq over the rows, for the diagonal and the final encoding. Their ratio is
-    // the factor that would fit the quantized rows' outputs to the weights' on the calibration data: above 1,
-    // the encoding shrinks the outputs (issue 14's scale-bias question, docs/hessian.md).
-    double      wq_diagonal = 0, qq_diagonal = 0, wq_final = 0, qq_final = 0;
+    // With row_scales: Σ wᵀHq and Σ qᵀHq over the rows, for the diagonal and the final encoding, and Σ wᵀHw.
+    // wᵀHq/qᵀHq is the factor that would best fit the quantized rows' outputs to the weights' (the least-squares
+    // scale: below 1 wherever rounding noise adds energy); wᵀHq/wᵀHw is the slope of the quantized outputs on
+    // the weights' — below 1, the encoding shrinks the signal (issue 14's scale-bias question, docs/hessian.md).
+    double      wq_diagonal = 0, qq_diagonal = 0, wq_final = 0, qq_final = 0, ww = 0;
 };
 
 // Re-encodes, in place, the tensors of `quantized` (just written by llama_model_quantize from `model` with
