@@ -364,14 +364,21 @@ TEST(FixedScaleRoundingTypes, Q3KAndLatticeTypesKeepCallingTheQuantizer) {
     EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_Q3_K));
     EXPECT_EQ(engine::fixed_scale_layout(GGML_TYPE_IQ3_XXS), nullptr);
     EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_Q3_K));
-    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_IQ3_XXS));
+    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_IQ2_XS));
 }
 
-// IQ2_XXS under its block's scales: each group of 8 takes the codeword (grid point and even-parity signs) that
-// is nearest the target under the importances — checked against every one of the 256 × 128 codewords, written
-// into the block and decoded by ggml — for a target near the block's decoding; scale bytes stay.
-TEST(LatticeRounding, Iq2xxsGroupsTakeTheNearestCodewordUnderTheBlocksScales) {
-    const ggml_type type = GGML_TYPE_IQ2_XXS;
+// IQ2_XXS and IQ3_XXS under their blocks' scales: each group of 8 takes the codeword (grid points and
+// even-parity signs) nearest the target under the importances — checked against every codeword, written into
+// the block and decoded by ggml (per sign pattern, each grid point's part of the group on its own) — for a
+// target near the block's decoding; scale bytes stay.
+class LatticeRounding : public ::testing::TestWithParam<ggml_type> {};
+
+TEST_P(LatticeRounding, GroupsTakeTheNearestCodewordUnderTheBlocksScales) {
+    const ggml_type type = GetParam();
+    const bool iq2 = type == GGML_TYPE_IQ2_XXS;
+    const int dim = iq2 ? 8 : 4;
+    const auto index_at = [&](int sub, int group, int part) { return iq2 ? 2 + 8 * sub + group : 2 + 8 * sub + 2 * group + part; };
+    const auto word_at = [&](int sub) { return iq2 ? 2 + 8 * sub + 4 : 2 + 64 + 4 * sub; };
     const auto reround = engine::lattice_reround(type);
     ASSERT_TRUE(reround);
     const int64_t block = ggml_blck_size(type);
@@ -400,34 +407,45 @@ TEST(LatticeRounding, Iq2xxsGroupsTakeTheNearestCodewordUnderTheBlocksScales) {
     to_float(bytes.data(), check.data(), block);
     EXPECT_EQ(check, decoded);
     EXPECT_EQ(std::vector<uint8_t>(bytes.begin(), bytes.begin() + 2), std::vector<uint8_t>(prev.begin(), prev.begin() + 2));
-    const auto cost = [&](const float * x, int64_t e) {
+    const auto cost = [&](const float * x, int64_t e, int n) {
         double c = 0;
-        for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < n; ++j) {
             c += imp[e + j] * (x[e + j] - target[e + j]) * (x[e + j] - target[e + j]);
         }
         return c;
     };
     int moved = 0;
     for (int sub = 0; sub < 8; ++sub) {
-        EXPECT_EQ(bytes[2 + 8 * sub + 7] >> 4, prev[2 + 8 * sub + 7] >> 4) << "the scale of 32 values stays";
-        for (int k = 0; k < 4; ++k) {
-            const int64_t e = 32 * sub + 8 * k;
+        EXPECT_EQ(bytes[word_at(sub) + 3] >> 4, prev[word_at(sub) + 3] >> 4) << "the scale of 32 values stays";
+        for (int group = 0; group < 4; ++group) {
+            const int64_t e = 32 * sub + 8 * group;
             double best = std::numeric_limits<double>::infinity();
             std::vector<uint8_t> b = bytes;
-            for (int index = 0; index < 256; ++index) {
-                for (uint32_t signs = 0; signs < 128; ++signs) {
-                    b[2 + 8 * sub + k] = (uint8_t) index;
-                    uint32_t word;
-                    std::memcpy(&word, b.data() + 2 + 8 * sub + 4, 4);
-                    word = (word & ~(0x7Fu << (7 * k))) | (signs << (7 * k));
-                    std::memcpy(b.data() + 2 + 8 * sub + 4, &word, 4);
-                    to_float(b.data(), cand.data(), block);
-                    best = std::min(best, cost(cand.data(), e));
+            for (uint32_t signs = 0; signs < 128; ++signs) {
+                uint32_t word;
+                std::memcpy(&word, b.data() + word_at(sub), 4);
+                word = (word & ~(0x7Fu << (7 * group))) | (signs << (7 * group));
+                std::memcpy(b.data() + word_at(sub), &word, 4);
+                double total = 0;
+                for (int part = 0; part < 8 / dim; ++part) {
+                    double part_best = std::numeric_limits<double>::infinity();
+                    for (int index = 0; index < 256; ++index) {
+                        b[index_at(sub, group, part)] = (uint8_t) index;
+                        to_float(b.data(), cand.data(), block);
+                        part_best = std::min(part_best, cost(cand.data(), e + part * dim, dim));
+                    }
+                    total += part_best;
                 }
+                best = std::min(best, total);
             }
-            EXPECT_NEAR(cost(decoded.data(), e), best, 1e-6 * best) << "group " << sub * 4 + k;
-            moved += bytes[2 + 8 * sub + k] != prev[2 + 8 * sub + k];
+            EXPECT_NEAR(cost(decoded.data(), e, 8), best, 1e-6 * best) << "group " << sub * 4 + group;
+            for (int part = 0; part < 8 / dim; ++part) {
+                moved += bytes[index_at(sub, group, part)] != prev[index_at(sub, group, part)];
+            }
         }
     }
     EXPECT_GT(moved, 0) << "the shifted target moves some codewords";
 }
+
+INSTANTIATE_TEST_SUITE_P(Types, LatticeRounding, ::testing::Values(GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ3_XXS),
+                         [](const auto & info) { return std::string(ggml_type_name(info.param)); });

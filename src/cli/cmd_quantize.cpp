@@ -145,7 +145,7 @@ Run add_quantize(CLI::App & app) {
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--refine-rescale", o->hessian.refine_rescale,
                  "hessian: refinement rounds search the block's scales again with ggml's quantizer instead of keeping "
-                 "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0, IQ2_XXS): 1.4-1.5x slower, at Q2_K better on held-out "
+                 "them (Q2_K, q4_K-q6_K, Q4_0, Q8_0, IQ2_XXS, IQ3_XXS): 1.4-1.6x slower, at Q2_K better on held-out "
                  "calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md)");
     app.add_flag("--output-scales", o->hessian.row_scales,
                  "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq and signal scale wᵀHq/wᵀHw, diagonal and final (printed "

@@ -12,42 +12,50 @@ namespace imx::engine {
 
 namespace {
 
-// IQ2_XXS's block (ggml-common.h's block_iq2_xxs, from the format): F16 d, then per 32 values 8 bytes — four grid
-// indices, then a little-endian uint32 of four 7-bit sign indices (bits 0-27) and the scale s (bits 28-31).
-// A value decodes to d·(0.5 + s)/4 · grid[index][j] · ±1.
-constexpr int kBlock = 256, kBlockBytes = 66, kGroups = kBlock / 8;
-constexpr int kNeighbours = 24;  // grid points tried per group: the current one and its nearest
+// The two types' blocks (ggml-common.h's block_iq2_xxs / block_iq3_xxs, from the formats): F16 d, then per 32
+// values four groups of 8 and a little-endian uint32 `word` of four 7-bit sign indices (bits 0-27, one per group;
+// the patterns have even parity) and the scale s (bits 28-31). A group is one grid point of 8 values (IQ2_XXS)
+// or two of 4 (IQ3_XXS), each an index byte into a 256-entry grid; a value decodes to
+// d·(0.5 + s)·unit · grid[index][j] · ±1.
+struct Layout {
+    int    block_bytes = 0;
+    int    dim = 0;    // values per grid point (8 or 4)
+    float  unit = 0;   // 1/4 or 1/2
+    size_t index_at(int sub, int group, int part) const { return dim == 8 ? 2 + 8 * sub + group : 2 + 8 * sub + 2 * group + part; }
+    size_t word_at(int sub) const { return dim == 8 ? 2 + 8 * sub + 4 : 2 + 64 + 4 * sub; }
+};
 
-struct Iq2xxsTables {
-    std::array<std::array<float, 8>, 256> grid{};  // in units of d·(0.5 + s)/4
+constexpr int kBlock = 256;
+constexpr int kNeighbours = 24;  // grid points tried per part: the current one and its nearest
+
+struct Lattice {
+    Layout layout;
+    std::array<std::array<float, 8>, 256> grid{};  // in units of d·(0.5 + s)·unit (first `dim` values)
     std::array<uint8_t, 256> sign_index{};          // 8-bit mask of negative values (even parity) → 7-bit index
     std::array<std::array<uint8_t, kNeighbours>, 256> near{};  // each point's nearest points, itself first
 };
 
-uint32_t sign_word(const uint8_t * sub) {
-    uint32_t v;
-    std::memcpy(&v, sub + 4, 4);
-    return v;
-}
-
-Iq2xxsTables read_tables() {
-    const auto to_float = ggml_get_type_traits(GGML_TYPE_IQ2_XXS)->to_float;
-    Iq2xxsTables t;
-    uint8_t b[kBlockBytes] = {};
+// The grid and the sign patterns as ggml decodes them: blocks with d = 1, s = 0 and one index or sign index set.
+Lattice read_lattice(ggml_type type, const Layout & layout) {
+    const auto to_float = ggml_get_type_traits(type)->to_float;
+    Lattice t;
+    t.layout = layout;
+    std::vector<uint8_t> b((size_t) layout.block_bytes, 0);
     const ggml_fp16_t one = ggml_fp32_to_fp16(1.0f);
-    std::memcpy(b, &one, 2);  // d = 1, s = 0: a grid value v decodes to v/8
+    std::memcpy(b.data(), &one, 2);
+    const float unit = 0.5f * layout.unit;
     float x[kBlock];
     for (int g = 0; g < 256; ++g) {
-        b[2] = (uint8_t) g;
-        to_float(b, x, kBlock);
-        for (int j = 0; j < 8; ++j) {
-            t.grid[g][j] = x[j] * 8;
+        b[layout.index_at(0, 0, 0)] = (uint8_t) g;
+        to_float(b.data(), x, kBlock);
+        for (int j = 0; j < layout.dim; ++j) {
+            t.grid[g][j] = x[j] / unit;
         }
     }
-    b[2] = 0;
+    b[layout.index_at(0, 0, 0)] = 0;
     for (uint32_t s = 0; s < 128; ++s) {
-        std::memcpy(b + 2 + 4, &s, 4);
-        to_float(b, x, kBlock);
+        std::memcpy(b.data() + layout.word_at(0), &s, 4);
+        to_float(b.data(), x, kBlock);
         uint8_t mask = 0;
         for (int j = 0; j < 8; ++j) {
             mask |= (uint8_t) ((x[j] < 0) << j);
@@ -58,7 +66,7 @@ Iq2xxsTables read_tables() {
         std::array<float, 256> dist;
         for (int h = 0; h < 256; ++h) {
             float d = 0;
-            for (int j = 0; j < 8; ++j) {
+            for (int j = 0; j < layout.dim; ++j) {
                 d += (t.grid[g][j] - t.grid[h][j]) * (t.grid[g][j] - t.grid[h][j]);
             }
             dist[h] = d;
@@ -74,76 +82,135 @@ Iq2xxsTables read_tables() {
     return t;
 }
 
-// The best (grid point, signs) for one group of 8 targets y (in units of the scale) under weights w, among the
-// neighbours of `current`: each value's sign follows its target; where that gives odd parity, the value
-// cheapest to flip is flipped.
-void best_codeword(const Iq2xxsTables & t, int current, const float * y, const float * w, uint8_t & index,
+// One part's candidates: the weighted cost of each neighbour of `current` with every value's sign following its
+// target y, and the cheapest single flip of a sign ((a + v)² − (a − v)², weighted).
+struct PartCosts {
+    std::array<float, kNeighbours> cost, flip;
+    std::array<int, kNeighbours> flip_at;
+};
+
+void part_costs(const Lattice & t, int current, const float * y, const float * w, PartCosts & pc) {
+    const int dim = t.layout.dim;
+    for (int k = 0; k < kNeighbours; ++k) {
+        const auto & v = t.grid[t.near[current][k]];
+        float c = 0, f = std::numeric_limits<float>::infinity();
+        int at = 0;
+        for (int j = 0; j < dim; ++j) {
+            const float a = std::fabs(y[j]);
+            c += w[j] * (a - v[j]) * (a - v[j]);
+            const float fj = 4 * w[j] * a * v[j];
+            if (fj < f) {
+                f = fj;
+                at = j;
+            }
+        }
+        pc.cost[k] = c;
+        pc.flip[k] = f;
+        pc.flip_at[k] = at;
+    }
+}
+
+// The best codeword for one group of 8 targets y (in units of the scale) under weights w, among the neighbours of
+// its current grid points: signs follow the targets; where that gives odd parity, the cheapest value is flipped
+// (the flip may fall in either part, so with two parts the pair is chosen jointly).
+void best_codeword(const Lattice & t, const uint8_t * current, const float * y, const float * w, uint8_t * index,
                    uint8_t & mask) {
-    float best = std::numeric_limits<float>::infinity();
+    const int dim = t.layout.dim, parts = 8 / dim;
     uint8_t natural = 0;
     for (int j = 0; j < 8; ++j) {
         natural |= (uint8_t) ((y[j] < 0) << j);
     }
-    for (int k = 0; k < kNeighbours; ++k) {
-        const int g = t.near[current][k];
-        float cost = 0, flip = std::numeric_limits<float>::infinity();
-        int flip_at = 0;
-        for (int j = 0; j < 8; ++j) {
-            const float a = std::fabs(y[j]), v = t.grid[g][j];
-            cost += w[j] * (a - v) * (a - v);
-            const float f = 4 * w[j] * a * v;  // (a + v)² − (a − v)², weighted
-            if (f < flip) {
-                flip = f;
-                flip_at = j;
+    const bool odd = __builtin_popcount(natural) % 2;
+    PartCosts pc[2];
+    for (int p = 0; p < parts; ++p) {
+        part_costs(t, current[p], y + p * dim, w + p * dim, pc[p]);
+    }
+    float best = std::numeric_limits<float>::infinity();
+    int best_k[2] = {0, 0}, flip_part = -1;
+    if (parts == 1) {
+        for (int k = 0; k < kNeighbours; ++k) {
+            const float c = pc[0].cost[k] + (odd ? pc[0].flip[k] : 0.0f);
+            if (c < best) {
+                best = c;
+                best_k[0] = k;
             }
         }
-        uint8_t m = natural;
-        if (__builtin_popcount(m) % 2) {
-            cost += flip;
-            m ^= (uint8_t) (1 << flip_at);
-        }
-        if (cost < best) {
-            best = cost;
-            index = (uint8_t) g;
-            mask = m;
+        flip_part = odd ? 0 : -1;
+    } else {
+        for (int k0 = 0; k0 < kNeighbours; ++k0) {
+            for (int k1 = 0; k1 < kNeighbours; ++k1) {
+                const bool first = pc[0].flip[k0] <= pc[1].flip[k1];
+                const float c = pc[0].cost[k0] + pc[1].cost[k1] + (odd ? (first ? pc[0].flip[k0] : pc[1].flip[k1]) : 0.0f);
+                if (c < best) {
+                    best = c;
+                    best_k[0] = k0;
+                    best_k[1] = k1;
+                    flip_part = odd ? (first ? 0 : 1) : -1;
+                }
+            }
         }
     }
+    mask = natural;
+    for (int p = 0; p < parts; ++p) {
+        index[p] = t.near[current[p]][best_k[p]];
+        if (flip_part == p) {
+            mask ^= (uint8_t) (1 << (p * dim + pc[p].flip_at[best_k[p]]));
+        }
+    }
+}
+
+const Lattice * lattice_of(ggml_type type) {
+    if (type == GGML_TYPE_IQ2_XXS) {
+        static const Lattice l = read_lattice(type, {66, 8, 0.25f});
+        return &l;
+    }
+    if (type == GGML_TYPE_IQ3_XXS) {
+        static const Lattice l = read_lattice(type, {98, 4, 0.5f});
+        return &l;
+    }
+    return nullptr;
 }
 
 }  // namespace
 
 decltype(BlockQuantizer::reround) lattice_reround(ggml_type type) {
-    if (type != GGML_TYPE_IQ2_XXS) {
+    const Lattice * lattice = lattice_of(type);
+    if (!lattice) {
         return {};
     }
-    static const Iq2xxsTables tables = read_tables();
     const auto to_float = ggml_get_type_traits(type)->to_float;
-    return [to_float](const uint8_t * prev, const float * target, const float * importance, uint8_t * bytes,
-                      float * decoded) {
-        std::memcpy(bytes, prev, kBlockBytes);
+    return [lattice, to_float](const uint8_t * prev, const float * target, const float * importance, uint8_t * bytes,
+                               float * decoded) {
+        const Layout & l = lattice->layout;
+        std::memcpy(bytes, prev, (size_t) l.block_bytes);
         ggml_fp16_t dh;
         std::memcpy(&dh, prev, 2);
         const float d = ggml_fp16_to_fp32(dh);
         for (int sub = 0; sub < kBlock / 32; ++sub) {
-            uint8_t * q = bytes + 2 + 8 * sub;
-            uint32_t signs = sign_word(q);
-            const float scale = d * (0.5f + (float) (signs >> 28)) * 0.25f;
+            uint32_t word;
+            std::memcpy(&word, bytes + l.word_at(sub), 4);
+            const float scale = d * (0.5f + (float) (word >> 28)) * l.unit;
             if (scale == 0) {
                 continue;  // every codeword decodes to 0
             }
-            for (int k = 0; k < 4; ++k) {
-                const int e = 32 * sub + 8 * k;
+            for (int group = 0; group < 4; ++group) {
+                const int e = 32 * sub + 8 * group;
                 float y[8], w[8];
                 for (int j = 0; j < 8; ++j) {
                     y[j] = target[e + j] / scale;
                     w[j] = importance[e + j] * scale * scale;
                 }
-                uint8_t index = q[k], mask = 0;
-                best_codeword(tables, q[k], y, w, index, mask);
-                q[k] = index;
-                signs = (signs & ~(0x7Fu << (7 * k))) | ((uint32_t) tables.sign_index[mask] << (7 * k));
+                uint8_t current[2], index[2], mask = 0;
+                for (int p = 0; p < 8 / l.dim; ++p) {
+                    current[p] = bytes[l.index_at(sub, group, p)];
+                }
+                best_codeword(*lattice, current, y, w, index, mask);
+                for (int p = 0; p < 8 / l.dim; ++p) {
+                    bytes[l.index_at(sub, group, p)] = index[p];
+                }
+                word = (word & ~(0x7Fu << (7 * group))) | ((uint32_t) lattice->sign_index[mask] << (7 * group));
             }
-            std::memcpy(q + 4, &signs, 4);
+            std::memcpy(bytes + l.word_at(sub), &word, 4);
         }
         to_float(bytes, decoded, kBlock);
     };
