@@ -298,6 +298,23 @@ TEST(CollectCovariance, PooledExpertsAreTheSumOfTheExperts) {
     EXPECT_NE(bytes_of(d + "/pooled.gguf"), bytes_of(d + "/diag.gguf"));
 }
 
+// The MLA per-head weights (attn_k_b/attn_v_b: one covariance per head) are re-encoded by default;
+// --no-hessian-per-head leaves them with llama-quantize's encoding.
+TEST(QuantizeHessian, PerHeadWeightsAreReencodedUnlessTurnedOff) {
+    const std::string model = "deepseek3-tiny.gguf";
+    const std::string im = collected(model, model + "-cov3.gguf", "--chunks 3 --covariance");
+    const std::string d = work_dir("hessian-per-head");
+    const std::string base = imx_bin() + " quantize -m " + shared("models/" + model) + " --imatrix " + im +
+                             " Q2_K -t 2 --method hessian --hessian-tensors 'attn_(q|k|v)_b' -o " + d;
+    const RunResult on = run(base + "/on.gguf");
+    ASSERT_EQ(on.exit_code, 0) << tail(on.output);
+    EXPECT_NE(on.output.find("hessian: 12 tensors re-encoded"), std::string::npos) << "q_b, k_b, v_b of 4 layers\n" << tail(on.output);
+    const RunResult off = run(base + "/off.gguf --no-hessian-per-head");
+    ASSERT_EQ(off.exit_code, 0) << tail(off.output);
+    EXPECT_NE(off.output.find("hessian: 4 tensors re-encoded"), std::string::npos) << "q_b only\n" << tail(off.output);
+    EXPECT_NE(bytes_of(d + "/on.gguf"), bytes_of(d + "/off.gguf"));
+}
+
 // Refinement rounds re-round blocks under the scales they have: every value is the nearest level of its
 // sub-block (brute force: the levels read back from blocks holding one q everywhere, under the same scales),
 // and the scale bytes stay as they were (re-rounding the block's own decoding gives its bytes back).

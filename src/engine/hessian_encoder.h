@@ -27,9 +27,10 @@ struct HessianOptions {
     double                 prior_weight = 0;  // W, in tokens
     int                    threads = 0;       // <= 0: all cores
     std::string            tensors;           // a regex: only matching tensors are re-encoded (empty: all)
-    // Per-head 3-D weights (MLA attn_k_b/attn_v_b) stay diagonal unless asked: re-encoding them raised KLD on
-    // deepseek3-tiny (docs/hessian.md).
-    bool                   per_head = false;
+    // Per-head 3-D weights (MLA attn_k_b/attn_v_b) re-encoded too: on held-out calibration text it lowers
+    // deepseek3-tiny's KLD at Q2_K, IQ2_XXS and Q3_K_S (it raised it before the rounds kept Q4_0's scales;
+    // docs/hessian.md).
+    bool                   per_head = true;
     // Refinement rounds call ggml's whole quantizer (a new scale search) instead of re-rounding under the
     // block's scales (engine/fixed_scale_rounding.h) where that is written: 1.5× slower at Q2_K; better on
     // held-out calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md).
