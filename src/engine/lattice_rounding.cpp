@@ -125,30 +125,33 @@ void best_codeword(const Lattice & t, const uint8_t * current, const float * y, 
     for (int p = 0; p < parts; ++p) {
         part_costs(t, current[p], y + p * dim, w + p * dim, pc[p]);
     }
-    float best = std::numeric_limits<float>::infinity();
     int best_k[2] = {0, 0}, flip_part = -1;
-    if (parts == 1) {
-        for (int k = 0; k < kNeighbours; ++k) {
-            const float c = pc[0].cost[k] + (odd ? pc[0].flip[k] : 0.0f);
-            if (c < best) {
-                best = c;
-                best_k[0] = k;
-            }
-        }
-        flip_part = odd ? 0 : -1;
-    } else {
+    if (parts == 2 && odd) {  // the flip goes to whichever part flips cheaper: the pair is chosen jointly
+        float best = std::numeric_limits<float>::infinity();
         for (int k0 = 0; k0 < kNeighbours; ++k0) {
             for (int k1 = 0; k1 < kNeighbours; ++k1) {
                 const bool first = pc[0].flip[k0] <= pc[1].flip[k1];
-                const float c = pc[0].cost[k0] + pc[1].cost[k1] + (odd ? (first ? pc[0].flip[k0] : pc[1].flip[k1]) : 0.0f);
+                const float c = pc[0].cost[k0] + pc[1].cost[k1] + (first ? pc[0].flip[k0] : pc[1].flip[k1]);
                 if (c < best) {
                     best = c;
                     best_k[0] = k0;
                     best_k[1] = k1;
-                    flip_part = odd ? (first ? 0 : 1) : -1;
+                    flip_part = first ? 0 : 1;
                 }
             }
         }
+    } else {  // even parity (nothing flipped) or one part (it takes the flip): each part on its own
+        for (int p = 0; p < parts; ++p) {
+            float best = std::numeric_limits<float>::infinity();
+            for (int k = 0; k < kNeighbours; ++k) {
+                const float c = pc[p].cost[k] + (odd ? pc[p].flip[k] : 0.0f);
+                if (c < best) {
+                    best = c;
+                    best_k[p] = k;
+                }
+            }
+        }
+        flip_part = odd ? 0 : -1;
     }
     mask = natural;
     for (int p = 0; p < parts; ++p) {
