@@ -1,6 +1,7 @@
 // GPTQ-style rounding (core/hessian_rounding) with a small symmetric 4-bit block quantizer standing in for
 // ggml's: the loss bookkeeping must be exact, and feedback through a correlated Hessian must beat the diagonal.
 #include "core/covariance.h"
+#include "core/error.h"
 #include "core/hessian_rounding.h"
 
 #include <gtest/gtest.h>
@@ -297,6 +298,72 @@ TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t k = 0; k < 256; ++k) {
             ASSERT_EQ(blocks.values[(n + i) * 256 + k], b[i * n + i / 256 * 256 + k]) << i << "," << k;
+        }
+    }
+}
+
+TEST(Covariance, CrossIsTheProductOfTheQuantizedAndTheTargetInputs) {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> g(0, 1);
+    const int64_t n = 600, tokens = 29;  // more columns than one panel of 512
+    std::vector<float> quantized((size_t) (n * tokens)), target((size_t) (n * tokens));
+    for (size_t i = 0; i < quantized.size(); ++i) {
+        target[i] = g(rng);
+        quantized[i] = target[i] + 0.1f * g(rng);
+    }
+    Covariance c(n, n, 2);
+    c.readers = {"w"};
+    c.add_cross(1, quantized.data(), target.data(), tokens, n);
+    c.add_cross(1, quantized.data(), target.data(), 0, n);  // no tokens: nothing changes
+    ASSERT_EQ(c.cross.size(), c.values.size());
+    for (int64_t i = 0; i < n; i += 23) {
+        for (int64_t j = 0; j < n; j += 19) {
+            double x = 0, scale = 0;
+            for (int64_t t = 0; t < tokens; ++t) {
+                x += (double) quantized[t * n + i] * target[t * n + j];
+                scale += std::fabs((double) quantized[t * n + i] * target[t * n + j]);
+            }
+            EXPECT_NEAR(c.cross[(n + i) * n + j], x, 1e-6 * scale) << i << "," << j;  // X̃ᵀX: not symmetric
+            EXPECT_EQ(c.cross[i * n + j], 0.0);  // other matrices untouched
+        }
+    }
+    // merged with a covariance that has none, the cross term would cover part of the text only: dropped
+    Covariance with = c, without(n, n, 2);
+    without.readers = {"w"};
+    add_covariance(with, c, "a");
+    EXPECT_NEAR(with.cross[(n + 3) * n + 5], 2 * c.cross[(n + 3) * n + 5], 1e-9);
+    add_covariance(with, without, "b");
+    EXPECT_TRUE(with.cross.empty());
+    Covariance blocks(512, 256, 1);
+    blocks.readers = {"blk.0.ffn_down.weight"};
+    EXPECT_THROW(blocks.add_cross(0, quantized.data(), target.data(), tokens, 512), Error);
+}
+
+TEST(HessianRounding, SolveAppliesTheInverseOfTheDampedHessian) {
+    std::mt19937 rng(6);
+    const int64_t n = 512, rows = 5;
+    const std::vector<double> h = correlated_hessian(n, 3000, rng);
+    HessianRoundingOptions o;
+    const HessianRounder r(h, n, 256, o);
+    std::normal_distribution<float> g(0, 1);
+    std::vector<float> y((size_t) (rows * n));
+    for (auto & v : y) {
+        v = g(rng);
+    }
+    std::vector<float> x = y;
+    r.solve(x.data(), rows);
+    double mean_diag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        mean_diag += h[i * n + i] / n;
+    }
+    // x·(H + λ·mean(diag H)·I) must give y back
+    for (int64_t k = 0; k < rows; ++k) {
+        for (int64_t j = 0; j < n; j += 7) {
+            double back = o.damp * mean_diag * x[k * n + j];
+            for (int64_t i = 0; i < n; ++i) {
+                back += (double) x[k * n + i] * h[i * n + j];
+            }
+            EXPECT_NEAR(back, y[k * n + j], 2e-3) << k << "," << j;
         }
     }
 }

@@ -1,10 +1,12 @@
 // Imatrix files on synthetic data: GGUF round trip, and the legacy format's means, ncall and unseen experts.
+#include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/imatrix_file.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 
 using namespace imx;
 
@@ -123,6 +125,46 @@ TEST(ImatrixFile, AllExpertsStatisticsRoundTripAndBadOnesAreRefused) {
         FAIL() << "a wrong shape must be refused";
     } catch (const Error & e) {
         EXPECT_NE(std::string(e.what()).find("bad.gguf: tensor blk.0.ffn_up_exps.weight.in_sum2_all"), std::string::npos)
+            << e.what();
+    }
+}
+
+TEST(ImatrixFile, CrossCovarianceRoundTripsThroughFilesAndCheckpoints) {
+    Imatrix im = sample();
+    Covariance c(4, 4, 3);
+    c.readers = {"blk.0.ffn_up_exps.weight"};
+    c.counts = {300, 0, 724};
+    for (size_t i = 0; i < c.values.size(); ++i) {
+        c.values[i] = (double) (i % 5 == 0 ? 4 : 1);
+    }
+    c.cross.resize(c.values.size());
+    for (size_t i = 0; i < c.cross.size(); ++i) {
+        c.cross[i] = 0.5 * (double) i - 3;  // not symmetric
+    }
+    im.covariances.push_back(c);
+    const Imatrix back = decode_imatrix(encode_gguf(im), "mem.gguf");
+    ASSERT_EQ(back.covariances.size(), 1u);
+    EXPECT_EQ(back.covariances[0].cross, c.cross);  // small whole numbers: exact in F32
+    const std::string ckpt = (std::filesystem::temp_directory_path() / "imx-cross-test.ckpt").string();
+    save_checkpoint({"fp", 2, im}, ckpt);
+    EXPECT_EQ(load_checkpoint(ckpt).data.covariances.at(0).cross, c.cross);
+    std::filesystem::remove(ckpt);
+    // without a cross term nothing is written for it
+    im.covariances[0].cross.clear();
+    EXPECT_TRUE(decode_imatrix(encode_gguf(im), "mem.gguf").covariances[0].cross.empty());
+    // a cross term beside blocks (or of another shape) is refused, naming the file and tensor
+    Imatrix bad = sample();
+    Covariance b(4, 2, 3);
+    b.readers = {"blk.0.ffn_up_exps.weight"};
+    b.counts = {300, 0, 724};
+    b.values.assign(b.values.size(), 1.0);
+    b.cross.assign(c.cross.size(), 1.0);
+    bad.covariances.push_back(b);
+    try {
+        decode_imatrix(encode_gguf(bad), "bad.gguf");
+        FAIL() << "a cross term beside blocks must be refused";
+    } catch (const Error & e) {
+        EXPECT_NE(std::string(e.what()).find("bad.gguf: tensor blk.0.ffn_up_exps.weight.in_cross"), std::string::npos)
             << e.what();
     }
 }

@@ -11,7 +11,8 @@ namespace {
 
 const char kMagicV1[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '1'};
 const char kMagicV2[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '2'};  // v1 + covariances
-const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '3'};  // v2 + all-experts statistics
+const char kMagicV3[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '3'};  // v2 + all-experts statistics
+const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '4'};  // v3 + cross covariances (--target-model)
 
 struct Out {
     std::vector<uint8_t> b;
@@ -111,6 +112,11 @@ void save_checkpoint(const Checkpoint & c, const std::string & path) {
             o.put<double>(x);
         }
     }
+    for (const Covariance & cov : c.data.covariances) {
+        o.put<uint64_t>(cov.cross.size());
+        o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.cross.data()),
+                   reinterpret_cast<const uint8_t *>(cov.cross.data() + cov.cross.size()));
+    }
     write_file_atomic(path, o.b);
 }
 
@@ -120,7 +126,8 @@ Checkpoint load_checkpoint(const std::string & path) {
     in.need(8);
     const bool v1 = std::memcmp(bytes.data(), kMagicV1, 8) == 0;
     const bool v2 = std::memcmp(bytes.data(), kMagicV2, 8) == 0;
-    if (!v1 && !v2 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
+    const bool v3 = std::memcmp(bytes.data(), kMagicV3, 8) == 0;
+    if (!v1 && !v2 && !v3 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
         throw Error(path + ": not an imx checkpoint");
     }
     in.pos = 8;
@@ -175,6 +182,13 @@ Checkpoint load_checkpoint(const std::string & path) {
             throw Error(path + ": corrupt checkpoint (all-experts statistics of " + name + ")");
         }
         c.data.all_experts.emplace(name, std::move(a));
+    }
+    for (size_t i = 0; !v1 && !v2 && !v3 && i < c.data.covariances.size(); ++i) {
+        Covariance & cov = c.data.covariances[i];
+        in.array(cov.cross);
+        if (!cov.cross.empty() && (!cov.full() || cov.cross.size() != cov.values.size())) {
+            throw Error(path + ": corrupt checkpoint (cross covariance " + std::to_string(i) + ")");
+        }
     }
     return c;
 }

@@ -49,6 +49,31 @@ void Covariance::add(int64_t m, const float * rows, int64_t n_rows, int64_t row_
     }
 }
 
+void Covariance::add_cross(int64_t m, const float * rows, const float * target_rows, int64_t n_rows,
+                           int64_t row_stride) {
+    if (!full()) {
+        throw Error("the cross covariance of the input of " + (readers.empty() ? std::string("?") : readers[0]) +
+                    " needs the whole matrix, not blocks of " + std::to_string(block));
+    }
+    if (cross.empty()) {
+        cross.assign(values.size(), 0.0);
+    }
+    if (n_rows == 0) {
+        return;
+    }
+    double * v = cross.data() + m * n_cols * n_cols;
+    constexpr int64_t kPanel = 512;  // as add(): a bounded scratch of 512 × n floats
+    std::vector<float> panel((size_t) (std::min(kPanel, n_cols) * n_cols));
+    for (int64_t p = 0; p < n_cols; p += kPanel) {
+        const int64_t pe = std::min(p + kPanel, n_cols);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) n_cols, (int) n_rows, 1.0f,
+                    rows + p, (int) row_stride, target_rows, (int) row_stride, 0.0f, panel.data(), (int) n_cols);
+        for (int64_t i = 0; i < (pe - p) * n_cols; ++i) {
+            v[p * n_cols + i] += (double) panel[i];
+        }
+    }
+}
+
 void Covariance::symmetrize() {
     // H(j, i) = H(i, j) below each block's diagonal, in tiles (cache-friendly)
     constexpr int64_t kTile = 64;
@@ -110,6 +135,12 @@ void add_covariance(Covariance & into, const Covariance & other, const std::stri
     }
     for (size_t i = 0; i < into.counts.size(); ++i) {
         into.counts[i] += other.counts[i];
+    }
+    if (into.cross.size() != other.cross.size()) {
+        into.cross.clear();  // a cross term over part of the text only would not match H
+    }
+    for (size_t i = 0; i < into.cross.size(); ++i) {
+        into.cross[i] += other.cross[i];
     }
 }
 

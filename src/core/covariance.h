@@ -14,6 +14,13 @@
 // Σ_e X_eᵀX_e over every routed token, counted once per routing slot. The encoder then takes expert e's Hessian
 // as the pooled correlation scaled by the expert's own diagonal (its imatrix sums): H_e ≈ D_e^½ R D_e^½ — one
 // n×n per layer instead of one per expert (DeepSeek-V3: 392 MiB instead of 98 GiB per MoE layer).
+//
+// Cross (sequential quantization, collect --target-model): collected through an already-quantized model, H is
+// X̃ᵀX̃ of the inputs that model really feeds the layer, and `cross` holds X̃ᵀX against the inputs x the target
+// (unquantized) model has at the same tokens. A row q fitted to reproduce the target's outputs then minimises
+//     Σ_t (w·x_t − q·x̃_t)² = (q − w*)ᵀ H (q − w*) + const,        w* = H⁻¹ X̃ᵀX w,
+// so later layers make up for the errors of the layers before them (GPTQ's sequential mode with the target
+// kept, as in GPTAQ). Whole matrices only: cross[(m*n_cols + i)*n_cols + j] = Σ_t x̃_t[i]·x_t[j].
 #pragma once
 
 #include <cstdint>
@@ -29,6 +36,7 @@ struct Covariance {
     std::vector<double>      values;   // n_mat × n_cols × block
     std::vector<int64_t>     counts;   // tokens per matrix (the readers' imatrix counts)
     std::vector<std::string> readers;
+    std::vector<double>      cross;    // n_mat × n_cols × n_cols, or empty (see above)
 
     Covariance() = default;
     Covariance(int64_t cols, int64_t blk, int64_t mats);
@@ -45,6 +53,9 @@ struct Covariance {
     void add(int64_t m, const float * rows, int64_t n_rows, int64_t row_stride);
     // Copies the upper triangle of every kept block onto its lower one.
     void symmetrize();
+    // Adds x̃ xᵀ for every token of matrix m into `cross` (made on first use; the layout must be whole): rows as
+    // in add(), target_rows the target model's inputs of the same tokens, with the same stride.
+    void add_cross(int64_t m, const float * rows, const float * target_rows, int64_t n_rows, int64_t row_stride);
 };
 
 // Bytes a Covariance of this shape holds in memory.

@@ -137,6 +137,20 @@ HessianRounder::HessianRounder(const double * h, double scale, int64_t n, int64_
     }
 }
 
+void HessianRounder::solve(float * rows, int64_t n_rows) const {
+    if (n_rows == 0) {
+        return;
+    }
+    // X·R·Rᵀ = Y: first Z·Rᵀ = Y, then X·R = Z, per segment (H is block diagonal across them)
+    for (int64_t s0 = 0; s0 < n_; s0 += segment_) {
+        const float * r = r_.data() + s0 * segment_;
+        cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, (int) n_rows, (int) segment_, 1.0f,
+                    r, (int) segment_, rows + s0, (int) n_);
+        cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, (int) n_rows, (int) segment_,
+                    1.0f, r, (int) segment_, rows + s0, (int) n_);
+    }
+}
+
 size_t HessianRounder::bytes() const {
     return (r_.size() + block_r_.size() + block_r_t_.size() + block_u_.size() + importance_.size()) * sizeof(float);
 }

@@ -75,6 +75,10 @@ public:
     void losses(const float * w, const float * decoded, int64_t rows, double * out, int threads = 1) const;
     double loss(const float * w, const float * decoded) const;
 
+    // rows ← rows·H⁻¹ under the damped H, for `n_rows` rows of n values (two triangular solves with R): the
+    // targets w* = w + H⁻¹(X̃ᵀX − X̃ᵀX̃)w of sequential quantization (core/covariance.h).
+    void solve(float * rows, int64_t n_rows) const;
+
     int64_t n() const { return n_; }
     // Bytes this rounder holds (its factors), for memory accounting.
     size_t bytes() const;

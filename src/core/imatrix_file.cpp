@@ -25,6 +25,9 @@ const std::string  kCountsSuffix  = ".counts";
 const std::string  kCountsExactSuffix = ".counts_exact";
 constexpr int64_t  kExactF32 = int64_t{1} << 24;
 const std::string  kCovSuffix     = ".in_cov";
+// collect --target-model (core/covariance.h): "<first reader>.in_cross" F32 [n_cols, n_cols, n_mat], X̃ᵀX
+// beside the covariance X̃ᵀX̃ of the same name (F64 in a shard).
+const std::string  kCrossSuffix   = ".in_cross";
 // A shard (imx collect --shard I/N) also stores its sums in double, "<name>.in_sum2_exact" F64 [n_cols, n_mat],
 // and its covariances as F64: the parts then add up to one run's doubles before the one rounding to F32.
 const std::string  kSumsExactSuffix = ".in_sum2_exact";
@@ -132,6 +135,44 @@ void decode_all_experts(const gguf::File & f, Imatrix & im, const std::string & 
     }
 }
 
+std::vector<double> read_values(const gguf::Tensor & t) {
+    std::vector<double> v((size_t) t.nelements());
+    const uint8_t * raw = t.in_place.data();
+    if (t.type == gguf::kGgmlTypeF64) {
+        std::memcpy(v.data(), raw, v.size() * sizeof(double));
+    } else {
+        for (size_t i = 0; i < v.size(); ++i) {
+            float x;
+            std::memcpy(&x, raw + 4 * i, 4);
+            v[i] = x;
+        }
+    }
+    return v;
+}
+
+// "<first reader>.in_cross" beside each whole covariance that has one (core/covariance.h).
+void decode_cross(const gguf::File & f, Imatrix & im, const std::string & source) {
+    for (const auto & t : f.tensors) {
+        std::string base = t.name;
+        if (!remove_suffix(base, kCrossSuffix)) {
+            continue;
+        }
+        auto c = std::find_if(im.covariances.begin(), im.covariances.end(),
+                              [&](const Covariance & x) { return x.readers[0] == base; });
+        if (c == im.covariances.end() || !c->full() || (t.type != gguf::kGgmlTypeF32 && t.type != gguf::kGgmlTypeF64) ||
+            t.ne.size() < 2 || t.ne[0] != c->n_cols || t.ne[1] != c->n_cols || t.nelements() != (int64_t) c->values.size()) {
+            throw Error(source + ": tensor " + t.name + " must be F32 (or F64) [n_cols, n_cols, n_mat] beside a whole " +
+                        base + kCovSuffix);
+        }
+        c->cross = read_values(t);
+        for (double x : c->cross) {
+            if (!std::isfinite(x)) {
+                throw Error(source + ": tensor " + t.name + " holds a non-finite value");
+            }
+        }
+    }
+}
+
 // The covariance tensors are read where they lie in the file's bytes (a covariance is ~1 GB per 8B layer).
 void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & source) {
     const gguf::Value * readers = f.find(kKeyCovReaders);
@@ -185,17 +226,7 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                             std::to_string(c.n_cols) + " columns");
             }
         }
-        c.values.resize((size_t) t.nelements());  // from the parsed bytes (gguf::parse's in_place)
-        const uint8_t * raw = t.in_place.data();
-        if (t.type == gguf::kGgmlTypeF64) {
-            std::memcpy(c.values.data(), raw, c.values.size() * sizeof(double));
-        } else {
-            for (size_t i = 0; i < c.values.size(); ++i) {
-                float v;
-                std::memcpy(&v, raw + 4 * i, 4);
-                c.values[i] = v;
-            }
-        }
+        c.values = read_values(t);  // from the parsed bytes (gguf::parse's in_place)
         for (int64_t m = 0; m < c.n_mat; ++m) {
             for (int64_t j = 0; j < c.n_cols; ++j) {
                 const double d = c.values[(m * c.n_cols + j) * c.block + (j - c.block_start(j))];
@@ -210,11 +241,12 @@ void decode_covariances(const gguf::File & f, Imatrix & im, const std::string & 
                             : ts.counts;
         im.covariances.push_back(std::move(c));
     }
+    decode_cross(f, im, source);
 }
 
 Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) {
     const gguf::File f =
-        gguf::parse(bytes, source, [](const std::string & name) { return name.ends_with(kCovSuffix); });
+        gguf::parse(bytes, source, [](const std::string & name) { return name.ends_with(kCovSuffix) || name.ends_with(kCrossSuffix); });
 
     const gguf::Value * type = f.find(kKeyType);
     if (!type || type->type != gguf::Type::string) {
@@ -504,6 +536,19 @@ gguf::File imatrix_gguf(const Imatrix & im) {
                 t.data64 = c->values;
             } else {
                 t.rounded_from = &c->values;
+            }
+            f.tensors.push_back(std::move(t));
+        }
+        for (const Covariance * c : sorted) {
+            if (c->cross.empty()) {
+                continue;
+            }
+            gguf::Tensor t{c->readers[0] + kCrossSuffix, {c->n_cols, c->n_cols, c->n_mat}, {}};
+            if (part) {
+                t.type = gguf::kGgmlTypeF64;
+                t.data64 = c->cross;
+            } else {
+                t.rounded_from = &c->cross;
             }
             f.tensors.push_back(std::move(t));
         }
