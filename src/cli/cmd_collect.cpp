@@ -39,19 +39,24 @@ struct Options {
 
 // "covariance: 12 inputs (8 whole, 4 in blocks of 256), 176 MiB in memory"
 std::string covariance_summary(const Imatrix & im) {
-    int64_t whole = 0, blocks = 0, readers = 0, pooled = 0;
+    int64_t whole = 0, blocks = 0, readers = 0, pooled = 0, cross = 0;
     uint64_t bytes = 0;
     for (const Covariance & c : im.covariances) {
         (c.full() ? whole : blocks) += 1;
         pooled += c.n_mat == 1 && im.tensors.at(c.readers[0]).n_mat() > 1;
         readers += (int64_t) c.readers.size();
-        bytes += covariance_bytes(c.n_cols, c.block, c.n_mat);
+        bytes += covariance_bytes(c.n_cols, c.block, c.n_mat) * (c.cross.empty() ? 1 : 2);
+        cross += c.cross.empty() ? 0 : 1;
     }
     char s[200];
     std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256; %lld pooled over "
                   "experts), %.0f MiB in memory", im.covariances.size(), (long long) readers, (long long) whole,
                   (long long) blocks, (long long) pooled, bytes / 1048576.0);
-    return s;
+    std::string out = s;
+    if (cross > 0) {
+        out += "; cross terms against the target model for " + std::to_string(cross) + " (whole, not pooled)";
+    }
+    return out;
 }
 
 void print_summary(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
@@ -143,6 +148,10 @@ Run add_collect(CLI::App & app) {
     app.add_flag("--covariance-pooled-experts", c.covariance_pool_experts,
                  "keep one XᵀX per expert input, pooled over its experts (quantize scales it by each expert's own "
                  "imatrix); the default where per-expert matrices do not fit the budget");
+    app.add_option("--target-model", c.target_model,
+                   "with --covariance, -m being a quantization of this model: also X̃ᵀX of -m's inputs against this "
+                   "model's over the same tokens, so that quantize --method hessian fits each layer to this model's "
+                   "outputs on the inputs the quantized layers before it give (sequential quantization)");
     app.add_flag("--process-output", c.process_output, "also collect the output head (output.weight), as llama-imatrix");
     app.add_flag("--all-experts", c.all_experts,
                  "also every expert's inputs over all tokens, as if each token were routed to every expert (computed "
@@ -235,6 +244,14 @@ Run add_collect(CLI::App & app) {
                 std::regex check(c.covariance_tensors);
             } catch (const std::regex_error & e) {
                 throw Error("--covariance-tensors '" + c.covariance_tensors + "': bad regular expression (" + e.what() + ")");
+            }
+        }
+        if (!c.target_model.empty()) {
+            if (!o->covariance) {
+                throw Error("--target-model " + c.target_model + " goes with --covariance (it adds to the covariances)");
+            }
+            if (!std::filesystem::is_regular_file(c.target_model)) {
+                throw Error(c.target_model + ": no such model file (--target-model)");
             }
         }
         if (!o->rpc.empty()) {

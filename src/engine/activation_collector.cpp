@@ -1,5 +1,7 @@
 #include "activation_collector.h"
 
+#include "core/error.h"
+
 #include "ggml-backend.h"
 #include "ggml.h"
 
@@ -32,6 +34,21 @@ bool all_finite(const double * v, int64_t n) {
     return true;
 }
 
+// The target model's input of expert e at token tok: the layer's input itself where all experts read one
+// (gate/up: ne[1] == 1), else the slot the target routed to e. Where the target did not route the token to e,
+// it never computed that expert's input: this model's own row stands in (no correction for that token).
+const float * target_expert_row(const TargetInputs::Input & in, int64_t e, int64_t tok, const float * own) {
+    if (in.ne[1] == 1) {
+        return in.row(0, tok);
+    }
+    for (int64_t k = 0; k < in.n_used; ++k) {
+        if (in.ids[tok * in.n_used + k] == e) {
+            return in.row(k, tok);
+        }
+    }
+    return own;
+}
+
 }  // namespace
 
 bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
@@ -59,6 +76,9 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
     const std::string name = weight_name(t->src[0]->name);
     if (name.rfind("blk.", 0) != 0 && !(process_output_ && name == "output.weight")) {
         return false;  // upstream's rule: layers' weights, and the head only when asked
+    }
+    if (!std::regex_search(name, only_regex_)) {
+        return false;
     }
     if (same_input_as_last(t)) {
         apply(name);  // a non-finite contribution already stopped the run at its first use
@@ -133,7 +153,12 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
         }
     }
     if (ok && covariance_budget_ > 0) {
-        add_covariance(t, name, host_data());
+        try {
+            add_covariance(t, name, host_data());
+        } catch (const std::exception & e) {  // not through llama_decode: stop the graph, report after it
+            error_ = e.what();
+            ok = false;
+        }
     }
     // false ends this graph split: after the final weight only the output head is left
     return ok && name != final_weight_;
@@ -290,13 +315,15 @@ int ActivationCollector::covariance_index(const ggml_tensor * t, const std::stri
         const Covariance & c = data_.covariances[index];
         covariance_used_ += covariance_bytes(c.n_cols, c.block, c.n_mat);
     } else if ((experts || w->ne[3] == 1) && std::regex_search(name, covariance_regex_)) {
-        const CovarianceLayout l = choose_covariance_layout(n_cols, experts ? n_mat : 1, left,
+        // with a target model a whole matrix carries its cross term, as large again
+        const uint64_t share = target_ ? 2 : 1;
+        const CovarianceLayout l = choose_covariance_layout(n_cols, experts ? n_mat : 1, left / share,
                                                             covariance_blocks_only_, covariance_pool_experts_);
         const int64_t mats = l.pooled ? 1 : n_mat;
         if (l.block > 0) {
             data_.covariances.emplace_back(n_cols, l.block, mats);
             data_.covariances.back().readers = {name};
-            covariance_used_ += covariance_bytes(n_cols, l.block, mats);
+            covariance_used_ += covariance_bytes(n_cols, l.block, mats) * share;
             index = (int) data_.covariances.size() - 1;
         }
     }
@@ -312,6 +339,9 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
     Covariance & c = data_.covariances[last_covariance_];
     const ggml_tensor * x = t->src[1];
     const int64_t n_cols = x->ne[0];
+    const bool pooled = c.n_mat == 1 && t->src[0]->ne[2] > 1;
+    // the cross term where the encoder can use it: whole matrices, one per expert or head
+    const TargetInputs::Input * target = target_ && c.full() && !pooled ? &target_input(name, x) : nullptr;
     if (t->op != GGML_OP_MUL_MAT_ID) {
         // every row of x (over ne[1..3]) is one token of the matrix (head) its slice multiplies, as in
         // dense_on_host; a 2-D weight has one matrix
@@ -319,6 +349,9 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         const bool contiguous = n_heads == 1 && x->nb[1] == (size_t) n_cols * sizeof(float) && x->ne[2] == 1 && x->ne[3] == 1;
         if (contiguous) {  // the usual case: the tokens' rows as they lie
             c.add(0, (const float *) data, x->ne[1], n_cols);
+            if (target) {
+                c.add_cross(0, (const float *) data, target->rows.data(), x->ne[1], n_cols);
+            }
             c.counts[0] += x->ne[1];
             return;
         }
@@ -328,16 +361,23 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
                 n_rows += x->ne[1] * x->ne[3];
             }
             rows_.resize(n_cols * n_rows);
+            target_rows_.resize(target ? n_cols * n_rows : 0);
             int64_t r = 0;
             for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
                 for (int64_t i2 = m; i2 < x->ne[2]; i2 += n_heads) {
                     for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
                         const float * row = (const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
                         std::copy_n(row, n_cols, rows_.data() + r * n_cols);
+                        if (target) {
+                            std::copy_n(target->row(i1, i2, i3), n_cols, target_rows_.data() + r * n_cols);
+                        }
                     }
                 }
             }
             c.add(m, rows_.data(), n_rows, n_cols);
+            if (target) {
+                c.add_cross(m, rows_.data(), target_rows_.data(), n_rows, n_cols);
+            }
             c.counts[m] += n_rows;
         }
         return;
@@ -345,14 +385,17 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
     // experts: the tokens routed to each, in token order (ids_host_ is this matmul's routing, see host_ids);
     // pooled over experts: every routed token (slot) into the one matrix
     const int64_t n_used = t->src[2]->ne[0], n_tokens = t->src[2]->ne[1];
-    const bool pooled = c.n_mat == 1 && t->src[0]->ne[2] > 1;
-    std::vector<const float *> rows;
+    std::vector<const float *> rows, target_rows;
     for (int64_t e = 0; e < c.n_mat; ++e) {
         rows.clear();
+        target_rows.clear();
         for (int64_t tok = 0; tok < n_tokens; ++tok) {
             for (int64_t k = 0; k < n_used; ++k) {
                 if (pooled || ids_host_[tok * n_used + k] == e) {
                     rows.push_back((const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]));
+                    if (target) {
+                        target_rows.push_back(target_expert_row(*target, e, tok, rows.back()));
+                    }
                 }
             }
         }
@@ -362,8 +405,29 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
             std::copy_n(rows[r], n_cols, rows_.data() + r * n_cols);
         }
         c.add(e, rows_.data(), n_rows, n_cols);
+        if (target) {
+            target_rows_.resize(n_cols * n_rows);
+            for (int64_t r = 0; r < n_rows; ++r) {
+                std::copy_n(target_rows[r], n_cols, target_rows_.data() + r * n_cols);
+            }
+            c.add_cross(e, rows_.data(), target_rows_.data(), n_rows, n_cols);
+        }
         c.counts[e] += n_rows;
     }
+}
+
+const TargetInputs::Input & ActivationCollector::target_input(const std::string & name, const ggml_tensor * x) const {
+    const TargetInputs::Input * in = target_->find(name);
+    bool same = in != nullptr;
+    for (int d = 0; same && d < 4; ++d) {
+        same = in->ne[d] == x->ne[d];
+    }
+    if (!same) {
+        throw Error("the target model " + std::string(in ? "feeds " + name + " another shape of input than this model"
+                                                         : "has no matmul reading " + name) +
+                    " (in chunk " + std::to_string(first_chunk_) + ")");
+    }
+    return *in;
 }
 
 bool ActivationCollector::add_all_experts(const ggml_tensor * t, const std::string & name, const char * data) {

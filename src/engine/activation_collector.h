@@ -22,6 +22,7 @@
 #include "backend_pool.h"
 #include "core/imatrix.h"
 #include "device_sums.h"
+#include "target_inputs.h"
 
 #include <cstdint>
 #include <map>
@@ -54,10 +55,16 @@ public:
     void collect_output_head(bool on) { process_output_ = on; }
     // Also each expert's inputs over every token, beside the routed ones (--all-experts, AllExpertsPass).
     void collect_all_experts(bool on) { all_experts_ = on ? std::make_unique<AllExpertsPass>(pool_) : nullptr; }
+    // Only weights whose name matches are collected at all (sums too; empty: all): the pass then ends after the
+    // last of them (sequential quantization collects one layer at a time).
+    void only_tensors(const std::string & regex) { only_regex_ = std::regex(regex.empty() ? std::string(".*") : regex); }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
     void covariance_tensors(const std::string & regex) {
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
     }
+    // collect --target-model: the target model's inputs of the chunk, recorded before this model's pass; every
+    // whole, per-matrix covariance then also gets its cross term X̃ᵀX (core/covariance.h).
+    void cross_with(const TargetInputs * target) { target_ = target; }
     // Called before each chunk's forward pass: lets errors name the chunk they happened in.
     void begin_chunk(uint32_t chunk) {
         first_chunk_ = chunk;
@@ -117,6 +124,8 @@ private:
     bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
     // XᵀX of the input of weight `name` (host data); sets last_covariance_.
     void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
+    // The target model's input of `name`, checked against this model's input x; throws imx::Error naming it.
+    const TargetInputs::Input & target_input(const std::string & name, const ggml_tensor * x) const;
     int covariance_index(const ggml_tensor * t, const std::string & name);
     // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
     // host memory, null for down); false if non-finite.
@@ -148,11 +157,14 @@ private:
     bool                           covariance_blocks_only_;
     bool                           covariance_pool_experts_;  // one pooled XᵀX per expert input (core/covariance.h)
     std::regex                     covariance_regex_{".*"};
+    std::regex                     only_regex_{".*"};
     bool                           process_output_ = false;
     uint64_t                       covariance_used_ = 0;
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input
     std::vector<float>             rows_;                 // one matrix's input rows, gathered (experts, heads)
+    const TargetInputs *           target_ = nullptr;     // --target-model
+    std::vector<float>             target_rows_;          // the target model's rows of the same tokens
     std::unique_ptr<AllExpertsPass> all_experts_;          // null unless --all-experts
     bool                           last_all_experts_input_ = false;  // the last input was an expert gate/up's
     std::vector<double>            all_down_;

@@ -9,6 +9,8 @@
 #include "core/linear_algebra.h"
 #include "llama_model.h"
 #include "rpc_servers.h"
+#include "target_inputs.h"
+#include "tensor_file.h"
 
 #include <atomic>
 #include <chrono>
@@ -40,10 +42,26 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
            (o.shard_count ? " shard=" + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) : "") +
            " experts_used=" + std::to_string(o.experts_used) + (o.process_output ? " output" : "") +
            (o.all_experts ? " all_experts" : "") +
+           (o.target_model.empty() ? "" : " target=" + std::filesystem::absolute(o.target_model).string()) +
+           (o.only_tensors.empty() ? "" : " only_tensors=" + o.only_tensors) +
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
                                       (o.covariance_blocks ? " blocks" : "") +
                                       (o.covariance_pool_experts ? " pooled" : "") +
                                       (o.covariance_tensors.empty() ? "" : " only=" + o.covariance_tensors) : "");
+}
+
+// --target-model must be the model `quantized` was made from: every tensor there, of the same shape.
+void check_same_tensors(const std::string & quantized, const std::string & target) {
+    const TensorTable q(quantized), t(target);
+    for (int64_t i = 0; i < gguf_get_n_tensors(q.ctx); ++i) {
+        const char * name = gguf_get_tensor_name(q.ctx, i);
+        const ggml_tensor * a = q.find(name);
+        const ggml_tensor * b = t.find(name);
+        if (!b || !ggml_are_same_shape(a, b)) {
+            throw Error(target + ": not the model " + quantized + " was quantized from (tensor " + name + " is " +
+                        (b ? "of another shape" : "missing") + ")");
+        }
+    }
 }
 
 }  // namespace
@@ -69,7 +87,11 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
                                      : std::string("no checkpoint (--save-every N keeps one)"));
         });
     }
+    if (!o.target_model.empty() && o.covariance_budget == 0) {
+        throw Error("--target-model " + o.target_model + " needs --covariance: it adds to the covariances");
+    }
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
+    ModelPtr target_model = o.target_model.empty() ? nullptr : load_model(o.target_model, {o.n_gpu_layers, o.experts_used});
     const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
                                 o.chat || is_chat_file(o.text_file), o.chat_template};
     std::vector<Chunk> chunks = calibration_chunks(co, model.get());
@@ -94,6 +116,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     collector.collect_output_head(o.process_output);
     collector.collect_all_experts(o.all_experts);
     collector.covariance_tensors(o.covariance_tensors);
+    collector.only_tensors(o.only_tensors);
     CollectResult result;
     const std::string fp = fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
@@ -116,6 +139,22 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     ContextPtr ctx(llama_init_from_model(model.get(), cp));
     if (!ctx) {
         throw Error(o.model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
+    }
+    // --target-model: each chunk goes through the target first, its matmul inputs kept for the cross terms
+    TargetInputs target;
+    target.record_output_head(o.process_output);
+    target.only(o.only_tensors);
+    ContextPtr target_ctx;
+    if (target_model) {
+        check_same_tensors(o.model, o.target_model);
+        llama_context_params tp = cp;
+        tp.cb_eval = TargetInputs::eval_callback;
+        tp.cb_eval_user_data = &target;
+        target_ctx.reset(llama_init_from_model(target_model.get(), tp));
+        if (!target_ctx) {
+            throw Error(o.target_model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
+        }
+        collector.cross_with(&target);
     }
 
     llama_batch batch = llama_batch_init((int32_t) o.chunk_size, 0, 1);
@@ -149,6 +188,15 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
         // and their activations would be missing from that layer's sums
         fill_batch(batch, chunk, 0);
+        if (target_ctx) {
+            target.begin_chunk();
+            llama_memory_clear(llama_get_memory(target_ctx.get()), true);
+            if (const int32_t rc = llama_decode(target_ctx.get(), batch); rc != 0) {
+                llama_batch_free(batch);
+                throw Error(o.target_model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
+                            std::to_string(first + i));
+            }
+        }
         collector.begin_chunk(first + i);
         const int32_t rc = llama_decode(ctx.get(), batch);
         if (!collector.error().empty()) {

@@ -45,6 +45,10 @@ struct CollectOptions {
     bool        process_output = false;   // --process-output: also the output head (output.weight), as upstream
     int         flash_attn = -1;          // -fa: -1 auto, 0 off, 1 on (llama.cpp's llama_flash_attn_type)
     std::vector<std::string> rpc_servers;  // --rpc: HOST:PORT of rpc-server processes that take layers (-ngl)
+    // --target-model: the unquantized model that `model` (a quantization of it) should reproduce; each whole
+    // covariance then also gets X̃ᵀX against the target's inputs (core/covariance.h, sequential quantization).
+    std::string target_model;
+    std::string only_tensors;  // collect only weights matching this regex (sums too); the pass ends after them
 };
 
 struct CollectProgress {
