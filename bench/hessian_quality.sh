@@ -5,12 +5,15 @@
 # llama-perplexity on the Hessian file (it must load, and its PPL must equal imx eval's), and the time and peak
 # memory of both quantizers.
 #   bench/hessian_quality.sh [--chunks N] [--calib-chunks N] [--threads T] [--types Q2_K,...] [--imatrix-dir D]
-#                            [MODEL ...]
+#                            [--sequential] [MODEL ...]
 # --imatrix-dir reuses D/<model>-cov.gguf (made by imx collect --covariance) instead of collecting it.
+# --sequential: imx quantize --method hessian --sequential on the calibration text (layer by layer through the
+# quantized layers; docs/hessian.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${IMX_BUILD:-$root/build}
 chunks=100; calib_chunks=-1; threads=$(nproc); types=Q2_K,Q3_K_S,IQ2_XXS,IQ3_XXS,Q4_K_M; imdir=""; models=()
+sequential=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --chunks) chunks=$2; shift ;;
@@ -18,12 +21,14 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift ;;
     --types) types=$2; shift ;;
     --imatrix-dir) imdir=$(realpath "$2"); shift ;;
+    --sequential) sequential=(--sequential) ;;
     *) models+=("$(realpath "$1")") ;;
   esac
   shift
 done
 [ ${#models[@]} -gt 0 ] || models=("$root/../shared/models/qwen3moe-tiny.gguf" "$root/../shared/models/deepseek3-tiny.gguf")
 calib=$root/../shared/data/calibration.txt
+[ ${#sequential[@]} -eq 0 ] || sequential+=(-f "$calib" --sequential-chunks "$calib_chunks")
 wiki=$root/../shared/data/wiki.test.raw
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
@@ -35,7 +40,7 @@ measured() {
   awk '{ printf "%.2f %.0f\n", $1, $2 / 1024 }' "$tmp/$name.time" >"$tmp/$name.cost"
 }
 
-echo "# hessian encoder vs llama-quantize + imatrix: $chunks eval chunks of 512, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
+echo "# hessian encoder ${sequential[0]:-} vs llama-quantize + imatrix: $chunks eval chunks of 512, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
 echo "| model | type | MiB (both) | KLD llama-quantize [95%] | KLD imx hessian [95%] | ΔKLD [95%] | change | PPL llama-quantize / imx hessian [95%] | PPL ratio, paired [95%] | PPL llama-perplexity / imx eval (10 chunks) | quantize s up / imx | peak MiB up / imx |"
@@ -50,7 +55,7 @@ for model in "${models[@]}"; do
   fi
   for t in ${types//,/ }; do
     (cd "$tmp" && measured up "$build/upstream/llama-quantize" --imatrix "$im" "$model" up.gguf "$t" "$threads")
-    (cd "$tmp" && measured imx "$build/imx" quantize -m "$model" --imatrix "$im" -o hess.gguf "$t" -t "$threads" --method hessian)
+    (cd "$tmp" && measured imx "$build/imx" quantize -m "$model" --imatrix "$im" -o hess.gguf "$t" -t "$threads" --method hessian ${sequential[@]+"${sequential[@]}"})
     [ "$(stat -c %s "$tmp/up.gguf")" = "$(stat -c %s "$tmp/hess.gguf")" ] || { echo "bench: sizes differ for $t"; exit 1; }
     "$build/imx" eval --base "$model" -f "$wiki" -c 512 --chunks "$chunks" -t "$threads" --json \
       "$tmp/up.gguf" "$tmp/hess.gguf" >"$tmp/eval.json" 2>/dev/null

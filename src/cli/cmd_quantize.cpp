@@ -9,6 +9,7 @@
 #include "core/prior_choice.h"
 #include "core/quant_weights.h"
 #include "engine/hessian_encoder.h"
+#include "engine/sequential_encoder.h"
 #include "engine/llama_model.h"
 #include "engine/quantize.h"
 
@@ -151,6 +152,18 @@ Run add_quantize(CLI::App & app) {
     app.add_flag("--output-scales", o->hessian.row_scales,
                  "hessian: measure each re-encoded tensor's output scale wᵀHq/qᵀHq and signal scale wᵀHq/wᵀHw, diagonal and final (printed "
                  "with -v; three more triangular products per matrix)");
+    app.add_flag("--sequential", o->sequential,
+                 "hessian: then layer by layer again, each fitted to the unquantized model's outputs on the inputs the "
+                 "quantized layers before it give (-f TEXT, -c; one pass of both models per layer)");
+    app.add_option("--sequential-step", o->hessian.sequential_step,
+                   "hessian --sequential: share of the step toward the least-squares targets (1: the whole step)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--sequential-chunks", o->sequential_chunks, "hessian --sequential: chunks of -f's text (default: all)");
+    app.add_option("--sequential-budget", o->sequential_budget_mib,
+                   "hessian --sequential: MiB for one layer's covariances and cross terms (inputs beyond it keep the "
+                   "first pass's encoding)")
+        ->capture_default_str();
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
@@ -229,7 +242,11 @@ Run add_quantize(CLI::App & app) {
                         "part2.gguf (imx collect --shard 1/2 and --shard 2/2)");
         }
         prepare_outputs({q.output, o->recipe_file, o->html});
-        if (target && !std::filesystem::is_regular_file(o->text)) {
+        if (o->sequential && (o->method != "hessian" || o->text.empty())) {
+            throw Error("--sequential goes with --method hessian and -f TEXT (the calibration text run through the "
+                        "quantized layers)");
+        }
+        if ((target || o->sequential) && !std::filesystem::is_regular_file(o->text)) {
             throw Error(o->text + ": no such file");
         }
         engine::init_llama(o->verbose);
@@ -269,6 +286,7 @@ Run add_quantize(CLI::App & app) {
         Progress bar("imx quantize");
         q.progress = [&](int done, int total) { bar.update((uint64_t) done, (uint64_t) total, "tensor"); };
         std::vector<engine::HessianTensorReport> reports;
+        std::vector<engine::SequentialLayerReport> sequential;
         if (o->method == "hessian") {
             o->hessian.threads = q.threads;
             q.finish = [&](const std::string & written) {
@@ -276,6 +294,14 @@ Run add_quantize(CLI::App & app) {
                 reports = engine::hessian_reencode(q.model, written, im, o->hessian, [&](int done, int total) {
                     hbar.update((uint64_t) done, (uint64_t) total, "matrix");
                 });
+                if (o->sequential) {
+                    Progress sbar("imx quantize: sequential");
+                    const engine::SequentialOptions so{o->text, o->ctx, o->sequential_chunks,
+                                                       (uint64_t) (o->sequential_budget_mib * 1048576.0)};
+                    sequential = engine::sequential_reencode(q.model, written, o->hessian, so, [&](int done, int total) {
+                        sbar.update((uint64_t) done, (uint64_t) total, "layer");
+                    });
+                }
             };
         }
         engine::quantize_model(q);
@@ -309,6 +335,15 @@ Run add_quantize(CLI::App & app) {
                 }
             }
         }
+        for (const auto & l : sequential) {
+            const HessianSummary ls = summarize(l.tensors);
+            std::fprintf(stderr, "imx quantize: sequential: layer %d: %lld tensors re-encoded toward its shifted targets "
+                                 "(%lld of %lld rows changed, error %.1f%% below the first pass's), %.1f s through both "
+                                 "models\n",
+                         l.layer, (long long) ls.tensors, (long long) ls.rows_improved, (long long) ls.rows,
+                         ls.loss_diagonal > 0 ? 100.0 * (1.0 - ls.loss_final / ls.loss_diagonal) : 0.0,
+                         l.seconds_collect);
+        }
         const auto in_size = std::filesystem::file_size(q.model), out_size = std::filesystem::file_size(q.output);
         std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", q.model.c_str(),
                      q.output.c_str(), q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0,
@@ -335,6 +370,14 @@ Run add_quantize(CLI::App & app) {
             j["output_bytes"] = out_size;
             j["seconds"] = secs;
             j["method"] = o->method;
+            if (!sequential.empty()) {
+                int64_t tensors = 0;
+                for (const auto & l : sequential) {
+                    tensors += (int64_t) l.tensors.size();
+                }
+                j["sequential_layers"] = sequential.size();
+                j["sequential_tensors"] = tensors;
+            }
             if (o->method == "hessian") {
                 j["hessian_tensors"] = hs.tensors;
                 j["hessian_rows_changed"] = hs.rows_improved;

@@ -28,6 +28,10 @@ struct QuantizeCommand {
     bool                    verbose = false;
     std::string             method = "diagonal";
     engine::HessianOptions  hessian;
+    // --sequential: layer by layer again through the quantized file (engine/sequential_encoder.h), on -f's text
+    bool                    sequential = false;
+    int                     sequential_chunks = -1;
+    double                  sequential_budget_mib = 8192;
     // --target-size / --target-bpw
     double                   target_mib = 0;
     double                   target_bpw = 0;

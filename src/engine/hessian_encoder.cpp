@@ -10,6 +10,8 @@
 #include "ggml.h"
 #include "gguf.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -91,6 +93,36 @@ MatrixHessian expert_from_pooled(const Covariance & c, const TensorStats & ts, i
     }
     h.values = h.blended.data();
     return h;
+}
+
+// Sequential quantization (core/covariance.h): D_m = γ·(X̃ᵀX − X̃ᵀX̃)_m / (n_m + W) in float, row-major n×n, γ the
+// step; empty without a cross term or tokens (the targets stay the weights). The prior W shrinks it toward none.
+std::vector<float> cross_shift(const Covariance & c, int64_t m, double prior_weight, double step) {
+    if (c.cross.empty() || !c.full() || c.counts[m] == 0) {
+        return {};
+    }
+    const size_t size = (size_t) (c.n_cols * c.n_cols);
+    const double * cross = c.cross.data() + m * (int64_t) size;
+    const double * h = c.values.data() + m * (int64_t) size;
+    const double scale = step / ((double) c.counts[m] + prior_weight);
+    std::vector<float> d(size);
+    for (size_t i = 0; i < size; ++i) {
+        d[i] = (float) ((cross[i] - h[i]) * scale);
+    }
+    return d;
+}
+
+// The rows' targets w* = w + H⁻¹·D·w (H damped, as the rounder holds it): with γ = 1, what best reproduces the
+// target model's outputs on the inputs the quantized model gives.
+void shift_targets(const HessianRounder & rounder, const std::vector<float> & d, float * w, int64_t rows) {
+    const int64_t n = rounder.n();
+    std::vector<float> y((size_t) (rows * n));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n, d.data(),
+                (int) n, 0.0f, y.data(), (int) n);
+    rounder.solve(y.data(), rows);
+    for (size_t i = 0; i < y.size(); ++i) {
+        w[i] += y[i];
+    }
 }
 
 // C̄ = Σ_m XᵀX_m / Σ_m n_m, in the covariance's layout.
@@ -190,6 +222,8 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
         for (int64_t m = 0; m < n_mats; ++m) {
             const MatrixHessian h = pooled ? expert_from_pooled(c, sums, m, o.prior_weight)
                                            : matrix_hessian(c, m, o.prior_weight, pooled_h);
+            const std::vector<float> shift =
+                pooled ? std::vector<float>{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {
@@ -212,6 +246,9 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                 for (int64_t r = 0; r < rows; ++r) {
                     to_float(job.src->type, w_bytes.data() + r * src_row_bytes, w.data() + r * n, n);
                     to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
+                }
+                if (!shift.empty()) {
+                    shift_targets(*rounder, shift, w.data(), rows);  // llama-quantize's rows are judged by it too
                 }
                 std::vector<double> before((size_t) rows), after((size_t) rows);
                 const auto t1 = std::chrono::steady_clock::now();

@@ -35,6 +35,11 @@ struct HessianOptions {
     // block's scales (engine/fixed_scale_rounding.h) where that is written: 1.5× slower at Q2_K; better on
     // held-out calibration text, worse in KLD on deepseek3-tiny's WikiText-2 (docs/hessian.md).
     bool                   refine_rescale = false;
+    // Where a covariance holds a cross term (collect --target-model; sequential quantization, core/covariance.h):
+    // the share γ of the step from the weights toward the least-squares target w* = w + γ·H⁻¹(X̃ᵀX − X̃ᵀX̃)w.
+    // The whole step (γ = 1) fits the calibration text too closely — worse in KLD even on held-out text of it;
+    // 0.3 was best of those measured (docs/hessian.md).
+    double                 sequential_step = 0.3;
     // Also measure each encoding's output scale (below): three more triangular products per matrix.
     bool                   row_scales = false;
 };
