@@ -1,6 +1,7 @@
 #include "activation_collector.h"
 
 #include "core/error.h"
+#include "weight_name.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -12,18 +13,6 @@
 namespace imx::engine {
 
 namespace {
-
-// "CUDA0#blk.0.attn_q.weight#0" (a weight copied to another backend) → "blk.0.attn_q.weight"
-std::string weight_name(const char * raw) {
-    std::string n = raw;
-    if (const auto p = n.find('#'); p != std::string::npos) {
-        n = n.substr(p + 1);
-        if (const auto q = n.find('#'); q != std::string::npos) {
-            n.resize(q);
-        }
-    }
-    return n;
-}
 
 bool all_finite(const double * v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {

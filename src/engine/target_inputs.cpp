@@ -1,27 +1,13 @@
 #include "target_inputs.h"
 
+#include "weight_name.h"
+
 #include "ggml-backend.h"
 #include "ggml.h"
 
 #include <cstring>
 
 namespace imx::engine {
-
-namespace {
-
-// "CUDA0#blk.0.attn_q.weight#0" → "blk.0.attn_q.weight" (as the collector names weights)
-std::string weight_name(const char * raw) {
-    std::string n = raw;
-    if (const auto p = n.find('#'); p != std::string::npos) {
-        n = n.substr(p + 1);
-        if (const auto q = n.find('#'); q != std::string::npos) {
-            n.resize(q);
-        }
-    }
-    return n;
-}
-
-}  // namespace
 
 bool TargetInputs::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<TargetInputs *>(user_data);
