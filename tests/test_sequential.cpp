@@ -114,9 +114,10 @@ TEST(QuantizeSequential, EveryLayerIsEncodedAgainAndTheFileStaysLlamaQuantizes) 
                                "/held.txt --chunks 8 -c 512 -t 2 --no-cache --json");
     ASSERT_EQ(eval.exit_code, 0) << tail(eval.output);
     const auto quality = nlohmann::json::parse(eval.output.substr(eval.output.find('{')));
-    ASSERT_EQ(quality["models"].size(), 2u);
-    EXPECT_GT(quality["models"][1]["kld_mean"]["value"].get<double>(), 0.0);
-    EXPECT_LT(quality["models"][1]["kld_mean"]["value"].get<double>(), 2 * quality["models"][0]["kld_mean"]["value"].get<double>());
+    ASSERT_EQ(quality["models"].size(), 3u);  // the base, then the two quants
+    const double kld_first = quality["models"][1]["kld_mean"]["value"], kld_seq = quality["models"][2]["kld_mean"]["value"];
+    EXPECT_GT(kld_seq, 0.0);
+    EXPECT_LT(kld_seq, 2 * kld_first);
 
     const RunResult no_text = run(base + " -o " + d + "/x.gguf --sequential");
     EXPECT_EQ(no_text.exit_code, 2);
@@ -126,5 +127,10 @@ TEST(QuantizeSequential, EveryLayerIsEncodedAgainAndTheFileStaysLlamaQuantizes) 
                                    " --sequential-step 1.5");
     EXPECT_EQ(bad_step.exit_code, 1) << tail(bad_step.output);  // a usage error, as every flag's
     EXPECT_NE(bad_step.output.find("--sequential-step"), std::string::npos) << tail(bad_step.output);
+    for (const std::string flag : {"--sequential-chunks 0", "--sequential-budget -5"}) {
+        const RunResult bad = run(base + " -o " + d + "/x.gguf --sequential -f " + shared("data/calibration.txt") + " " + flag);
+        EXPECT_EQ(bad.exit_code, 1) << flag << "\n" << tail(bad.output);
+        EXPECT_NE(bad.output.find(flag.substr(0, flag.find(' '))), std::string::npos) << tail(bad.output);
+    }
     EXPECT_FALSE(fs::exists(d + "/x.gguf"));
 }

@@ -159,11 +159,13 @@ Run add_quantize(CLI::App & app) {
                    "hessian --sequential: share of the step toward the least-squares targets (1: the whole step)")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 1.0));
-    app.add_option("--sequential-chunks", o->sequential_chunks, "hessian --sequential: chunks of -f's text (default: all)");
+    app.add_option("--sequential-chunks", o->sequential_chunks, "hessian --sequential: chunks of -f's text (default: all)")
+        ->check(CLI::PositiveNumber);
     app.add_option("--sequential-budget", o->sequential_budget_mib,
                    "hessian --sequential: MiB for one layer's covariances and cross terms (inputs beyond it keep the "
                    "first pass's encoding)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     app.add_option("--refine-tolerance", o->hessian.rounding.refine_tolerance,
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
