@@ -297,6 +297,7 @@ Run add_quantize(CLI::App & app) {
                     hbar.update((uint64_t) done, (uint64_t) total, "matrix");
                 });
                 if (o->sequential) {
+                    im.covariances.clear();  // done with: their memory goes to the layers' new ones (8B layer: 2 GB)
                     Progress sbar("imx quantize: sequential");
                     const engine::SequentialOptions so{o->text, o->ctx, o->sequential_chunks,
                                                        (uint64_t) (o->sequential_budget_mib * 1048576.0)};
