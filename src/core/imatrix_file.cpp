@@ -527,30 +527,26 @@ gguf::File imatrix_gguf(const Imatrix & im) {
             sorted.push_back(&c);
         }
         std::sort(sorted.begin(), sorted.end(), [](auto * a, auto * b) { return a->readers[0] < b->readers[0]; });
+        // in double in a shard (its parts add up to one run's doubles), else rounded to F32 as it is written
+        auto matrices = [&](const std::string & name, std::vector<int64_t> ne, const std::vector<double> & values) {
+            gguf::Tensor t{name, std::move(ne), {}};
+            if (part) {
+                t.type = gguf::kGgmlTypeF64;
+                t.data64 = values;
+            } else {
+                t.rounded_from = &values;
+            }
+            f.tensors.push_back(std::move(t));
+        };
         std::vector<std::string> readers;
         for (const Covariance * c : sorted) {
             readers.push_back(join_commas(c->readers));
-            gguf::Tensor t{c->readers[0] + kCovSuffix, {c->block, c->n_cols, c->n_mat}, {}};
-            if (part) {
-                t.type = gguf::kGgmlTypeF64;
-                t.data64 = c->values;
-            } else {
-                t.rounded_from = &c->values;
-            }
-            f.tensors.push_back(std::move(t));
+            matrices(c->readers[0] + kCovSuffix, {c->block, c->n_cols, c->n_mat}, c->values);
         }
         for (const Covariance * c : sorted) {
-            if (c->cross.empty()) {
-                continue;
+            if (!c->cross.empty()) {
+                matrices(c->readers[0] + kCrossSuffix, {c->n_cols, c->n_cols, c->n_mat}, c->cross);
             }
-            gguf::Tensor t{c->readers[0] + kCrossSuffix, {c->n_cols, c->n_cols, c->n_mat}, {}};
-            if (part) {
-                t.type = gguf::kGgmlTypeF64;
-                t.data64 = c->cross;
-            } else {
-                t.rounded_from = &c->cross;
-            }
-            f.tensors.push_back(std::move(t));
         }
         f.kvs.push_back({kKeyCovReaders, gguf::make_string_array(readers)});
     }
