@@ -90,6 +90,9 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     if (!o.target_model.empty() && o.covariance_budget == 0) {
         throw Error("--target-model " + o.target_model + " needs --covariance: it adds to the covariances");
     }
+    if (!o.target_model.empty()) {
+        check_same_tensors(o.model, o.target_model);  // from the headers, before either model is loaded
+    }
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
     ModelPtr target_model = o.target_model.empty() ? nullptr : load_model(o.target_model, {o.n_gpu_layers, o.experts_used});
     const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
@@ -146,7 +149,6 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     target.only(o.only_tensors);
     ContextPtr target_ctx;
     if (target_model) {
-        check_same_tensors(o.model, o.target_model);
         llama_context_params tp = cp;
         tp.cb_eval = TargetInputs::eval_callback;
         tp.cb_eval_user_data = &target;
