@@ -1,7 +1,7 @@
 #include "activation_collector.h"
 
 #include "core/error.h"
-#include "weight_name.h"
+#include "graph_nodes.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -48,25 +48,15 @@ bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_d
     return self->collect(t);
 }
 
-// Matmuls whose first operand is a weight of a transformer block. Attention's K·Q and KQ·V multiply
-// activations by activations (their src0 is the KV cache, not a "blk." weight); the output head is left
+// Matmuls whose first operand is a weight of a transformer block (collected_weight); the output head is left
 // out as upstream does by default.
 //
 // A matmul whose input is the very tensor the previous collected matmul read (q, k and v read one input; an
 // expert layer's gate and up read one input with one routing) gets that contribution again without stopping
 // the graph: the sums are the same numbers, and each stop costs a synchronisation.
 bool ActivationCollector::wants(const ggml_tensor * t) {
-    if (t->op != GGML_OP_MUL_MAT && t->op != GGML_OP_MUL_MAT_ID) {
-        return false;
-    }
-    if (t->src[1]->type != GGML_TYPE_F32) {
-        return false;
-    }
-    const std::string name = weight_name(t->src[0]->name);
-    if (name.rfind("blk.", 0) != 0 && !(process_output_ && name == "output.weight")) {
-        return false;  // upstream's rule: layers' weights, and the head only when asked
-    }
-    if (!std::regex_search(name, only_regex_)) {
+    const std::string name = collected_weight(t, process_output_, only_regex_);
+    if (name.empty()) {
         return false;
     }
     if (same_input_as_last(t)) {
@@ -273,15 +263,7 @@ void ActivationCollector::Contribution::reset(int64_t cols, int64_t n_mat, int64
 
 // The expert ids of every token, [n_tokens][n_used], copied from wherever they are (they are small).
 const std::vector<int32_t> & ActivationCollector::host_ids(const ggml_tensor * ids) {
-    ids_copy_.resize(ggml_nbytes(ids));
-    ggml_backend_tensor_get(ids, ids_copy_.data(), 0, ids_copy_.size());
-    ids_host_.resize(ids->ne[0] * ids->ne[1]);
-    for (int64_t tok = 0; tok < ids->ne[1]; ++tok) {
-        for (int64_t k = 0; k < ids->ne[0]; ++k) {
-            std::memcpy(&ids_host_[tok * ids->ne[0] + k], ids_copy_.data() + tok * ids->nb[1] + k * ids->nb[0],
-                        sizeof(int32_t));
-        }
-    }
+    read_expert_ids(ids, ids_copy_, ids_host_);
     return ids_host_;
 }
 

@@ -1,6 +1,6 @@
 #include "target_inputs.h"
 
-#include "weight_name.h"
+#include "graph_nodes.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -31,13 +31,10 @@ const TargetInputs::Input * TargetInputs::find(const std::string & weight) const
     return it == inputs_.end() ? nullptr : it->second.get();
 }
 
-// The matmuls the collector takes (ActivationCollector::wants); a reader of the input just recorded shares it.
+// The matmuls the collector takes (collected_weight); a reader of the input just recorded shares it.
 bool TargetInputs::wants(const ggml_tensor * t) {
-    if ((t->op != GGML_OP_MUL_MAT && t->op != GGML_OP_MUL_MAT_ID) || t->src[1]->type != GGML_TYPE_F32) {
-        return false;
-    }
-    const std::string name = weight_name(t->src[0]->name);
-    if ((name.rfind("blk.", 0) != 0 && !(output_head_ && name == "output.weight")) || !std::regex_search(name, only_)) {
+    const std::string name = collected_weight(t, output_head_, only_);
+    if (name.empty()) {
         return false;
     }
     const ggml_tensor * ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
@@ -67,16 +64,8 @@ bool TargetInputs::record(const ggml_tensor * t) {
     }
     const ggml_tensor * ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
     if (ids) {
-        copy_.resize(ggml_nbytes(ids));
-        ggml_backend_tensor_get(ids, copy_.data(), 0, copy_.size());
         in->n_used = ids->ne[0];
-        in->ids.resize((size_t) (ids->ne[0] * ids->ne[1]));
-        for (int64_t tok = 0; tok < ids->ne[1]; ++tok) {
-            for (int64_t k = 0; k < ids->ne[0]; ++k) {
-                std::memcpy(&in->ids[tok * ids->ne[0] + k], copy_.data() + tok * ids->nb[1] + k * ids->nb[0],
-                            sizeof(int32_t));
-            }
-        }
+        read_expert_ids(ids, copy_, in->ids);
     }
     last_recorded_ = weight_name(t->src[0]->name);
     inputs_[last_recorded_] = in;
