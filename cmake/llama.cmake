@@ -6,7 +6,9 @@
 #   -DIMX_LLAMA_BUILD_DIR=/path/to/build    use an existing static build of llama.cpp as it is
 #   -DIMX_CUDA=ON                           build ggml's CUDA backend too (separate cache)
 
-if(NOT IMX_LLAMA_BUILD_DIR)
+# scripts/llama.sh runs at every configure (instantly when its cache is complete), so that a cache made before a
+# tool was added gets it; only a build directory given by the user is taken as it is.
+if(NOT IMX_LLAMA_BUILD_DIR OR IMX_LLAMA_BUILD_DIR_FROM_SCRIPT)
     set(_args)
     if(IMX_CUDA)
         list(APPEND _args --cuda)
@@ -22,6 +24,7 @@ if(NOT IMX_LLAMA_BUILD_DIR)
     endif()
     string(REGEX REPLACE ".*\n" "" _dir "${_out}")
     set(IMX_LLAMA_BUILD_DIR ${_dir} CACHE PATH "llama.cpp build directory" FORCE)
+    set(IMX_LLAMA_BUILD_DIR_FROM_SCRIPT ON CACHE INTERNAL "")
 endif()
 
 if(NOT EXISTS ${IMX_LLAMA_BUILD_DIR}/CMakeCache.txt)
@@ -90,7 +93,7 @@ add_library(imx::ggml ALIAS imx_ggml)
 # Upstream's tools: the reference in tests and benchmarks. Copied next to our binary so both run side by side.
 set(IMX_UPSTREAM_BIN_DIR ${CMAKE_BINARY_DIR}/upstream)
 file(MAKE_DIRECTORY ${IMX_UPSTREAM_BIN_DIR})
-foreach(_tool llama-imatrix llama-quantize llama-perplexity ggml-rpc-server)
+foreach(_tool llama-imatrix llama-quantize llama-perplexity llama-gguf-split ggml-rpc-server)
     if(EXISTS ${_b}/bin/${_tool})
         file(COPY ${_b}/bin/${_tool} DESTINATION ${IMX_UPSTREAM_BIN_DIR})
     else()

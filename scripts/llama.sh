@@ -63,11 +63,13 @@ if [ -z "$source_dir" ]; then
 fi
 
 # 2. Build: static Release libraries plus the upstream tools we measure ourselves against, with ggml's RPC
-# backend (imx collect --rpc, and ggml-rpc-server, upstream's rpc-server, for the machines that hold the layers).
+# backend (imx collect --rpc, and ggml-rpc-server, upstream's rpc-server, for the machines that hold the layers),
+# and llama-gguf-split (split models: the tests make them, as users get them).
 # GGML_NATIVE=OFF: the binaries must run on any x86-64 machine with AVX2/FMA/F16C (x86-64-v3), not just
 # the one that built them (CI and developer machines differ). ggml then enables exactly those extensions.
-# .imx-built-rpc: a cache built before RPC was added is reconfigured and built again incrementally (a minute).
-stamp="$build_dir/.imx-built-rpc"
+# .imx-built-split: a cache built before llama-gguf-split (split models in tests) was added is built again
+# incrementally (a minute).
+stamp="$build_dir/.imx-built-split"
 if [ ! -f "$stamp" ]; then
   extra=()
   if [ "$cuda" = ON ]; then
@@ -81,7 +83,7 @@ if [ ! -f "$stamp" ]; then
     || { tail -30 "$build_dir.configure.log" >&2; exit 1; }
   log "building (a cold CPU build takes about 7 minutes on 2 cores)"
   cmake --build "$build_dir" -j "${IMX_JOBS:-$(nproc)}" \
-    --target llama ggml llama-imatrix llama-quantize llama-perplexity ggml-rpc-server >"$build_dir.build.log" 2>&1 \
+    --target llama ggml llama-imatrix llama-quantize llama-perplexity llama-gguf-split ggml-rpc-server >"$build_dir.build.log" 2>&1 \
     || { tail -30 "$build_dir.build.log" >&2; exit 1; }
   echo "$source_dir" > "$build_dir/.imx-source"
   touch "$stamp"

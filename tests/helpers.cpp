@@ -1,6 +1,6 @@
 #include "helpers.h"
 
-#include "core/atomic_file.h"
+#include "core/format/atomic_file.h"
 
 #include <gtest/gtest.h>
 

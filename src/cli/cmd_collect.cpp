@@ -3,11 +3,11 @@
 #include "coverage_output.h"
 #include "format_option.h"
 #include "progress.h"
-#include "core/coverage.h"
+#include "core/report/coverage.h"
 #include "core/error.h"
-#include "core/imatrix_file.h"
-#include "engine/collect.h"
-#include "engine/rpc_servers.h"
+#include "core/format/imatrix_file.h"
+#include "engine/collect/collect.h"
+#include "engine/collect/rpc_servers.h"
 
 #include <nlohmann/json.hpp>
 

@@ -5,11 +5,11 @@
 // Per text: experts reached per layer, the fewest tokens any expert got, and the normalised entropy of the
 // token counts (1 = tokens spread evenly over the experts, 0 = all to one), averaged over layers.
 #include "commands.h"
-#include "core/coverage.h"
+#include "core/report/coverage.h"
 #include "core/error.h"
-#include "engine/calibration.h"
-#include "engine/collect.h"
-#include "engine/llama_model.h"
+#include "engine/collect/calibration.h"
+#include "engine/collect/collect.h"
+#include "engine/model/llama_model.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,8 +1,8 @@
 // imx diff A B [--tolerance X]: do two imatrix files agree? Counts exactly, sums within a relative tolerance.
 // Exit code 0: they agree; 3: they differ (so scripts can tell a difference from an error, which is 2).
 #include "commands.h"
-#include "core/compare.h"
-#include "core/imatrix_file.h"
+#include "core/report/compare.h"
+#include "core/format/imatrix_file.h"
 
 #include <cstdio>
 #include <cstdlib>

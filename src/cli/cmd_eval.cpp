@@ -4,8 +4,9 @@
 #include "eval_options.h"
 #include "progress.h"
 #include "quality_table.h"
-#include "core/eval_stats.h"
-#include "engine/evaluate.h"
+#include "core/report/eval_stats.h"
+#include "engine/model/tensor_file.h"
+#include "engine/evaluate/evaluate.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -48,11 +49,11 @@ Run add_eval(CLI::App & app) {
             std::fprintf(stderr, "imx eval: base log-probabilities from %s\n", ev.cache_file().c_str());
         }
         std::vector<QualityRow> rows;
-        rows.push_back({"", "base", o->base, std::filesystem::file_size(o->base), summarize(ev.base_scores()), {}, false, ""});
+        rows.push_back({.label = "base", .path = o->base, .bytes = engine::model_file_bytes(o->base), .summary = summarize(ev.base_scores())});
         std::vector<TokenScores> scores;
         for (const std::string & q : o->quants) {
             scores.push_back(ev.score(q));
-            QualityRow r{"", q, q, std::filesystem::file_size(q), summarize(scores.back()), {}, false, ""};
+            QualityRow r{.label = q, .path = q, .bytes = engine::model_file_bytes(q), .summary = summarize(scores.back())};
             if (scores.size() > 1) {
                 r.kld_vs_ref = paired_difference(scores.back().kld, scores.front().kld);
                 r.ppl_vs_ref = paired_ppl_ratio(scores.back().nll, scores.front().nll);

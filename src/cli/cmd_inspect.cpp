@@ -1,7 +1,7 @@
 // imx inspect FILE [--json]: format, metadata, and per tensor its shape, token counts and unseen experts.
 #include "commands.h"
 #include "coverage_output.h"
-#include "core/imatrix_file.h"
+#include "core/format/imatrix_file.h"
 
 #include <nlohmann/json.hpp>
 

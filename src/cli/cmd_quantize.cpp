@@ -5,13 +5,14 @@
 #include "format_option.h"
 #include "progress.h"
 #include "core/error.h"
-#include "core/imatrix_file.h"
-#include "core/prior_choice.h"
-#include "core/quant_weights.h"
-#include "engine/hessian_encoder.h"
-#include "engine/sequential_encoder.h"
-#include "engine/llama_model.h"
-#include "engine/quantize.h"
+#include "core/format/imatrix_file.h"
+#include "core/math/prior_choice.h"
+#include "core/math/quant_weights.h"
+#include "engine/encode/hessian_encoder.h"
+#include "engine/encode/sequential_encoder.h"
+#include "engine/model/llama_model.h"
+#include "engine/encode/quantize.h"
+#include "engine/model/tensor_file.h"
 
 #include <nlohmann/json.hpp>
 
@@ -121,6 +122,8 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--token-embedding-type", q.token_embedding_type, "ggml type for token_embd.weight");
     app.add_flag("--allow-requantize", q.allow_requantize, "allow quantizing already quantized tensors");
     app.add_flag("--pure", q.pure, "every tensor in the type's default type (no k-quant mixture)");
+    app.add_flag("--keep-split", q.keep_split,
+                 "write a split model as the same parts (OUT-00001-of-0000N.gguf ...), as llama-quantize --keep-split");
     app.add_option("-t,--threads", q.threads, "threads (default: all cores)");
     app.add_option("--chunk-size", o->legacy_chunk_size, "tokens per chunk assumed for a legacy .dat imatrix")
         ->capture_default_str();
@@ -243,7 +246,10 @@ Run add_quantize(CLI::App & app) {
             throw Error("--prior-weight auto needs parts of the text to cross-fit: --imatrix part1.gguf --imatrix "
                         "part2.gguf (imx collect --shard 1/2 and --shard 2/2)");
         }
-        prepare_outputs({q.output, o->recipe_file, o->html});
+        // with --keep-split the parts are written under the output's name without ".gguf" (as llama-quantize)
+        const std::string written_as = q.keep_split && q.output.ends_with(".gguf") ? q.output.substr(0, q.output.size() - 5)
+                                                                                    : q.output;
+        prepare_outputs({written_as, o->recipe_file, o->html});
         if (o->sequential && (o->method != "hessian" || o->text.empty())) {
             throw Error("--sequential goes with --method hessian and -f TEXT (the calibration text run through the "
                         "quantized layers)");
@@ -347,14 +353,17 @@ Run add_quantize(CLI::App & app) {
                          ls.loss_diagonal > 0 ? 100.0 * (1.0 - ls.loss_final / ls.loss_diagonal) : 0.0,
                          l.seconds_collect);
         }
-        const auto in_size = std::filesystem::file_size(q.model), out_size = std::filesystem::file_size(q.output);
-        std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", q.model.c_str(),
-                     q.output.c_str(), q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0,
+        const std::vector<std::string> written = engine::quantized_paths(q);
+        const uint64_t in_size = engine::model_file_bytes(q.model), out_size = engine::model_file_bytes(written[0]);
+        const std::string parts = written.size() > 1 ? " (" + std::to_string(written.size()) + " parts)" : "";
+        std::fprintf(stderr, "imx quantize: %s -> %s%s (%s), %.2f MiB -> %.2f MiB in %s\n", q.model.c_str(),
+                     written[0].c_str(), parts.c_str(), q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0,
                      clock_str(secs).c_str());
         if (o->json) {
             nlohmann::ordered_json j;
             j["model"] = q.model;
-            j["output"] = q.output;
+            j["output"] = written[0];
+            j["outputs"] = written;
             j["type"] = q.type;
             j["imatrix"] = o->imatrix;
             j["prior"] = prior_target_name(prior.target);

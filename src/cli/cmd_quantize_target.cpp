@@ -2,8 +2,8 @@
 // the mix, predicted and measured KLD, timings, the llama-quantize recipe, the frontier page, --json.
 #include "quantize_options.h"
 #include "progress.h"
-#include "core/atomic_file.h"
-#include "core/frontier_html.h"
+#include "core/format/atomic_file.h"
+#include "core/report/frontier_html.h"
 
 #include <nlohmann/json.hpp>
 
@@ -120,7 +120,8 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
         std::printf("%s\n", j.dump(2).c_str());
     } else {
         // the same file with upstream's tools (the recipe's patterns name one tensor each)
-        std::printf("llama-quantize%s%s", o.imatrix.empty() ? "" : " --imatrix ", o.imatrix.c_str());
+        std::printf("llama-quantize%s%s%s", o.q.keep_split ? " --keep-split" : "", o.imatrix.empty() ? "" : " --imatrix ",
+                    o.imatrix.c_str());
         for (const std::string & a : r.recipe) {
             std::printf(" --tensor-type '%s'", a.c_str());
         }

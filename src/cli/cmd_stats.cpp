@@ -2,11 +2,11 @@
 // and a self-contained HTML report.
 #include "commands.h"
 #include "coverage_output.h"
-#include "core/atomic_file.h"
-#include "core/coverage.h"
-#include "core/imatrix_file.h"
-#include "core/report_html.h"
-#include "core/statistics.h"
+#include "core/format/atomic_file.h"
+#include "core/report/coverage.h"
+#include "core/format/imatrix_file.h"
+#include "core/report/report_html.h"
+#include "core/report/statistics.h"
 
 #include <nlohmann/json.hpp>
 

@@ -4,13 +4,14 @@
 #include "commands.h"
 #include "eval_options.h"
 #include "quality_table.h"
-#include "core/atomic_file.h"
+#include "core/format/atomic_file.h"
 #include "core/error.h"
 #include "core/hash.h"
-#include "core/imatrix_file.h"
-#include "core/quant_weights.h"
-#include "engine/evaluate.h"
-#include "engine/quantize.h"
+#include "core/format/imatrix_file.h"
+#include "core/math/quant_weights.h"
+#include "engine/model/tensor_file.h"
+#include "engine/evaluate/evaluate.h"
+#include "engine/encode/quantize.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -158,7 +159,7 @@ Run add_sweep(CLI::App & app) {
             if (it == by_content.end()) {
                 it = by_content.emplace(h, ev.score(r.path)).first;
             }
-            r.bytes = fs::file_size(r.path);
+            r.bytes = engine::model_file_bytes(r.path);
             r.summary = summarize(it->second);
             if (r.label == ref_label) {
                 ref_scores[r.group] = it->second;
@@ -171,14 +172,14 @@ Run add_sweep(CLI::App & app) {
         for (const std::string & type : o->types) {
             for (const Extra & x : extras) {
                 if (x.type == type) {
-                    QualityRow r{type, x.label, x.path};
+                    QualityRow r{.group = type, .label = x.label, .path = x.path};
                     kept.emplace_back(rows.size(), evaluate(r));
                     rows.push_back(r);
                 }
             }
             if (!o->no_plain) {
-                QualityRow r{type, "no imatrix", dir + "/" + type + "-plain.gguf"};
-                engine::QuantizeOptions q{o->base, r.path, type, o->e.threads};
+                QualityRow r{.group = type, .label = "no imatrix", .path = dir + "/" + type + "-plain.gguf"};
+                engine::QuantizeOptions q{.model = o->base, .output = r.path, .type = type, .threads = o->e.threads};
                 try {
                     engine::quantize_model(q);
                     kept.emplace_back(rows.size(), evaluate(r));
@@ -194,10 +195,11 @@ Run add_sweep(CLI::App & app) {
                 for (const std::string & p : o->priors) {
                     const Prior prior{w, parse_prior_target(p)};
                     QuantWeights qw = quant_weights(im, prior, shapes);
-                    QualityRow r{type, "imx W=" + weight_str(w) + " " + p,
-                                 dir + "/" + type + "-w" + weight_str(w) + "-" + p + ".gguf"};
-                    engine::QuantizeOptions q{o->base, r.path, type, o->e.threads, &qw, o->imatrix,
-                                              im.meta.datasets, im.meta.chunk_count};
+                    QualityRow r{.group = type, .label = "imx W=" + weight_str(w) + " " + p,
+                                 .path = dir + "/" + type + "-w" + weight_str(w) + "-" + p + ".gguf"};
+                    engine::QuantizeOptions q{.model = o->base, .output = r.path, .type = type, .threads = o->e.threads,
+                                              .weights = &qw, .imatrix_file = o->imatrix,
+                                              .imatrix_datasets = im.meta.datasets, .imatrix_chunks = im.meta.chunk_count};
                     engine::quantize_model(q);
                     kept.emplace_back(rows.size(), evaluate(r));
                     rows.push_back(r);

@@ -1,6 +1,6 @@
 // imx synth: a random-weight GGUF model of a chosen architecture and size, for speed and shape tests.
 #include "commands.h"
-#include "engine/synth_model.h"
+#include "engine/model/synth_model.h"
 
 #include <cstdio>
 

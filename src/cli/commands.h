@@ -3,8 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
-#include "core/atomic_file.h"
-#include "core/imatrix_file.h"
+#include "core/format/atomic_file.h"
+#include "core/format/imatrix_file.h"
 
 #include <cstdio>
 #include <functional>

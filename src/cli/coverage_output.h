@@ -1,7 +1,7 @@
 // The expert-coverage table and its JSON, shared by collect and stats.
 #pragma once
 
-#include "core/coverage.h"
+#include "core/report/coverage.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,7 @@
 // Options that eval and sweep share: the text, chunking, threads and the base-logits cache.
 #pragma once
 
-#include "engine/evaluate.h"
+#include "engine/evaluate/evaluate.h"
 
 #include <CLI/CLI.hpp>
 

@@ -1,7 +1,7 @@
 // The output-format choice shared by commands that write imatrix files: --format gguf|dat, else by extension.
 #pragma once
 
-#include "core/imatrix_file.h"
+#include "core/format/imatrix_file.h"
 
 #include <CLI/CLI.hpp>
 

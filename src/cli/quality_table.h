@@ -1,7 +1,7 @@
 // The table that eval and sweep print: one row per model, quality against the base with 95% intervals.
 #pragma once
 
-#include "core/eval_stats.h"
+#include "core/report/eval_stats.h"
 
 #include <nlohmann/json.hpp>
 
@@ -14,15 +14,15 @@
 namespace imx::cli {
 
 struct QualityRow {
-    std::string             group;  // the quant type in a sweep; empty in eval
-    std::string             label;  // what made it
-    std::string             path;
+    std::string             group{};  // the quant type in a sweep; empty in eval
+    std::string             label{};  // what made it
+    std::string             path{};
     uint64_t                bytes = 0;
-    QualitySummary          summary;
-    std::optional<Estimate> kld_vs_ref;  // paired mean KLD difference against the group's reference row
+    QualitySummary          summary{};
+    std::optional<Estimate> kld_vs_ref{};  // paired mean KLD difference against the group's reference row
     bool                    best = false;
-    std::string             note;   // instead of numbers, e.g. "needs an imatrix"
-    std::optional<Estimate> ppl_vs_ref;  // paired PPL ratio against the reference row
+    std::string             note{};   // instead of numbers, e.g. "needs an imatrix"
+    std::optional<Estimate> ppl_vs_ref{};  // paired PPL ratio against the reference row
 };
 
 // Markdown, so that it pastes into docs as is.

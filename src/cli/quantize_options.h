@@ -3,11 +3,11 @@
 #pragma once
 
 #include "eval_options.h"
-#include "core/imatrix_file.h"
-#include "core/quant_weights.h"
-#include "engine/hessian_encoder.h"
-#include "engine/quantize.h"
-#include "engine/type_search.h"
+#include "core/format/imatrix_file.h"
+#include "core/math/quant_weights.h"
+#include "engine/encode/hessian_encoder.h"
+#include "engine/encode/quantize.h"
+#include "engine/encode/type_search.h"
 
 #include <map>
 #include <string>

@@ -1,6 +1,6 @@
-#include "imatrix.h"
+#include "core/imatrix.h"
 
-#include "error.h"
+#include "core/error.h"
 
 #include <algorithm>
 

@@ -9,7 +9,7 @@
 // counts.size() is the number of count groups and n_cols() = sums.size() / counts.size().
 #pragma once
 
-#include "covariance.h"
+#include "core/math/covariance.h"
 
 #include <cstdint>
 #include <map>
@@ -31,17 +31,17 @@ struct TensorStats {
 
 // What the GGUF and legacy files carry besides the tensors.
 struct ImatrixMeta {
-    std::vector<std::string> datasets;     // calibration files, in the order they were used
+    std::vector<std::string> datasets{};     // calibration files, in the order they were used
     uint32_t                 chunk_count = 0;
     uint32_t                 chunk_size  = 0;  // tokens per chunk; 0 when unknown
     // imx collect --shard I/N writes part I of N of a text's chunks; merged, the N parts give one run's bytes.
     // `shards` lists the parts a file holds (one, or several merged) of `shard_count`; 0: a whole run. While a
     // file is a part, its sums and covariances are also stored in double (extra tensors upstream ignores).
     uint32_t                 shard_count = 0;
-    std::vector<uint32_t>    shards;
+    std::vector<uint32_t>    shards{};
     // imx collect --covariance-tensors REGEX: the covariances held are those of inputs matching it (KV
     // imx.in_cov.tensors); runs over the same chunks with other sets join into one file by imx merge.
-    std::string              covariance_tensors;
+    std::string              covariance_tensors{};
 };
 
 enum class ImatrixFormat { gguf, legacy };

@@ -1,6 +1,6 @@
-#include "interrupt.h"
+#include "core/interrupt.h"
 
-#include "error.h"
+#include "core/error.h"
 
 #include <atomic>
 #include <csignal>

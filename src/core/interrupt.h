@@ -7,7 +7,7 @@
 // signal ends the process at once.
 #pragma once
 
-#include "error.h"
+#include "core/error.h"
 
 #include <string>
 

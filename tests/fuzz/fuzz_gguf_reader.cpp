@@ -1,7 +1,7 @@
 // Any byte string given to the GGUF imatrix reader either decodes or throws imx::Error: no crash, no
 // out-of-bounds read (ASan), no undefined behaviour (UBSan). A decoded file must re-encode and decode again.
 #include "core/error.h"
-#include "core/imatrix_file.h"
+#include "core/format/imatrix_file.h"
 
 #include <cstring>
 

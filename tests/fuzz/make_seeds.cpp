@@ -1,6 +1,6 @@
 // Writes seed inputs for the fuzzers: a small valid GGUF imatrix and the same data as legacy .dat.
-#include "core/atomic_file.h"
-#include "core/imatrix_file.h"
+#include "core/format/atomic_file.h"
+#include "core/format/imatrix_file.h"
 
 #include <string>
 

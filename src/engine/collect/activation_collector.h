@@ -1,0 +1,173 @@
+// Accumulates Σx² of every matmul input during llama.cpp's forward pass, through ggml's eval callback.
+//
+// For a weight W consumed by MUL_MAT (y = W·x) the input x has one row of n_cols values per token; we add
+// x_j² for every token to sums[j]. A 3-D weight (MLA's attn_k_b: [cols, rows, heads]) multiplies each head
+// h with its own slice of the input, so its sums are kept per head: sums[h*cols + j], with one token count
+// shared by all heads (upstream's layout). For MUL_MAT_ID (MoE experts) each token is routed to n_used of the
+// n_expert matrices: ids[k, t] names the expert of slot k for token t, and we add x² to that expert's row
+// and count the token for that expert only.
+//
+// Speed: the forward pass ends at the last collected matmul (see final_weight_): the output head is skipped.
+//
+// Determinism: every product is widened to double and summed in token order (token-major, then routing slot)
+// over the ubatch — always exactly one chunk — then added to the totals; so the result depends only on the
+// activations. Matmuls that read the same input (q/k/v; gate/up) share one contribution.
+//
+// Covariance (optional, for the Hessian encoder): XᵀX of each distinct input, per expert, on the host (core/
+// covariance.h). Its layout is chosen when an input is first seen: whole while the memory budget lasts, then
+// diagonal blocks of 256, then none. Per-head 3-D weights (attn_k_b) get none: their encoder stays diagonal.
+#pragma once
+
+#include "engine/collect/all_experts_pass.h"
+#include "engine/model/backend_pool.h"
+#include "core/imatrix.h"
+#include "engine/collect/device_sums.h"
+#include "engine/collect/target_inputs.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+struct ggml_tensor;
+
+namespace imx::engine {
+
+class ActivationCollector {
+public:
+    // Activations on a GPU are summed there (DeviceSums). force_device: do the same for host activations, on
+    // the CPU backend with cpu_threads (tests of that path). force_host: copy device activations to the host
+    // and sum there instead (upstream's way; to compare the two paths).
+    // covariance_budget: bytes of XᵀX to keep in memory; 0 collects none.
+    ActivationCollector(uint32_t chunk_size, bool force_device, bool force_host, int cpu_threads,
+                        uint64_t covariance_budget = 0, bool covariance_blocks_only = false,
+                        bool covariance_pool_experts = false)
+        : chunk_size_(chunk_size), force_device_(force_device), force_host_(force_host), pool_(cpu_threads), device_(pool_),
+          covariance_budget_(covariance_budget),
+          covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
+
+    // The ggml_backend_sched_eval_callback: user_data is the collector.
+    static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
+
+    // Also the output head (output.weight; llama-imatrix --process-output). Off: the pass stops before it.
+    void collect_output_head(bool on) { process_output_ = on; }
+    // Also each expert's inputs over every token, beside the routed ones (--all-experts, AllExpertsPass).
+    void collect_all_experts(bool on) { all_experts_ = on ? std::make_unique<AllExpertsPass>(pool_) : nullptr; }
+    // Only weights whose name matches are collected at all (sums too; empty: all): the pass then ends after the
+    // last of them (sequential quantization collects one layer at a time).
+    void only_tensors(const std::string & regex) { only_regex_ = std::regex(regex.empty() ? std::string(".*") : regex); }
+    // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
+    void covariance_tensors(const std::string & regex) {
+        covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
+    }
+    // collect --target-model: the target model's inputs of the chunk, recorded before this model's pass; every
+    // whole, per-matrix covariance then also gets its cross term X̃ᵀX (core/covariance.h).
+    void cross_with(const TargetInputs * target) { target_ = target; }
+    // Called before each chunk's forward pass: lets errors name the chunk they happened in.
+    void begin_chunk(uint32_t chunk) {
+        first_chunk_ = chunk;
+        tokens_this_batch_.clear();
+        last_ = {};  // tensors of the next graph may reuse this one's addresses
+        last_covariance_ = -1;
+        last_all_experts_input_ = false;
+        if (!last_collected_.empty()) {
+            final_weight_ = last_collected_;
+        }
+    }
+    // Tensors and counts so far; after a resume, the checkpoint's. Covariances are made whole here: during the
+    // pass only their upper triangles are kept current (Covariance::add).
+    Imatrix & data() {
+        for (Covariance & c : data_.covariances) {
+            c.symmetrize();
+        }
+        return data_;
+    }
+    // Non-empty once a non-finite activation was seen; the forward pass is stopped at that point.
+    const std::string & error() const { return error_; }
+    // Bytes of matmul inputs that lived on a device (GPU, RPC server), and the bytes read back from there:
+    // per-column sums where they were made on the device, whole inputs where they were copied.
+    struct Traffic {
+        uint64_t device_inputs = 0;
+        uint64_t read_back = 0;
+    };
+    const Traffic & traffic() const { return traffic_; }
+
+private:
+    // What one matmul input adds: Σx² per column and matrix over this ubatch, and tokens per matrix.
+    struct Contribution {
+        std::vector<double>  sums;
+        std::vector<int64_t> counts;
+        int64_t              n_cols = 1;
+        int64_t              tokens = 0;  // tokens in the ubatch
+        void reset(int64_t cols, int64_t n_mat, int64_t n_counts);
+    };
+    // The input the last collected matmul read, to recognise the next matmul reading the same one.
+    struct LastInput {
+        const ggml_tensor * input = nullptr;
+        const ggml_tensor * ids = nullptr;
+        int                 op = 0;
+        int64_t             n_mat = 0;
+    };
+
+    bool wants(const ggml_tensor * t);
+    bool same_input_as_last(const ggml_tensor * t) const;
+    bool collect(const ggml_tensor * t);
+    void dense_on_host(const ggml_tensor * t, const char * data);
+    void experts_on_host(const ggml_tensor * t, const char * data);
+    // The same sums computed by DeviceSums where the input is; false if it cannot take this shape.
+    bool dense_on_device(const ggml_tensor * t);
+    bool experts_on_device(const ggml_tensor * t);
+    bool apply(const std::string & name);
+    const std::vector<int32_t> & host_ids(const ggml_tensor * ids);
+    bool fail(const std::string & name, int64_t matrix, bool expert, int64_t tokens_before);
+    // XᵀX of the input of weight `name` (host data); sets last_covariance_.
+    void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
+    // The target model's input of `name`, checked against this model's input x; throws imx::Error naming it.
+    const TargetInputs::Input & target_input(const std::string & name, const ggml_tensor * x) const;
+    int covariance_index(const ggml_tensor * t, const std::string & name);
+    // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
+    // host memory, null for down); false if non-finite.
+    bool add_all_experts(const ggml_tensor * t, const std::string & name, const char * data);
+    void add_all_experts_row(const std::string & name, const std::vector<double> & sums, int64_t n_rows);
+
+    uint32_t                       chunk_size_;
+    bool                           force_device_;
+    bool                           force_host_;
+    BackendPool                    pool_;
+    DeviceSums                     device_;
+    std::vector<float>             device_out_;
+    Contribution                   delta_;
+    LastInput                      last_;
+    std::vector<int32_t>           ids_host_;
+    uint32_t                       first_chunk_ = 0;
+    Imatrix                        data_;
+    std::map<std::string, int64_t> tokens_this_batch_;  // per tensor, to locate a failing token's chunk
+    std::vector<char>              host_copy_;           // activations copied from a device, when needed
+    std::vector<char>              ids_copy_;
+    std::string                    error_;
+    Traffic                        traffic_;
+    // The last weight matmul of the graph, learned from the first chunk. Once it is collected, nothing that
+    // is left of the graph (final norm, output head: the costliest matmul of small models) feeds a weight we
+    // collect, so the callback stops the computation there. We never read the logits.
+    std::string                    last_collected_;
+    std::string                    final_weight_;
+    uint64_t                       covariance_budget_;
+    bool                           covariance_blocks_only_;
+    bool                           covariance_pool_experts_;  // one pooled XᵀX per expert input (core/covariance.h)
+    std::regex                     covariance_regex_{".*"};
+    std::regex                     only_regex_{".*"};
+    bool                           process_output_ = false;
+    uint64_t                       covariance_used_ = 0;
+    std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
+    int                            last_covariance_ = -1;  // of the last collected input
+    std::vector<float>             rows_;                 // one matrix's input rows, gathered (experts, heads)
+    const TargetInputs *           target_ = nullptr;     // --target-model
+    std::vector<float>             target_rows_;          // the target model's rows of the same tokens
+    std::unique_ptr<AllExpertsPass> all_experts_;          // null unless --all-experts
+    bool                           last_all_experts_input_ = false;  // the last input was an expert gate/up's
+    std::vector<double>            all_down_;
+};
+
+}  // namespace imx::engine

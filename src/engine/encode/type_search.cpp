@@ -1,0 +1,654 @@
+#include "engine/encode/type_search.h"
+
+#include "engine/evaluate/evaluate.h"
+#include "engine/model/tensor_file.h"
+#include "core/format/atomic_file.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/interrupt.h"
+#include "core/math/parallel.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <thread>
+
+namespace imx::engine {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// a type name this search wrote itself (cache, recipe, llama-quantize's dry run)
+ggml_type type_named(const std::string & name) { return parse_ggml_type(name, "type search"); }
+
+double bits_per_weight(ggml_type t) { return 8.0 * (double) ggml_type_size(t) / (double) ggml_blck_size(t); }
+
+// llama-quantize refuses these without imatrix data for the tensor (tensor_requires_imatrix at the pinned
+// commit), except for the token embedding and the output head...
+bool llama_needs_imatrix(ggml_type t) {
+    return t == GGML_TYPE_IQ3_XXS || t == GGML_TYPE_IQ2_XXS || t == GGML_TYPE_IQ2_XS || t == GGML_TYPE_IQ2_S ||
+           t == GGML_TYPE_IQ1_M || t == GGML_TYPE_IQ1_S;
+}
+
+bool is_embedding_or_head(const std::string & name) {
+    return name == "output.weight" || (name.size() >= 17 && name.compare(name.size() - 17, 17, "token_embd.weight") == 0);
+}
+
+// ...which ggml's own quantizers of some of them then abort on (ggml_quantize_requires_imatrix).
+bool can_take(const std::string & name, int64_t n_per_row, ggml_type t, const QuantWeights * weights) {
+    const bool has_imatrix = weights && weights->tensors.count(name);
+    return n_per_row % ggml_blck_size(t) == 0 && (has_imatrix || !ggml_quantize_requires_imatrix(t)) &&
+           (has_imatrix || !llama_needs_imatrix(t) || is_embedding_or_head(name));
+}
+
+// "blk.0.attn_q.weight" → "^blk\.0\.attn_q\.weight$": this tensor and no other (llama-quantize searches).
+std::string exact_pattern(const std::string & name) {
+    std::string p = "^";
+    for (char c : name) {
+        if (std::string(".[]()*+?^$|{}\\").find(c) != std::string::npos) {
+            p += '\\';
+        }
+        p += c;
+    }
+    return p + "$";
+}
+
+struct Tensor {
+    std::string            name;
+    ggml_type              source = GGML_TYPE_F16;
+    int64_t                n_per_row = 0, rows = 0, rows_per_matrix = 0;
+    uint64_t               source_bytes = 0;
+    std::vector<ggml_type> valid;  // candidate types llama-quantize would write as asked (no fallback)
+    uint64_t bytes(ggml_type t) const { return (uint64_t) rows * ggml_row_size(t, n_per_row); }
+};
+
+// The measurements: errors per tensor and type, sensitivities per tensor. Saved atomically after each step so
+// an interrupted search resumes where it stopped.
+struct Cache {
+    std::string path;
+    json        j;
+
+    Cache(const std::string & dir, const std::string & key) {
+        if (dir.empty()) {
+            return;
+        }
+        char hex[17];
+        std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long) fnv1a(kFnv1aOffset, key.data(), key.size()));
+        path = dir + "/types-" + hex + ".json";
+        std::error_code ec;
+        if (fs::exists(path, ec)) {
+            try {
+                const std::vector<uint8_t> b = read_file(path);
+                j = json::parse(b.begin(), b.end());
+                if (j.value("key", "") != key) {
+                    j = json::object();  // a hash collision: start over
+                }
+            } catch (const std::exception &) {
+                j = json::object();  // unreadable: measure again
+            }
+        }
+        j["key"] = key;
+    }
+    void save() const {
+        if (path.empty()) {
+            return;
+        }
+        std::error_code ec;
+        fs::create_directories(fs::path(path).parent_path(), ec);
+        write_text_atomic(path, j.dump());
+    }
+    json & tensor(const std::string & name) { return j["tensors"][name]; }
+    bool has_error(const std::string & name, ggml_type t) const {
+        return j.contains("tensors") && j["tensors"].contains(name) && j["tensors"][name].contains("errors") &&
+               j["tensors"][name]["errors"].contains(ggml_type_name(t));
+    }
+};
+
+std::string file_stamp(const std::string & path) {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    const auto time = fs::last_write_time(path, ec).time_since_epoch().count();
+    return fs::weakly_canonical(path, ec).string() + ":" + std::to_string(size) + ":" + std::to_string(time);
+}
+
+// Σ over rows of Σ_j imp_j (w_j − q_j)², imp from the imatrix weights (per expert) or 1 where there are none.
+double diagonal_error(const Tensor & t, TensorIo & src_in, const TensorTable & q, TensorIo & q_in,
+                      const std::vector<float> * weights, int threads) {
+    const ggml_tensor * qt = q.find(t.name);
+    const size_t src_row = ggml_row_size(t.source, t.n_per_row), q_row = ggml_row_size(qt->type, t.n_per_row);
+    const std::vector<uint8_t> a = src_in.read(t.name, 0, src_row * t.rows);
+    const std::vector<uint8_t> b = q_in.read(t.name, 0, q_row * t.rows);
+    std::vector<double> per_thread((size_t) threads, 0.0);
+    const int64_t n = t.n_per_row;
+    parallel_for(t.rows, threads, [&](int64_t r, int tid) {
+        std::vector<float> w((size_t) n), d((size_t) n);
+        to_float(t.source, a.data() + r * src_row, w.data(), n);
+        to_float(qt->type, b.data() + r * q_row, d.data(), n);
+        const float * imp = nullptr;
+        if (weights) {
+            const int64_t m = weights->size() == (size_t) n ? 0 : r / t.rows_per_matrix;
+            imp = weights->data() + m * n;
+        }
+        double e = 0;
+        for (int64_t k = 0; k < n; ++k) {
+            const double diff = (double) w[k] - d[k];
+            e += (imp ? imp[k] : 1.0) * diff * diff;
+        }
+        per_thread[tid] += e;
+    });
+    double sum = 0;
+    for (double e : per_thread) {
+        sum += e;
+    }
+    return sum;
+}
+
+// A file type whose name llama-quantize knows for a base type (Q3_K → Q3_K_M).
+std::string file_type_for(ggml_type t) {
+    std::string name = ggml_type_name(t);
+    std::transform(name.begin(), name.end(), name.begin(), ::toupper);
+    for (const std::string & known : quant_type_names()) {
+        if (known == name) {
+            return name;
+        }
+    }
+    return "Q8_0";
+}
+
+}  // namespace
+
+std::vector<std::string> default_candidate_types() {
+    return {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "q2_K", "iq3_xxs", "iq3_s", "q3_K",
+            "iq4_xs", "q4_K", "q5_K", "q6_K", "q8_0"};
+}
+
+namespace {
+
+// One search, stage by stage: the tensors and their candidates, the check of the target, the measurements
+// (cached), the allocation, llama-quantize's mixes for comparison, and the output.
+class TargetSearch {
+public:
+    explicit TargetSearch(const TargetOptions & o)
+        : o_(o), model_(o.quantize.model), src_(o.quantize.model),
+          threads_(o.quantize.threads > 0 ? o.quantize.threads : (int) std::max(1u, std::thread::hardware_concurrency())),
+          by_bpw_(o.target_bpw > 0), align_(src_.alignment()), cache_("", "") {}
+
+    TargetResult run();
+
+private:
+    void select_tensors();
+    void check_target() const;
+    void open_cache();
+    void choose_probes();
+    void measure_errors();
+    void measure_sensitivities(const Evaluator & eval);
+    std::string group_of(const Tensor & t) const;
+    double error_of(const Tensor & t, ggml_type c) const;
+    double damage(const Tensor & t, ggml_type c) const;
+    std::vector<TensorTypeOptions> options(bool with_damage) const;
+    void allocate();
+    void add_stock_mixes();
+    void write_output(const Evaluator & eval);
+
+    uint64_t stored(uint64_t bytes) const { return by_bpw_ ? bytes : (uint64_t) GGML_PAD(bytes, align_); }
+    double target_bytes() const { return by_bpw_ ? o_.target_bpw * (double) n_elements_ / 8.0 : o_.target_bytes; }
+    std::string show(double bytes) const {
+        char s[64];
+        if (by_bpw_) {
+            std::snprintf(s, sizeof s, "%.3f bpw", bytes * 8.0 / (double) n_elements_);
+        } else {
+            std::snprintf(s, sizeof s, "%.2f MiB", bytes / 1048576.0);
+        }
+        return s;
+    }
+    bool takes(const Tensor & t, ggml_type c) const { return can_take(t.name, t.n_per_row, c, o_.quantize.weights); }
+    QuantizeOptions scratch_options() const;
+    HessianOptions hessian_options(const std::string & only = "") const {
+        HessianOptions h = o_.hessian_options;
+        h.threads = threads_;
+        if (!only.empty()) {
+            h.tensors = only;
+        }
+        return h;
+    }
+
+    const TargetOptions &            o_;
+    const std::string &              model_;
+    const TensorTable                src_;
+    const int                        threads_;
+    const bool                       by_bpw_;
+    const size_t                     align_;
+    std::vector<ggml_type>           candidates_;
+    std::vector<Tensor>              tensors_;
+    int64_t                          n_elements_ = 0;
+    uint64_t                         all_source_bytes_ = 0;
+    Cache                            cache_;
+    std::map<std::string, ggml_type> probe_of_;
+    std::vector<ggml_type>           measured_;  // the candidates and the probe types
+    std::string                      scratch_;
+    std::vector<TensorTypeOptions>   items_;
+    std::map<std::string, double>    group_probe_error_;  // Σ of the group's errors at their probe types
+    TargetResult                     res_;
+};
+
+TargetResult TargetSearch::run() {
+    const auto t_start = std::chrono::steady_clock::now();
+    select_tensors();
+    check_target();
+    open_cache();
+    choose_probes();
+    scratch_ = temporary_path(o_.quantize.output);
+
+    const auto t_errors = std::chrono::steady_clock::now();
+    measure_errors();
+    res_.seconds_errors = seconds_since(t_errors);
+
+    EvalOptions eo;
+    eo.text_file = o_.text_file;
+    eo.ctx = o_.ctx;
+    eo.max_chunks = o_.chunks;
+    eo.threads = threads_;
+    eo.cache_dir = o_.cache_dir;
+    const Evaluator eval(model_, eo);
+    res_.chunks = (int) eval.chunks();
+    const auto t_sens = std::chrono::steady_clock::now();
+    measure_sensitivities(eval);
+    res_.seconds_sensitivity = seconds_since(t_sens);
+
+    const auto t_solve = std::chrono::steady_clock::now();
+    allocate();
+    res_.seconds_solve = seconds_since(t_solve);
+    add_stock_mixes();
+    write_output(eval);
+    res_.seconds_total = seconds_since(t_start);
+    return res_;
+}
+
+// What llama-quantize would quantize (its own dry run says), and the candidates each tensor takes as asked.
+void TargetSearch::select_tensors() {
+    for (const std::string & c : o_.candidates) {
+        const ggml_type t = parse_ggml_type(c, "--candidates");
+        if (!ggml_is_quantized(t) && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) {
+            throw Error("--candidates: " + c + " is not a type a weight is stored in");
+        }
+        if (std::find(candidates_.begin(), candidates_.end(), t) == candidates_.end()) {
+            candidates_.push_back(t);
+        }
+    }
+    if (candidates_.empty()) {
+        throw Error("--candidates: no type given");
+    }
+    parse_ggml_type(o_.probe_type, "--probe-type");  // a bad name fails now
+    QuantizeOptions plan = o_.quantize;
+    plan.type = "Q8_0";
+    plan.tensor_types.clear();
+    plan.weights = nullptr;
+    const std::map<std::string, std::string> quantized = planned_types(plan);
+    for (const std::string & name : src_.names()) {
+        const ggml_tensor * st = src_.find(name);
+        n_elements_ += ggml_nelements(st);
+        all_source_bytes_ += ggml_nbytes(st);
+        if (!quantized.count(st->name)) {
+            continue;
+        }
+        Tensor t;
+        t.name = st->name;
+        t.source = st->type;
+        t.n_per_row = st->ne[0];
+        t.rows = ggml_nrows(st);
+        t.rows_per_matrix = st->ne[1];
+        t.source_bytes = ggml_nbytes(st);
+        for (ggml_type c : candidates_) {
+            if (takes(t, c)) {
+                t.valid.push_back(c);
+            }
+        }
+        if (t.valid.empty()) {
+            throw Error(model_ + ": tensor " + t.name + " (rows of " + std::to_string(t.n_per_row) +
+                        ") takes none of the candidate types as it is");
+        }
+        tensors_.push_back(std::move(t));
+    }
+    if (tensors_.empty()) {
+        throw Error(model_ + ": no tensor llama-quantize would quantize");
+    }
+}
+
+// Before any measurement: the file is what stays as it is plus the chosen tensors, each padded to the file's
+// alignment; the header's few bytes of new metadata are not known yet, the rest is.
+void TargetSearch::check_target() const {
+    uint64_t fixed = by_bpw_ ? all_source_bytes_ : src_.file_bytes();
+    for (const Tensor & t : tensors_) {
+        fixed -= stored(t.source_bytes);
+    }
+    const auto items = options(false);
+    const double least = (double) (fixed + smallest_allocation(items));
+    const double most = (double) (fixed + largest_allocation(items));
+    if (target_bytes() < least || target_bytes() > most) {
+        throw Error("target " + show(target_bytes()) + " is outside what the candidate types can make of " + model_ +
+                    ": " + show(least) + " (all at their smallest) to " + show(most) + " (all at their largest)");
+    }
+}
+
+// The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
+// group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
+void TargetSearch::open_cache() {
+    std::string key = "v2|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+                      "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
+                      std::to_string(o_.chunks);
+    if (o_.hessian) {
+        const auto & h = o_.hessian_options;
+        key += "|hessian damp " + std::to_string(h.rounding.damp) + " prior " + std::to_string(h.prior_weight) +
+               " refinements " + std::to_string(h.rounding.refinements) + " tol " +
+               std::to_string(h.rounding.refine_tolerance) + " per-head " + std::to_string(h.per_head) + " only " +
+               h.tensors;
+    }
+    cache_ = Cache(o_.cache_dir, key);
+    res_.cache_file = cache_.path;
+}
+
+// The probe type, or for a tensor that cannot take it the candidate nearest to it in bits per weight.
+void TargetSearch::choose_probes() {
+    const ggml_type asked = parse_ggml_type(o_.probe_type, "--probe-type");
+    measured_ = candidates_;
+    for (const Tensor & t : tensors_) {
+        ggml_type p = t.valid[0];
+        for (ggml_type c : t.valid) {
+            if (std::fabs(bits_per_weight(c) - bits_per_weight(asked)) <
+                std::fabs(bits_per_weight(p) - bits_per_weight(asked))) {
+                p = c;
+            }
+        }
+        if (takes(t, asked)) {
+            p = asked;
+            if (std::find(measured_.begin(), measured_.end(), p) == measured_.end()) {
+                measured_.push_back(p);
+            }
+        }
+        probe_of_[t.name] = p;
+    }
+}
+
+QuantizeOptions TargetSearch::scratch_options() const {
+    QuantizeOptions q = o_.quantize;
+    q.type = "Q8_0";  // a quantized file type, so that overrides apply; tensors not overridden get Q8_0
+    q.output = scratch_;
+    q.keep_split = false;  // one scratch file, whatever the output is
+    q.progress = nullptr;
+    q.tensor_types.clear();
+    return q;
+}
+
+// 1. Every tensor at every measured type: one candidate file per type, its tensors' errors read back.
+void TargetSearch::measure_errors() {
+    int done = 0;
+    for (ggml_type c : measured_) {
+        if (o_.progress) {
+            o_.progress("errors", done++, (int) measured_.size());
+        }
+        std::vector<const Tensor *> todo;
+        bool all = true;
+        for (const Tensor & t : tensors_) {
+            all = all && takes(t, c);
+            if (takes(t, c) && !cache_.has_error(t.name, c)) {
+                todo.push_back(&t);
+            }
+        }
+        if (todo.empty() && cache_.j.contains("fixed_bytes")) {
+            continue;
+        }
+        QuantizeOptions q = scratch_options();
+        if (all) {
+            q.tensor_types.push_back(std::string(".*=") + ggml_type_name(c));
+        } else {
+            for (const Tensor & t : tensors_) {
+                if (takes(t, c)) {
+                    q.tensor_types.push_back(exact_pattern(t.name) + "=" + ggml_type_name(c));
+                }
+            }
+        }
+        std::vector<HessianTensorReport> reports;
+        if (o_.hessian) {
+            q.finish = [&, h = hessian_options()](const std::string & written) {
+                reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
+            };
+        }
+        const TemporaryFile scratch_file(scratch_);
+        quantize_model(q);
+        res_.candidate_files += 1;
+        {
+            const TensorTable qt(scratch_);
+            TensorIo src_in(src_, false), q_in(qt, false);
+            uint64_t fixed = fs::file_size(scratch_);
+            for (const Tensor & t : tensors_) {
+                fixed -= (uint64_t) GGML_PAD(ggml_nbytes(qt.find(t.name)), align_);
+            }
+            cache_.j["fixed_bytes"] = fixed;  // the file's header and unquantized tensors, exactly
+            for (const Tensor * t : todo) {
+                const QuantWeights * qw = o_.quantize.weights;
+                const auto w = qw ? qw->tensors.find(t->name) : std::map<std::string, std::vector<float>>::const_iterator{};
+                json e;
+                e["diag"] = diagonal_error(*t, src_in, qt, q_in, qw && w != qw->tensors.end() ? &w->second : nullptr,
+                                           threads_);
+                for (const auto & r : reports) {
+                    if (r.name == t->name) {
+                        e["hessian"] = r.loss_final;
+                    }
+                }
+                cache_.tensor(t->name)["errors"][ggml_type_name(c)] = e;
+            }
+        }
+        std::error_code ec;
+        fs::remove(scratch_, ec);
+        cache_.save();
+    }
+}
+
+// A tensor's probe group: itself, or its role (the name without "blk.N.").
+std::string TargetSearch::group_of(const Tensor & t) const {
+    if (o_.probe_groups != "role" || t.name.rfind("blk.", 0) != 0) {
+        return t.name;
+    }
+    const size_t dot = t.name.find('.', 4);
+    return dot == std::string::npos ? t.name : t.name.substr(dot + 1);
+}
+
+// 2. Each group (a tensor, or a role over all layers) alone at its probe types, everything else as in the
+// model: KLD on the calibration chunks.
+void TargetSearch::measure_sensitivities(const Evaluator & eval) {
+    std::set<ggml_type> sources;
+    std::map<std::string, std::vector<const Tensor *>> groups;
+    for (const Tensor & t : tensors_) {
+        sources.insert(t.source);
+        groups[group_of(t)].push_back(&t);
+    }
+    int done = 0;
+    for (const auto & [group, members] : groups) {
+        if (o_.progress) {
+            o_.progress("sensitivity", done++, (int) groups.size());
+        }
+        std::string probes;  // what the cached value was measured with
+        double error = 0;
+        for (const Tensor * t : members) {
+            probes += std::string(probes.empty() ? "" : ",") + ggml_type_name(probe_of_[t->name]);
+            error += error_of(*t, probe_of_[t->name]);
+        }
+        group_probe_error_[group] = error;
+        json & cached = cache_.j["groups"][group];
+        if (cached.is_object() && cached.value("probes", "") == probes) {
+            continue;
+        }
+        QuantizeOptions q = scratch_options();
+        std::string only;
+        for (const Tensor * t : members) {
+            q.tensor_types.push_back(exact_pattern(t->name) + "=" + ggml_type_name(probe_of_[t->name]));
+            only += only.empty() ? "" : "|";  // (one append at a time: GCC 12 warns falsely on "" + string&&)
+            only += exact_pattern(t->name);
+        }
+        if (sources.size() == 1) {
+            q.tensor_types.push_back(std::string(".*=") + ggml_type_name(*sources.begin()));
+        } else {
+            for (const Tensor & other : tensors_) {
+                q.tensor_types.push_back(exact_pattern(other.name) + "=" + ggml_type_name(other.source));
+            }
+        }
+        if (o_.hessian) {
+            q.finish = [&, h = hessian_options(only)](const std::string & written) {
+                hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
+            };
+        }
+        const TemporaryFile scratch_file(scratch_);
+        quantize_model(q);
+        const QualitySummary s = summarize(eval.score(scratch_));
+        std::error_code ec;
+        fs::remove(scratch_, ec);
+        res_.probes += 1;
+        cached = {{"probes", probes}, {"kld", s.kld_mean.value}};
+        cache_.save();
+    }
+}
+
+// One metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one.
+double TargetSearch::error_of(const Tensor & t, ggml_type c) const {
+    const json & errors = cache_.j["tensors"][t.name]["errors"];
+    bool hessian = true;
+    for (const auto & [type, e] : errors.items()) {
+        hessian = hessian && e.contains("hessian");
+    }
+    return errors[ggml_type_name(c)][hessian ? "hessian" : "diag"].get<double>();
+}
+
+// damage_t(T) = KLD_g(P) · err_t(T) / Σ_{u in g} err_u(P), g the tensor's probe group (for one tensor:
+// KLD_t(P) · err_t(T) / err_t(P))
+double TargetSearch::damage(const Tensor & t, ggml_type c) const {
+    const std::string g = group_of(t);
+    const double at_probe = group_probe_error_.at(g);
+    return at_probe > 0 ? cache_.j["groups"][g]["kld"].get<double>() * error_of(t, c) / at_probe : 0.0;
+}
+
+std::vector<TensorTypeOptions> TargetSearch::options(bool with_damage) const {
+    std::vector<TensorTypeOptions> items;
+    for (const Tensor & t : tensors_) {
+        TensorTypeOptions it{t.name, {}};
+        for (ggml_type c : t.valid) {
+            it.options.push_back({ggml_type_name(c), stored(t.bytes(c)), with_damage ? damage(t, c) : 0.0});
+        }
+        items.push_back(std::move(it));
+    }
+    return items;
+}
+
+// 3. The allocation, and the recipe that names it.
+void TargetSearch::allocate() {
+    uint64_t fixed = cache_.j["fixed_bytes"].get<uint64_t>();
+    if (by_bpw_) {  // bits per weight count tensor data only
+        fixed = all_source_bytes_;
+        for (const Tensor & t : tensors_) {
+            fixed -= t.source_bytes;
+        }
+    }
+    items_ = options(true);
+    if (target_bytes() < (double) (fixed + smallest_allocation(items_))) {
+        throw Error("target " + show(target_bytes()) + " is below the smallest file the candidates make of " + model_ +
+                    " (" + show((double) (fixed + smallest_allocation(items_))) + ")");
+    }
+    res_.budget_bytes = (uint64_t) std::floor(target_bytes()) - fixed;
+    const TypeAllocation a = allocate_types(items_, res_.budget_bytes);
+    res_.predicted_kld = a.damage;
+    res_.lower_bound = a.lower_bound;
+    std::map<std::string, uint64_t> bytes_by_type;
+    const uint64_t fixed_file = cache_.j["fixed_bytes"].get<uint64_t>();
+    res_.predicted_file_bytes = fixed_file;
+    for (size_t i = 0; i < items_.size(); ++i) {
+        const TypeOption & chosen = items_[i].options[a.choice[i]];
+        res_.tensors.push_back({items_[i].name, chosen.type, chosen.bytes, chosen.damage});
+        res_.recipe.push_back(exact_pattern(items_[i].name) + "=" + chosen.type);
+        bytes_by_type[chosen.type] += chosen.bytes;
+        res_.predicted_file_bytes += GGML_PAD(tensors_[i].bytes(type_named(chosen.type)), align_);
+    }
+    // the file type named in the output's metadata: that of the type holding the most bytes
+    const auto most = std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
+                                       [](const auto & x, const auto & y) { return x.second < y.second; });
+    res_.base_type = file_type_for(type_named(most->first));
+    for (const FrontierPoint & p : allocation_frontier(items_)) {
+        res_.frontier.push_back({fixed_file + p.bytes, p.damage});  // file bytes (by bpw: give or take padding)
+    }
+}
+
+// llama-quantize's own mixes, predicted from the same measurements where all their types were measured.
+void TargetSearch::add_stock_mixes() {
+    const uint64_t fixed_file = cache_.j["fixed_bytes"].get<uint64_t>();
+    for (const char * mix : {"Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ2_XXS",
+                             "IQ2_XS", "IQ2_M", "IQ3_XXS", "IQ3_M", "IQ4_XS"}) {
+        QuantizeOptions stock = o_.quantize;
+        stock.type = mix;
+        stock.tensor_types.clear();
+        stock.weights = nullptr;
+        std::map<std::string, std::string> types;
+        try {
+            types = planned_types(stock);
+        } catch (const Error &) {
+            continue;
+        }
+        StockMix s{mix, fixed_file, 0};
+        bool known = true;
+        for (const Tensor & t : tensors_) {
+            const auto it = types.find(t.name);
+            const ggml_type c = it == types.end() ? t.source : type_named(it->second);
+            known = std::find(t.valid.begin(), t.valid.end(), c) != t.valid.end() && cache_.has_error(t.name, c);
+            if (!known) {
+                break;
+            }
+            s.file_bytes += stored(t.bytes(c));
+            s.damage += damage(t, c);
+        }
+        if (known) {
+            res_.stock.push_back(s);
+        }
+    }
+}
+
+// 4. The output: llama_model_quantize with the choice as overrides, then the Hessian pass; its KLD measured.
+void TargetSearch::write_output(const Evaluator & eval) {
+    if (o_.progress) {
+        o_.progress("quantize", 0, 1);
+    }
+    QuantizeOptions q = o_.quantize;
+    q.type = res_.base_type;
+    q.tensor_types = res_.recipe;
+    if (o_.hessian) {
+        q.finish = [&, h = hessian_options()](const std::string & written) {
+            res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
+        };
+    }
+    quantize_model(q);
+    const TensorTable out(quantized_paths(q)[0]);
+    res_.file_bytes = out.file_bytes();
+    uint64_t data = 0;
+    for (const std::string & name : out.names()) {
+        data += ggml_nbytes(out.find(name));
+    }
+    res_.bpw = (double) data * 8.0 / (double) n_elements_;
+    if (o_.progress) {
+        o_.progress("measure", 0, 1);
+    }
+    res_.measured_kld = summarize(eval.score(out.path())).kld_mean.value;
+}
+
+}  // namespace
+
+TargetResult quantize_to_target(const TargetOptions & o) { return TargetSearch(o).run(); }
+
+}  // namespace imx::engine

@@ -1,0 +1,89 @@
+// imx quantize --target-size / --target-bpw: the type of every tensor chosen by measurement, at a file size.
+//
+// 1. Errors. For every candidate type T, the model is quantized with every tensor at T (one candidate file at a
+//    time, beside the output, removed at once) by the chosen encoder, and each tensor's output error is read
+//    back: (w − q)ᵀ H (w − q) summed over rows, with H the input covariance where the Hessian encoder used one
+//    and the imatrix diagonal elsewhere (unit weights where there is no imatrix: the token embedding).
+// 2. Sensitivity. Each tensor alone is quantized at a probe type P (all others as in the model) and the
+//    KL-divergence of that model against the original is measured on a few chunks of the calibration text
+//    (--probe-groups role: each role over all layers at once, its KLD shared in proportion to the errors).
+//    Damage is taken as proportional to the output error, so tensor t at type T is predicted to cost
+//        damage_t(T) = KLD_t(P) · err_t(T) / err_t(P)
+//    and the model's KLD is predicted as the sum over tensors.
+// 3. Allocation (core/type_allocation): the least predicted damage within the size, with its optimality gap.
+// 4. The output is written by llama_model_quantize with the choice as --tensor-type overrides (plus the
+//    Hessian pass), so llama-quantize given the printed recipe makes the same types; its KLD is measured on
+//    the same calibration chunks.
+// Steps 1 and 2 are cached per model, imatrix, encoder settings and text: a second target size costs one
+// quantization.
+#pragma once
+
+#include "core/imatrix.h"
+#include "core/math/type_allocation.h"
+#include "engine/encode/hessian_encoder.h"
+#include "engine/encode/quantize.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace imx::engine {
+
+// The candidate set when none is given: k-quants and IQ types from 1.56 to 8.5 bits per weight.
+std::vector<std::string> default_candidate_types();
+
+struct TargetOptions {
+    QuantizeOptions quantize;  // model, output, threads, weights and imatrix metadata; type and tensor_types unused
+    double          target_bytes = 0;  // the whole file, or
+    double          target_bpw = 0;    // bits per weight as llama-quantize prints them (tensor data / elements)
+    std::vector<std::string> candidates;  // ggml type names
+    std::string     probe_type = "q3_K";
+    // "tensor": one probe per tensor; "role": one per role (blk.N.ffn_down.weight → ffn_down, all layers at
+    // once), its KLD shared among the role's tensors in proportion to their errors at the probe type — a few
+    // probes instead of hundreds for a real model.
+    std::string     probe_groups = "tensor";
+    const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
+    HessianOptions  hessian_options;
+    std::string     text_file;  // calibration text for the sensitivities
+    uint32_t        ctx = 512;
+    int             chunks = 8;
+    std::string     cache_dir;
+    std::string     cache_key;  // what else the measurements depend on (the prior's settings)
+    // stage ("errors", "sensitivity", "quantize", "measure"), done, total
+    std::function<void(const std::string &, int, int)> progress;
+};
+
+struct TensorChoice {
+    std::string name;
+    std::string type;
+    uint64_t    bytes = 0;
+    double      damage = 0;  // predicted KLD share
+};
+
+struct StockMix {
+    std::string name;  // a llama-quantize file type
+    uint64_t    file_bytes = 0;
+    double      damage = 0;  // predicted from the same measurements
+};
+
+struct TargetResult {
+    std::vector<TensorChoice> tensors;
+    std::string               base_type;  // the file type given to llama_model_quantize with the recipe
+    std::vector<std::string>  recipe;     // --tensor-type arguments, REGEX=TYPE
+    uint64_t    budget_bytes = 0, file_bytes = 0, predicted_file_bytes = 0;
+    double      bpw = 0;  // as llama-quantize prints it
+    double      predicted_kld = 0, lower_bound = 0, measured_kld = 0;
+    int         chunks = 0;
+    double      seconds_errors = 0, seconds_sensitivity = 0, seconds_solve = 0, seconds_total = 0;
+    int         candidate_files = 0, probes = 0;  // measured in this run (the rest came from the cache)
+    std::string cache_file;
+    std::vector<FrontierPoint> frontier;  // file bytes, predicted KLD
+    std::vector<StockMix>      stock;
+    std::vector<HessianTensorReport> hessian_reports;
+};
+
+// Checks the target against the candidates' smallest and largest sizes before any work (imx::Error, one line),
+// then measures, allocates and writes o.quantize.output.
+TargetResult quantize_to_target(const TargetOptions & o);
+
+}  // namespace imx::engine
