@@ -11,6 +11,10 @@ Run add_synth(CLI::App & app) {
     app.add_option("--arch", o->arch, "qwen3 (dense), qwen3moe, or deepseek2 (MLA attention, routed + shared experts)")
         ->capture_default_str();
     app.add_option("--vocab-from", o->vocab_from, "GGUF model whose tokenizer is copied")->required();
+    app.add_option("--vocab-size", o->vocab_size,
+                   "grow the copied vocabulary to this many tokens with control tokens no text produces (e.g. 151936, "
+                   "Qwen3's): output head and embedding at a real model's size")
+        ->check(CLI::PositiveNumber);
     app.add_option("-o,--output", o->output, "model file to write")->required();
     app.add_option("--layers", o->layers, "blocks")->capture_default_str();
     app.add_option("--embd", o->embd, "embedding width")->capture_default_str();

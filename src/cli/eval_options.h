@@ -26,6 +26,10 @@ inline void add_eval_options(CLI::App & app, engine::EvalOptions & e, bool & no_
     app.add_option("--cache-dir", e.cache_dir, "where the base model's log-probabilities are cached")
         ->capture_default_str();
     app.add_flag("--no-cache", no_cache, "compute the base's log-probabilities again and do not store them");
+    app.add_option_function<double>(
+           "--cache-limit", [&e](double gib) { e.cache_limit = (uint64_t) (gib * 1073741824.0); },
+           "GiB the cache folder may hold; the least recently used files go first (default 16)")
+        ->check(CLI::PositiveNumber);
     app.add_flag("-v,--verbose", e.verbose, "show llama.cpp's log");
 }
 

@@ -167,4 +167,27 @@ std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const
     return dropped;
 }
 
+std::string block_name(const std::string & block0_name, int block) {
+    const std::string prefix = "blk.0.";
+    return block0_name.rfind(prefix, 0) == 0 ? "blk." + std::to_string(block) + "." + block0_name.substr(prefix.size())
+                                             : block0_name;
+}
+
+void add_block(Imatrix & into, Imatrix && block0, int block) {
+    for (auto & [name, ts] : block0.tensors) {
+        into.tensors[block_name(name, block)] = std::move(ts);
+    }
+    for (auto & [name, a] : block0.all_experts) {
+        into.all_experts[block_name(name, block)] = std::move(a);
+    }
+    for (Covariance & c : block0.covariances) {
+        for (std::string & r : c.readers) {
+            r = block_name(r, block);
+        }
+        into.covariances.push_back(std::move(c));
+    }
+    std::sort(into.covariances.begin(), into.covariances.end(),
+              [](const Covariance & a, const Covariance & b) { return a.readers[0] < b.readers[0]; });
+}
+
 }  // namespace imx

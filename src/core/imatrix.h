@@ -85,4 +85,11 @@ struct Imatrix {
 // instead: sums kept once (they must be identical), covariance sets united (they must be disjoint).
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what);
 
+// Block-by-block runs (engine/stream) collect each block from a model of that block alone, where it is blk.0:
+// its tensors, covariances and all-experts statistics are moved into `into` as block `block`.
+void add_block(Imatrix & into, Imatrix && block0, int block);
+
+// "blk.0.ffn_up.weight" → "blk.<block>.ffn_up.weight"; other names as they are.
+std::string block_name(const std::string & block0_name, int block);
+
 }  // namespace imx

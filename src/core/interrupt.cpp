@@ -12,7 +12,7 @@ namespace imx {
 namespace {
 
 // The handler may only use async-signal-safe calls: fixed slots of plain characters, unlink, write, _exit.
-constexpr int    kSlots = 16;
+constexpr int    kSlots = 64;  // a split model written with --keep-split registers each part
 constexpr size_t kPathMax = 4096;
 char              g_paths[kSlots][kPathMax];
 std::atomic<bool> g_claimed[kSlots];  // taken by a TemporaryFile
@@ -80,6 +80,14 @@ TemporaryFile::~TemporaryFile() {
     if (slot_ >= 0) {
         g_live[slot_].store(false);
         g_claimed[slot_].store(false);
+    }
+}
+
+ScratchFile::ScratchFile(std::string path) : reg_(std::move(path)) {}
+
+ScratchFile::~ScratchFile() {
+    if (!kept_) {
+        ::unlink(reg_.path().c_str());
     }
 }
 

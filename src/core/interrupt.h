@@ -36,6 +36,23 @@ private:
     int         slot_;
 };
 
+// A file this process works in and nobody else needs (a hidden-state file, a block's model): registered as a
+// TemporaryFile while it exists, and removed when destroyed.
+class ScratchFile {
+public:
+    explicit ScratchFile(std::string path);
+    ~ScratchFile();
+    ScratchFile(const ScratchFile &) = delete;
+    ScratchFile & operator=(const ScratchFile &) = delete;
+    const std::string & path() const { return reg_.path(); }
+    // From now on the file is a result (a checkpoint's): not removed.
+    void keep() { kept_ = true; }
+
+private:
+    TemporaryFile reg_;
+    bool          kept_ = false;
+};
+
 // Thrown where deferred work stopped for a signal; the CLI prints it and exits with 128 + signal.
 class Interrupted : public Error {
 public:

@@ -196,9 +196,11 @@ TEST(HessianRounding, AllRowsAtOnceEqualRowByRow) {
     RecordProperty("close_rows", close_rows);
 }
 
-// Threads take slices of the rows (47 rows on 3 threads: slices of 15 and 16): every row is encoded once, by
-// the same arithmetic as on one thread — same bytes, same losses, up to a tipped rounding choice if a BLAS sums
-// a slice in another order than the whole.
+// Threads take slices of the rows (47 rows on 3 threads: slices of 15, 16 and 16): each slice is encoded as a
+// one-thread run over those rows alone would encode it — same bytes, same losses. (A run over all 47 rows at once
+// may differ in a few rows: BLAS may choose other kernels for another number of rows, and a tipped rounding
+// choice carries through the rest of its row; measured on AMD EPYC with Debian's OpenBLAS 0.3.21: 0.5% of the
+// total loss.)
 TEST(HessianRounding, ThreadsSplitTheRowsWithoutChangingThem) {
     std::mt19937 rng(8);
     const int64_t n = 512, block = 32, rows = 47;
@@ -206,20 +208,24 @@ TEST(HessianRounding, ThreadsSplitTheRowsWithoutChangingThem) {
     const BlockQuantizer q = toy_quantizer(block);
     const std::vector<float> w = gaussian_rows(rows, n, rng);
     const size_t row_bytes = (size_t) (n / block) * q.block_bytes;
-    std::vector<uint8_t> one(rows * row_bytes), three(rows * row_bytes, 0xAB);
-    std::vector<double> l1((size_t) rows), l3((size_t) rows, -1.0), e1((size_t) rows), e3((size_t) rows, -1.0);
-    std::vector<float> d1((size_t) (rows * n)), d3((size_t) (rows * n));
-    r.round_rows(w.data(), rows, q, one.data(), d1.data(), l1.data(), 1);
-    r.round_rows(w.data(), rows, q, three.data(), d3.data(), l3.data(), 3);
-    r.losses(w.data(), d1.data(), rows, e1.data(), 1);
-    r.losses(w.data(), d3.data(), rows, e3.data(), 3);
-    int same_rows = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-        EXPECT_NEAR(l3[i], l1[i], 1e-2 * l1[i]) << "row " << i;
-        EXPECT_NEAR(e3[i], l3[i], 1e-4 * l3[i]) << "row " << i << ": the sliced losses are the rows' own";
-        same_rows += std::equal(one.begin() + i * row_bytes, one.begin() + (i + 1) * row_bytes, three.begin() + i * row_bytes);
+    std::vector<uint8_t> sliced(rows * row_bytes), three(rows * row_bytes, 0xAB), one(rows * row_bytes);
+    std::vector<double> ls((size_t) rows), l3((size_t) rows, -1.0), l1((size_t) rows), e3((size_t) rows, -1.0);
+    std::vector<float> d3((size_t) (rows * n));
+    for (const auto & [r0, r1] : {std::pair<int64_t, int64_t>{0, 15}, {15, 31}, {31, 47}}) {
+        r.round_rows(w.data() + r0 * n, r1 - r0, q, sliced.data() + r0 * row_bytes, nullptr, ls.data() + r0, 1);
     }
-    EXPECT_GE(same_rows, rows * 9 / 10);
+    r.round_rows(w.data(), rows, q, three.data(), d3.data(), l3.data(), 3);
+    r.losses(w.data(), d3.data(), rows, e3.data(), 3);
+    EXPECT_TRUE(sliced == three);
+    double total1 = 0, total3 = 0;
+    r.round_rows(w.data(), rows, q, one.data(), nullptr, l1.data(), 1);
+    for (int64_t i = 0; i < rows; ++i) {
+        EXPECT_EQ(l3[i], ls[i]) << "row " << i;
+        EXPECT_NEAR(e3[i], l3[i], 1e-4 * l3[i]) << "row " << i << ": the sliced losses are the rows' own";
+        total1 += l1[i];
+        total3 += l3[i];
+    }
+    EXPECT_NEAR(total3, total1, 0.02 * total1);
 }
 
 // A block-diagonal H given as segments (a covariance kept in 256-blocks) is the same as the dense matrix with
@@ -271,7 +277,13 @@ TEST(Covariance, BlocksHoldTheDiagonalBlocksOfTheWholeMatrix) {
     const auto a = whole.dense(1), b = blocks.dense(1);
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t j = 0; j < n; ++j) {
-            EXPECT_EQ(b[i * n + j], (i / 256 == j / 256) ? a[i * n + j] : 0.0) << i << "," << j;
+            // the same sums (BLAS may add the panels of a block in another order than the whole's)
+            const double scale = std::sqrt(std::fabs(a[i * n + i] * a[j * n + j]));
+            if (i / 256 == j / 256) {
+                EXPECT_NEAR(b[i * n + j], a[i * n + j], 1e-6 * scale) << i << "," << j;
+            } else {
+                EXPECT_EQ(b[i * n + j], 0.0) << i << "," << j;
+            }
         }
         double sq = 0;
         for (int64_t t = 0; t < tokens; ++t) {

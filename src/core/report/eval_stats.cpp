@@ -95,7 +95,9 @@ void score_token(const float * base_logp, const float * logits, size_t n_vocab, 
     double kld = 0;
     size_t best_p = 0, best_q = 0;
     for (size_t v = 0; v < n_vocab; ++v) {
-        kld += std::exp((double) base_logp[v]) * ((double) base_logp[v] - (double) scratch[v]);
+        if (base_logp[v] != -INFINITY) {  // p = 0 (core/format/logprob_file.h) adds nothing
+            kld += std::exp((double) base_logp[v]) * ((double) base_logp[v] - (double) scratch[v]);
+        }
         best_p = base_logp[v] > base_logp[best_p] ? v : best_p;
         best_q = scratch[v] > scratch[best_q] ? v : best_q;
     }

@@ -140,7 +140,7 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
         }
     }
     // false ends this graph split: after the final weight only the output head is left
-    return ok && name != final_weight_;
+    return ok && (!stop_after_last_ || name != final_weight_);
 }
 
 void ActivationCollector::dense_on_host(const ggml_tensor * t, const char * data) {

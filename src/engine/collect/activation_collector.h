@@ -58,6 +58,8 @@ public:
     // Only weights whose name matches are collected at all (sums too; empty: all): the pass then ends after the
     // last of them (sequential quantization collects one layer at a time).
     void only_tensors(const std::string & regex) { only_regex_ = std::regex(regex.empty() ? std::string(".*") : regex); }
+    // Off: the pass goes on after the last collected weight (a block run alone reads the block's output after it).
+    void stop_after_last_weight(bool on) { stop_after_last_ = on; }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
     void covariance_tensors(const std::string & regex) {
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
@@ -153,6 +155,7 @@ private:
     // collect, so the callback stops the computation there. We never read the logits.
     std::string                    last_collected_;
     std::string                    final_weight_;
+    bool                           stop_after_last_ = true;
     uint64_t                       covariance_budget_;
     bool                           covariance_blocks_only_;
     bool                           covariance_pool_experts_;  // one pooled XᵀX per expert input (core/covariance.h)

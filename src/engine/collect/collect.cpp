@@ -34,8 +34,10 @@ uint64_t hash_chunks(const std::vector<Chunk> & chunks) {
     return h;
 }
 
-std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chunks) {
-    return "model=" + std::filesystem::absolute(o.model).string() +
+}  // namespace
+
+std::string collect_fingerprint(const CollectOptions & o, const std::vector<Chunk> & chunks) {
+    return std::string(o.by_blocks ? "by_blocks " : "") + "model=" + std::filesystem::absolute(o.model).string() +
            " model_bytes=" + std::to_string(model_file_bytes(o.model)) +
            " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(hash_chunks(chunks)) +
            " chunk_size=" + std::to_string(o.chunk_size) + " from_chunk=" + std::to_string(o.first_chunk) +
@@ -49,6 +51,8 @@ std::string fingerprint(const CollectOptions & o, const std::vector<Chunk> & chu
                                       (o.covariance_pool_experts ? " pooled" : "") +
                                       (o.covariance_tensors.empty() ? "" : " only=" + o.covariance_tensors) : "");
 }
+
+namespace {
 
 // --target-model must be the model `quantized` was made from: every tensor there, of the same shape.
 void check_same_tensors(const std::string & quantized, const std::string & target) {
@@ -66,6 +70,37 @@ void check_same_tensors(const std::string & quantized, const std::string & targe
 }  // namespace
 
 std::string checkpoint_path(const std::string & output) { return output + ".ckpt"; }
+
+std::vector<Chunk> collect_chunks(const CollectOptions & o, const llama_model * model, uint32_t & first) {
+    const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
+                                o.chat || is_chat_file(o.text_file), o.chat_template};
+    std::vector<Chunk> chunks = calibration_chunks(co, model);
+    first = o.first_chunk;
+    if (o.shard_count > 0) {  // part I of N: chunks [⌊(I−1)·n/N⌋, ⌊I·n/N⌋), so the N parts cover all exactly once
+        const size_t n = chunks.size();
+        const size_t lo = (size_t) (o.shard - 1) * n / o.shard_count, hi = (size_t) o.shard * n / o.shard_count;
+        if (lo == hi) {
+            throw Error(o.text_file + ": --shard " + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) +
+                        " is empty: the text has " + std::to_string(n) + " chunks of " + std::to_string(o.chunk_size) +
+                        " tokens to share");
+        }
+        chunks = std::vector<Chunk>(chunks.begin() + (std::ptrdiff_t) lo, chunks.begin() + (std::ptrdiff_t) hi);
+        first += (uint32_t) lo;
+    }
+    return chunks;
+}
+
+ImatrixMeta collect_meta(const CollectOptions & o, uint32_t n_chunks) {
+    ImatrixMeta meta{.datasets = {o.text_file}, .chunk_count = n_chunks, .chunk_size = o.chunk_size};
+    if (o.covariance_budget > 0) {
+        meta.covariance_tensors = o.covariance_tensors;
+    }
+    if (o.shard_count > 0) {
+        meta.shard_count = o.shard_count;
+        meta.shards = {o.shard};
+    }
+    return meta;
+}
 
 CollectResult collect(const CollectOptions & o, const std::function<void(const CollectProgress &)> & progress) {
     if (o.chunk_size < 16) {
@@ -94,21 +129,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     }
     ModelPtr model = load_model(o.model, {o.n_gpu_layers, o.experts_used});
     ModelPtr target_model = o.target_model.empty() ? nullptr : load_model(o.target_model, {o.n_gpu_layers, o.experts_used});
-    const CalibrationOptions co{o.text_file, o.chunk_size, o.first_chunk, o.max_chunks, o.parse_special,
-                                o.chat || is_chat_file(o.text_file), o.chat_template};
-    std::vector<Chunk> chunks = calibration_chunks(co, model.get());
-    uint32_t first = o.first_chunk;  // the text's number of chunks[0]
-    if (o.shard_count > 0) {  // part I of N: chunks [⌊(I−1)·n/N⌋, ⌊I·n/N⌋), so the N parts cover all exactly once
-        const size_t n = chunks.size();
-        const size_t lo = (size_t) (o.shard - 1) * n / o.shard_count, hi = (size_t) o.shard * n / o.shard_count;
-        if (lo == hi) {
-            throw Error(o.text_file + ": --shard " + std::to_string(o.shard) + "/" + std::to_string(o.shard_count) +
-                        " is empty: the text has " + std::to_string(n) + " chunks of " + std::to_string(o.chunk_size) +
-                        " tokens to share");
-        }
-        chunks = std::vector<Chunk>(chunks.begin() + (std::ptrdiff_t) lo, chunks.begin() + (std::ptrdiff_t) hi);
-        first += (uint32_t) lo;
-    }
+    uint32_t first = 0;  // the text's number of chunks[0]
+    const std::vector<Chunk> chunks = collect_chunks(o, model.get(), first);
     const uint32_t n_chunks = (uint32_t) chunks.size();
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
@@ -120,7 +142,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     collector.covariance_tensors(o.covariance_tensors);
     collector.only_tensors(o.only_tensors);
     CollectResult result;
-    const std::string fp = fingerprint(o, chunks);
+    const std::string fp = collect_fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
     uint32_t next = 0;
     if (o.resume && std::filesystem::exists(ckpt)) {
@@ -225,14 +247,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     result.device_input_bytes = collector.traffic().device_inputs;
     result.read_back_bytes = collector.traffic().read_back;
     result.imatrix = std::move(collector.data());
-    result.imatrix.meta = {.datasets = {o.text_file}, .chunk_count = n_chunks, .chunk_size = o.chunk_size};
-    if (o.covariance_budget > 0) {
-        result.imatrix.meta.covariance_tensors = o.covariance_tensors;
-    }
-    if (o.shard_count > 0) {
-        result.imatrix.meta.shard_count = o.shard_count;
-        result.imatrix.meta.shards = {o.shard};
-    }
+    result.imatrix.meta = collect_meta(o, n_chunks);
     return result;
 }
 

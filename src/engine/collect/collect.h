@@ -10,6 +10,8 @@
 
 #include "core/imatrix.h"
 
+#include "llama.h"
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -49,6 +51,8 @@ struct CollectOptions {
     // covariance then also gets X̃ᵀX against the target's inputs (core/covariance.h, sequential quantization).
     std::string target_model;
     std::string only_tensors;  // collect only weights matching this regex (sums too); the pass ends after them
+    // block by block (engine/stream/stream_collect.h) instead of the whole model per chunk
+    bool        by_blocks = false;
 };
 
 struct CollectProgress {
@@ -56,6 +60,9 @@ struct CollectProgress {
     uint32_t chunks_total;
     double   seconds;    // since the first chunk of this run (not counting resumed ones)
     uint32_t chunks_run; // chunks computed by this run
+    // block by block (engine/stream): the block in hand and the model's blocks; chunks count every block's pass
+    int      block = -1;
+    int      blocks = 0;
 };
 
 struct CollectResult {
@@ -72,5 +79,12 @@ struct CollectResult {
 CollectResult collect(const CollectOptions & o, const std::function<void(const CollectProgress &)> & progress);
 
 std::string checkpoint_path(const std::string & output);
+
+// What collect and its block-by-block form share: the text's chunks of this run (its shard; `first` gets the
+// text's number of the first), the fingerprint a checkpoint is checked against, the output's metadata.
+std::vector<std::vector<int32_t>> collect_chunks(const CollectOptions & o, const llama_model * model,
+                                                 uint32_t & first);
+std::string collect_fingerprint(const CollectOptions & o, const std::vector<std::vector<int32_t>> & chunks);
+ImatrixMeta collect_meta(const CollectOptions & o, uint32_t n_chunks);
 
 }  // namespace imx::engine

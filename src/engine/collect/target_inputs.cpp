@@ -72,7 +72,7 @@ bool TargetInputs::record(const ggml_tensor * t) {
     last_ = in;
     last_input_ = x;
     last_ids_ = ids;
-    return last_recorded_ != final_;
+    return !stop_after_last_ || last_recorded_ != final_;
 }
 
 }  // namespace imx::engine

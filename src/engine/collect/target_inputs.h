@@ -38,6 +38,8 @@ public:
     void record_output_head(bool on) { output_head_ = on; }
     // Only the inputs of weights matching (empty: all); the pass stops after the last of them (as the collector).
     void only(const std::string & regex) { only_ = std::regex(regex.empty() ? std::string(".*") : regex); }
+    // Off: the pass goes on after the last input recorded (a block run alone reads the block's output after it).
+    void stop_after_last_input(bool on) { stop_after_last_ = on; }
     // Before each chunk's forward pass of the target model.
     void begin_chunk();
     // The input `weight` read in this chunk; null if the target model has no such matmul.
@@ -56,6 +58,7 @@ private:
     std::vector<char>                              copy_;
     std::regex                                     only_{".*"};
     std::string                                    last_recorded_, final_;  // final_: learned from the first chunk
+    bool                                           stop_after_last_ = true;
 };
 
 }  // namespace imx::engine

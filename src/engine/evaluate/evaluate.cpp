@@ -6,10 +6,13 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/hash.h"
+#include "core/format/logprob_file.h"
+#include "engine/model/tensor_file.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
@@ -20,14 +23,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr char kCacheMagic[8] = {'I', 'M', 'X', 'L', 'O', 'G', 'P', '1'};
-
 // What the cached log-probs depend on: the base file (path, size, time), the tokens and the chunk size.
 uint64_t cache_key(const std::string & base, const std::vector<std::vector<int32_t>> & chunks, uint32_t ctx) {
     uint64_t h = kFnv1aOffset;
     const std::string path = fs::canonical(base).string();
     h = fnv1a(h, path.data(), path.size());
-    const uint64_t size = fs::file_size(base);
+    const uint64_t size = model_file_bytes(base);
     const auto mtime = fs::last_write_time(base).time_since_epoch().count();
     h = fnv1a(h, &size, sizeof size);
     h = fnv1a(h, &mtime, sizeof mtime);
@@ -38,36 +39,16 @@ uint64_t cache_key(const std::string & base, const std::vector<std::vector<int32
     return h;
 }
 
-bool read_cache(const std::string & path, uint64_t key, size_t n_vocab, size_t n_scored, std::vector<float> & out) {
-    std::ifstream f(path, std::ios::binary);
-    char magic[8];
-    uint64_t k = 0, nv = 0, ns = 0;
-    if (!f.read(magic, 8) || std::memcmp(magic, kCacheMagic, 8) != 0 || !f.read((char *) &k, 8) ||
-        !f.read((char *) &nv, 8) || !f.read((char *) &ns, 8) || k != key || nv != n_vocab || ns != n_scored) {
-        return false;
-    }
-    out.resize(n_vocab * n_scored);
-    return (bool) f.read((char *) out.data(), (std::streamsize) (out.size() * sizeof(float)));
+uint64_t free_bytes(const std::string & dir) {
+    std::error_code ec;
+    const fs::space_info s = fs::space(dir, ec);
+    return ec ? UINT64_MAX : s.available;
 }
 
-// Written to a temporary file and renamed: a cache file is whole or absent, even if imx is killed.
-void write_cache(const std::string & path, uint64_t key, size_t n_vocab, size_t n_scored, const std::vector<float> & data) {
-    fs::create_directories(fs::path(path).parent_path());
-    const TemporaryFile tmp_file(temporary_path(path));
-    const std::string & tmp = tmp_file.path();
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        const uint64_t hdr[3] = {key, n_vocab, n_scored};
-        f.write(kCacheMagic, 8);
-        f.write((const char *) hdr, sizeof hdr);
-        f.write((const char *) data.data(), (std::streamsize) (data.size() * sizeof(float)));
-        if (!f.flush()) {
-            std::error_code ec;
-            fs::remove(tmp, ec);
-            throw Error(path + ": cannot write the base logits cache");
-        }
-    }
-    fs::rename(tmp, path);
+std::string gib(uint64_t bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.2f GiB", bytes / 1073741824.0);
+    return b;
 }
 
 }  // namespace
@@ -86,42 +67,92 @@ Evaluator::Evaluator(const std::string & base, const EvalOptions & o) : o_(o) {
     if (chunks_.empty()) {
         throw Error(o.text_file + ": shorter than one chunk of " + std::to_string(o.ctx) + " tokens");
     }
-    const size_t per_chunk = o.ctx - 1 - o.ctx / 2;
-    const size_t n_scored = per_chunk * chunks_.size();
-
-    const uint64_t key = cache_key(base, chunks_, o.ctx);
+    n_scored_ = (o.ctx - 1 - o.ctx / 2) * chunks_.size();
+    key_ = cache_key(base, chunks_, o.ctx);
+    const uint64_t bytes = logprob_file_bytes(n_vocab_, n_scored_);
     if (!o.cache_dir.empty()) {
         char name[32];
-        std::snprintf(name, sizeof name, "-%016llx.logp", (unsigned long long) key);
+        std::snprintf(name, sizeof name, "-%016llx.logp", (unsigned long long) key_);
         cache_file_ = (fs::path(o.cache_dir) / (fs::path(base).stem().string() + name)).string();
-        from_cache_ = read_cache(cache_file_, key, n_vocab_, n_scored, base_logp_);
+        const LogprobReader cached(cache_file_, key_, n_vocab_, n_scored_);
+        if (cached.ok()) {
+            from_cache_ = true;
+            logprobs_ = cache_file_;
+            base_scores_.nll = cached.nll();
+            std::error_code ec;
+            fs::last_write_time(cache_file_, fs::file_time_type::clock::now(), ec);  // used: last out of the cache
+            return;
+        }
+        if (bytes > o.cache_limit) {
+            std::fprintf(stderr, "imx eval: the base's log-probabilities take %s, more than the cache's limit of %s: "
+                                 "kept in a temporary file for this run only\n", gib(bytes).c_str(), gib(o.cache_limit).c_str());
+            cache_file_.clear();
+        }
     }
-    if (from_cache_) {
-        for (size_t c = 0; c < chunks_.size(); ++c) {  // the base's own NLL, from its cached log-probs
-            for (size_t i = 0; i < per_chunk; ++i) {
-                const size_t t = c * per_chunk + i;
-                base_scores_.nll.push_back(-base_logp_[t * n_vocab_ + (size_t) chunks_[c][o.ctx / 2 + i + 1]]);
-            }
+    if (!cache_file_.empty()) {
+        fs::create_directories(o.cache_dir);
+        if (free_bytes(o.cache_dir) < bytes) {
+            throw Error(o.cache_dir + ": the base's log-probabilities need " + gib(bytes) + ", " +
+                        gib(free_bytes(o.cache_dir)) + " free (--cache-dir elsewhere)");
+        }
+        const TemporaryFile tmp(temporary_path(cache_file_));
+        try {
+            compute_base(base, tmp.path());
+            fs::rename(tmp.path(), cache_file_);
+        } catch (...) {
+            std::error_code ec;
+            fs::remove(tmp.path(), ec);
+            throw;
+        }
+        logprobs_ = cache_file_;
+        for (const std::string & removed : trim_cache(o.cache_dir, o.cache_limit, cache_file_)) {
+            std::fprintf(stderr, "imx eval: removed %s from the cache (over its limit of %s)\n", removed.c_str(),
+                         gib(o.cache_limit).c_str());
         }
         return;
     }
-    base_logp_.resize(n_vocab_ * n_scored);
-    std::vector<float> scratch;
-    run(base, [&](size_t t, const float * logits, int32_t next) {
-        float * logp = base_logp_.data() + t * n_vocab_;
-        log_softmax(logits, n_vocab_, logp);
-        base_scores_.nll.push_back(-logp[next]);
-    });
-    if (!cache_file_.empty()) {
-        write_cache(cache_file_, key, n_vocab_, n_scored, base_logp_);
+    const std::string dir = fs::temp_directory_path().string();
+    if (free_bytes(dir) < bytes) {
+        throw Error(dir + ": the base's log-probabilities need " + gib(bytes) + " for this run, " +
+                    gib(free_bytes(dir)) + " free (TMPDIR elsewhere)");
+    }
+    char name[64];
+    std::snprintf(name, sizeof name, "imx-eval-%d-%016llx.logp", (int) getpid(), (unsigned long long) key_);
+    temporary_ = std::make_unique<TemporaryFile>((fs::path(dir) / name).string());
+    logprobs_ = temporary_->path();
+    compute_base(base, logprobs_);
+}
+
+Evaluator::~Evaluator() {
+    if (temporary_) {
+        std::error_code ec;
+        fs::remove(temporary_->path(), ec);
     }
 }
 
+void Evaluator::compute_base(const std::string & base, const std::string & path) {
+    LogprobWriter writer(path, key_, n_vocab_, n_scored_);
+    run(base, [&](size_t, const float * logits, int32_t next) {
+        base_scores_.nll.push_back((float) writer.add(logits, next));
+    });
+    writer.finish();
+}
+
 TokenScores Evaluator::score(const std::string & model) const {
+    LogprobReader base(logprobs_, key_, n_vocab_, n_scored_);
+    if (!base.ok()) {
+        throw Error(logprobs_ + ": the base's log-probabilities are gone or damaged (another run's cache trim?)");
+    }
+    const size_t per_chunk = o_.ctx - 1 - o_.ctx / 2;
     TokenScores s;
-    std::vector<float> scratch;
+    std::vector<float> scratch, rows;
+    size_t loaded = SIZE_MAX;  // the chunk whose base rows are in `rows`
     run(model, [&](size_t t, const float * logits, int32_t next) {
-        score_token(base_logp_.data() + t * n_vocab_, logits, n_vocab_, next, s, scratch);
+        if (t / per_chunk != loaded) {
+            loaded = t / per_chunk;
+            base.read(loaded * per_chunk, per_chunk, rows);
+        }
+        score_token(rows.data() + (t % per_chunk) * n_vocab_, logits, n_vocab_, next, s, scratch);
     });
     return s;
 }

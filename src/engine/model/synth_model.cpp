@@ -33,11 +33,41 @@ struct Rng {
     }
 };
 
+// The tokenizer's per-token arrays grown to n_vocab: control tokens that no text tokenizes to, so the model's
+// embedding and output head have a real vocabulary's width while tokenization stays the source's.
+void pad_vocabulary(gguf_context * dst, const gguf_context * src, int64_t n_source, int64_t n_vocab) {
+    const int64_t tokens = gguf_find_key(src, "tokenizer.ggml.tokens");
+    std::vector<std::string> names;
+    for (int64_t i = 0; i < n_source; ++i) {
+        names.push_back(gguf_get_arr_str(src, tokens, i));
+    }
+    for (int64_t i = n_source; i < n_vocab; ++i) {
+        names.push_back("<|imx_pad_" + std::to_string(i) + "|>");
+    }
+    std::vector<const char *> ptrs;
+    for (const std::string & n : names) {
+        ptrs.push_back(n.c_str());
+    }
+    gguf_set_arr_str(dst, "tokenizer.ggml.tokens", ptrs.data(), ptrs.size());
+    if (const int64_t k = gguf_find_key(src, "tokenizer.ggml.token_type"); k >= 0 && gguf_get_arr_type(src, k) == GGUF_TYPE_INT32) {
+        std::vector<int32_t> types((size_t) n_vocab, 3);  // LLAMA_TOKEN_TYPE_CONTROL
+        std::copy_n(static_cast<const int32_t *>(gguf_get_arr_data(src, k)), n_source, types.begin());
+        gguf_set_arr_data(dst, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types.data(), types.size());
+    }
+    if (const int64_t k = gguf_find_key(src, "tokenizer.ggml.scores"); k >= 0 && gguf_get_arr_type(src, k) == GGUF_TYPE_FLOAT32) {
+        std::vector<float> scores((size_t) n_vocab, 0.0f);
+        std::copy_n(static_cast<const float *>(gguf_get_arr_data(src, k)), n_source, scores.begin());
+        gguf_set_arr_data(dst, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores.data(), scores.size());
+    }
+}
+
 }  // namespace
 
-uint64_t write_synthetic_model(const SynthOptions & o) {
-    const bool mla = o.arch == "deepseek2";
-    const bool moe = o.arch == "qwen3moe" || mla;
+namespace {
+
+// The matmul weights' type, after checking the shape options make a model.
+ggml_type checked_weight_type(const SynthOptions & o) {
+    const bool moe = o.arch == "qwen3moe" || o.arch == "deepseek2";
     if (o.arch != "qwen3" && !moe) {
         throw Error("synth: unknown architecture '" + o.arch + "' (qwen3, qwen3moe, deepseek2)");
     }
@@ -49,81 +79,62 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
     if (wtype == GGML_TYPE_F16 && o.weight_type != "f16") {
         throw Error("synth: --weight-type '" + o.weight_type + "' (f16, q8_0, q4_0)");
     }
-    ggml_context * meta_ctx = nullptr;
-    std::unique_ptr<gguf_context, GgufFree> src(gguf_init_from_file(o.vocab_from.c_str(), {true, &meta_ctx}));
-    std::unique_ptr<ggml_context, GgmlFree> src_ctx(meta_ctx);
-    if (!src) {
-        throw Error(o.vocab_from + ": not a GGUF model");
-    }
-    const int64_t tokens_key = gguf_find_key(src.get(), "tokenizer.ggml.tokens");
-    if (tokens_key < 0) {
-        throw Error(o.vocab_from + ": no tokenizer.ggml.tokens");
-    }
-    const int64_t n_vocab = (int64_t) gguf_get_arr_n(src.get(), tokens_key);
-    int64_t nan_row = -1;
-    for (int64_t i = 0; !o.nan_token.empty() && i < n_vocab; ++i) {
-        if (o.nan_token == gguf_get_arr_str(src.get(), tokens_key, i)) {
-            nan_row = i;
-        }
-    }
-    if (!o.nan_token.empty() && nan_row < 0) {
-        throw Error(o.vocab_from + ": no token '" + o.nan_token + "'");
-    }
+    return wtype;
+}
 
-    std::unique_ptr<gguf_context, GgufFree> dst(gguf_init_empty());
-    gguf_set_kv(dst.get(), src.get());
-    // keep the tokenizer, drop everything that describes the source model
-    for (int64_t i = gguf_get_n_kv(dst.get()) - 1; i >= 0; --i) {
-        const std::string key = gguf_get_key(dst.get(), i);
-        if (key.rfind("tokenizer.", 0) != 0) {
-            gguf_remove_key(dst.get(), key.c_str());
-        }
-    }
+// The architecture's keys, as llama.cpp's converter writes them for this shape.
+void set_architecture_keys(gguf_context * dst, const SynthOptions & o, ggml_type wtype) {
+    const bool mla = o.arch == "deepseek2";
+    const bool moe = o.arch == "qwen3moe" || mla;
     const std::string a = o.arch;
-    gguf_set_val_str(dst.get(), "general.architecture", a.c_str());
-    gguf_set_val_str(dst.get(), "general.name", ("imx synthetic " + a).c_str());
-    gguf_set_val_u32(dst.get(), "general.file_type", wtype == GGML_TYPE_Q8_0 ? 7 : wtype == GGML_TYPE_Q4_0 ? 2 : 1);
-    gguf_set_val_u32(dst.get(), (a + ".block_count").c_str(), o.layers);
-    gguf_set_val_u32(dst.get(), (a + ".context_length").c_str(), o.context);
-    gguf_set_val_u32(dst.get(), (a + ".embedding_length").c_str(), o.embd);
-    gguf_set_val_u32(dst.get(), (a + ".feed_forward_length").c_str(), o.ff);
-    gguf_set_val_u32(dst.get(), (a + ".attention.head_count").c_str(), o.heads);
+    gguf_set_val_str(dst, "general.architecture", a.c_str());
+    gguf_set_val_str(dst, "general.name", ("imx synthetic " + a).c_str());
+    gguf_set_val_u32(dst, "general.file_type", wtype == GGML_TYPE_Q8_0 ? 7 : wtype == GGML_TYPE_Q4_0 ? 2 : 1);
+    gguf_set_val_u32(dst, (a + ".block_count").c_str(), o.layers);
+    gguf_set_val_u32(dst, (a + ".context_length").c_str(), o.context);
+    gguf_set_val_u32(dst, (a + ".embedding_length").c_str(), o.embd);
+    gguf_set_val_u32(dst, (a + ".feed_forward_length").c_str(), o.ff);
+    gguf_set_val_u32(dst, (a + ".attention.head_count").c_str(), o.heads);
     if (mla) {  // the absorbed MLA layout llama.cpp converts DeepSeek-V3 to: one latent KV "head"
-        gguf_set_val_u32(dst.get(), (a + ".attention.head_count_kv").c_str(), 1);
-        gguf_set_val_u32(dst.get(), (a + ".attention.key_length").c_str(), o.kv_lora + o.rope_dim);
-        gguf_set_val_u32(dst.get(), (a + ".attention.value_length").c_str(), o.kv_lora);
-        gguf_set_val_u32(dst.get(), (a + ".attention.key_length_mla").c_str(), o.head_dim + o.rope_dim);
-        gguf_set_val_u32(dst.get(), (a + ".attention.value_length_mla").c_str(), o.head_dim);
-        gguf_set_val_u32(dst.get(), (a + ".attention.q_lora_rank").c_str(), o.q_lora);
-        gguf_set_val_u32(dst.get(), (a + ".attention.kv_lora_rank").c_str(), o.kv_lora);
-        gguf_set_val_u32(dst.get(), (a + ".rope.dimension_count").c_str(), o.rope_dim);
-        gguf_set_val_u32(dst.get(), (a + ".leading_dense_block_count").c_str(), o.dense_layers);
-        gguf_set_val_u32(dst.get(), (a + ".expert_shared_count").c_str(), o.shared_experts);
-        gguf_set_val_f32(dst.get(), (a + ".expert_weights_scale").c_str(), 2.5f);
-        gguf_set_val_bool(dst.get(), (a + ".expert_weights_norm").c_str(), true);
-        gguf_set_val_u32(dst.get(), (a + ".expert_gating_func").c_str(), 2);  // sigmoid, as DeepSeek-V3
-        gguf_set_val_u32(dst.get(), (a + ".expert_group_count").c_str(), 1);
-        gguf_set_val_u32(dst.get(), (a + ".expert_group_used_count").c_str(), 1);
+        gguf_set_val_u32(dst, (a + ".attention.head_count_kv").c_str(), 1);
+        gguf_set_val_u32(dst, (a + ".attention.key_length").c_str(), o.kv_lora + o.rope_dim);
+        gguf_set_val_u32(dst, (a + ".attention.value_length").c_str(), o.kv_lora);
+        gguf_set_val_u32(dst, (a + ".attention.key_length_mla").c_str(), o.head_dim + o.rope_dim);
+        gguf_set_val_u32(dst, (a + ".attention.value_length_mla").c_str(), o.head_dim);
+        gguf_set_val_u32(dst, (a + ".attention.q_lora_rank").c_str(), o.q_lora);
+        gguf_set_val_u32(dst, (a + ".attention.kv_lora_rank").c_str(), o.kv_lora);
+        gguf_set_val_u32(dst, (a + ".rope.dimension_count").c_str(), o.rope_dim);
+        gguf_set_val_u32(dst, (a + ".leading_dense_block_count").c_str(), o.dense_layers);
+        gguf_set_val_u32(dst, (a + ".expert_shared_count").c_str(), o.shared_experts);
+        gguf_set_val_f32(dst, (a + ".expert_weights_scale").c_str(), 2.5f);
+        gguf_set_val_bool(dst, (a + ".expert_weights_norm").c_str(), true);
+        gguf_set_val_u32(dst, (a + ".expert_gating_func").c_str(), 2);  // sigmoid, as DeepSeek-V3
+        gguf_set_val_u32(dst, (a + ".expert_group_count").c_str(), 1);
+        gguf_set_val_u32(dst, (a + ".expert_group_used_count").c_str(), 1);
     } else {
-        gguf_set_val_u32(dst.get(), (a + ".attention.head_count_kv").c_str(), o.kv_heads);
-        gguf_set_val_u32(dst.get(), (a + ".attention.key_length").c_str(), o.head_dim);
-        gguf_set_val_u32(dst.get(), (a + ".attention.value_length").c_str(), o.head_dim);
+        gguf_set_val_u32(dst, (a + ".attention.head_count_kv").c_str(), o.kv_heads);
+        gguf_set_val_u32(dst, (a + ".attention.key_length").c_str(), o.head_dim);
+        gguf_set_val_u32(dst, (a + ".attention.value_length").c_str(), o.head_dim);
     }
-    gguf_set_val_f32(dst.get(), (a + ".attention.layer_norm_rms_epsilon").c_str(), 1e-6f);
-    gguf_set_val_f32(dst.get(), (a + ".rope.freq_base").c_str(), 1000000.0f);
+    gguf_set_val_f32(dst, (a + ".attention.layer_norm_rms_epsilon").c_str(), 1e-6f);
+    gguf_set_val_f32(dst, (a + ".rope.freq_base").c_str(), 1000000.0f);
     if (moe) {
-        gguf_set_val_u32(dst.get(), (a + ".expert_count").c_str(), o.experts);
-        gguf_set_val_u32(dst.get(), (a + ".expert_used_count").c_str(), o.experts_used);
-        gguf_set_val_u32(dst.get(), (a + ".expert_feed_forward_length").c_str(), o.expert_ff);
+        gguf_set_val_u32(dst, (a + ".expert_count").c_str(), o.experts);
+        gguf_set_val_u32(dst, (a + ".expert_used_count").c_str(), o.experts_used);
+        gguf_set_val_u32(dst, (a + ".expert_feed_forward_length").c_str(), o.expert_ff);
     }
+}
 
-    // tensor shapes (metadata only; data is streamed below)
-    std::unique_ptr<ggml_context, GgmlFree> ctx(ggml_init({ggml_tensor_overhead() * (24 * o.layers + 16), nullptr, true}));
-    std::vector<ggml_tensor *> tensors;
+// Every tensor's name, type and shape (metadata only: the data is streamed by write_tensors).
+std::vector<ggml_tensor *> declare_tensors(ggml_context * ctx, gguf_context * dst, const SynthOptions & o,
+                                           int64_t n_vocab, ggml_type wtype) {
+    const bool mla = o.arch == "deepseek2";
+    const bool moe = o.arch == "qwen3moe" || mla;
+        std::vector<ggml_tensor *> tensors;
     auto add = [&](const std::string & name, ggml_type type, std::vector<int64_t> ne) {
-        ggml_tensor * t = ggml_new_tensor(ctx.get(), type, (int) ne.size(), ne.data());
+        ggml_tensor * t = ggml_new_tensor(ctx, type, (int) ne.size(), ne.data());
         ggml_set_name(t, name.c_str());
-        gguf_add_tensor(dst.get(), t);
+        gguf_add_tensor(dst, t);
         tensors.push_back(t);
     };
     const int64_t q = (int64_t) o.heads * o.head_dim, kv = (int64_t) o.kv_heads * o.head_dim;
@@ -171,15 +182,20 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
             add(p + "ffn_down.weight", W, {o.ff, o.embd});
         }
     }
+    return tensors;
+}
 
+// The header, then every tensor's random data; returns the number of parameters. Atomic.
+uint64_t write_tensors(const SynthOptions & o, gguf_context * dst, const std::vector<ggml_tensor *> & tensors,
+                       int64_t nan_row) {
     const TemporaryFile tmp_file(temporary_path(o.output));
     const std::string & tmp = tmp_file.path();
     FILE * f = std::fopen(tmp.c_str(), "wb");
     if (!f) {
         throw Error(o.output + ": cannot create");
     }
-    std::vector<uint8_t> meta(gguf_get_meta_size(dst.get()));
-    gguf_get_meta_data(dst.get(), meta.data());
+    std::vector<uint8_t> meta(gguf_get_meta_size(dst));
+    gguf_get_meta_data(dst, meta.data());
     bool ok = std::fwrite(meta.data(), 1, meta.size(), f) == meta.size();
     Rng rng{o.seed * 0x9E3779B97F4A7C15ull + 1};
     uint64_t n_params = 0;
@@ -226,6 +242,54 @@ uint64_t write_synthetic_model(const SynthOptions & o) {
         throw Error(o.output + ": write failed");
     }
     return n_params;
+}
+
+}  // namespace
+
+uint64_t write_synthetic_model(const SynthOptions & o) {
+    const ggml_type wtype = checked_weight_type(o);
+    ggml_context * meta_ctx = nullptr;
+    std::unique_ptr<gguf_context, GgufFree> src(gguf_init_from_file(o.vocab_from.c_str(), {true, &meta_ctx}));
+    std::unique_ptr<ggml_context, GgmlFree> src_ctx(meta_ctx);
+    if (!src) {
+        throw Error(o.vocab_from + ": not a GGUF model");
+    }
+    const int64_t tokens_key = gguf_find_key(src.get(), "tokenizer.ggml.tokens");
+    if (tokens_key < 0) {
+        throw Error(o.vocab_from + ": no tokenizer.ggml.tokens");
+    }
+    const int64_t n_source = (int64_t) gguf_get_arr_n(src.get(), tokens_key);
+    if (o.vocab_size > 0 && o.vocab_size < n_source) {
+        throw Error("synth: --vocab-size " + std::to_string(o.vocab_size) + " is below " + o.vocab_from + "'s " +
+                    std::to_string(n_source) + " tokens");
+    }
+    const int64_t n_vocab = std::max<int64_t>(n_source, o.vocab_size);
+    int64_t nan_row = -1;
+    for (int64_t i = 0; !o.nan_token.empty() && i < n_source; ++i) {
+        if (o.nan_token == gguf_get_arr_str(src.get(), tokens_key, i)) {
+            nan_row = i;
+        }
+    }
+    if (!o.nan_token.empty() && nan_row < 0) {
+        throw Error(o.vocab_from + ": no token '" + o.nan_token + "'");
+    }
+
+    std::unique_ptr<gguf_context, GgufFree> dst(gguf_init_empty());
+    gguf_set_kv(dst.get(), src.get());
+    // keep the tokenizer, drop everything that describes the source model
+    for (int64_t i = gguf_get_n_kv(dst.get()) - 1; i >= 0; --i) {
+        const std::string key = gguf_get_key(dst.get(), i);
+        if (key.rfind("tokenizer.", 0) != 0) {
+            gguf_remove_key(dst.get(), key.c_str());
+        }
+    }
+    if (n_vocab > n_source) {
+        pad_vocabulary(dst.get(), src.get(), n_source, n_vocab);
+    }
+    set_architecture_keys(dst.get(), o, wtype);
+    std::unique_ptr<ggml_context, GgmlFree> ctx(ggml_init({ggml_tensor_overhead() * (24 * o.layers + 16), nullptr, true}));
+    const std::vector<ggml_tensor *> tensors = declare_tensors(ctx.get(), dst.get(), o, n_vocab, wtype);
+    return write_tensors(o, dst.get(), tensors, nan_row);
 }
 
 }  // namespace imx::engine

@@ -11,6 +11,7 @@ namespace imx::engine {
 struct SynthOptions {
     std::string arch = "qwen3";  // qwen3 (dense), qwen3moe, or deepseek2 (MLA attention, MoE with shared experts)
     std::string vocab_from;      // a GGUF model whose tokenizer is copied
+    int         vocab_size = 0;  // > its size: padded with control tokens "<|imx_pad_N|>" (a real vocabulary's width)
     std::string output;
     int         layers = 4;
     int         embd = 512;

@@ -1,0 +1,48 @@
+// One transformer block of a model as a model of its own: the GGUF libllama loads to run block i alone, through
+// its own graph for the architecture (no block is re-implemented here).
+//
+// The file holds block i's tensors renamed blk.i.* → blk.0.*, in the types and bytes given (the float model's,
+// or a quantized copy's), and the model's keys with
+//   - block_count = 1, and every per-block array of the architecture cut to block i's entry;
+//   - the keys whose meaning depends on a block's index set for block i (deepseek2: leading_dense_block_count, and
+//     the gating function and q_lora_rank that its loader infers from the number of blocks when they are absent);
+//   - no vocabulary: tokenizer "no_vocab" with one dummy token, so token_embd is [n_embd, 1] and the output head
+//     is tied to it. Neither is read: the runner feeds hidden states through llama_batch.embd (libllama's
+//     build_inp_embd takes them for every architecture) and stops the graph at the block's output, "l_out-0".
+// Other tensors outside the blocks (output_norm, rope_freqs) are copied: the loader expects them.
+//
+// Architectures whose single blocks are checked (tests) to give the whole model's activations: qwen3, qwen3moe,
+// deepseek2. Others are refused with one line; the whole-model paths stay for them.
+#pragma once
+
+#include "engine/model/tensor_file.h"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace imx::engine {
+
+// Bytes to write for a tensor instead of the model's: its new type and data (a quantized block).
+struct TensorBytes {
+    ggml_type            type = GGML_TYPE_F32;
+    std::vector<uint8_t> bytes;
+};
+using TensorReplacements = std::map<std::string, TensorBytes>;
+
+// The architecture's name if its blocks can be run alone; throws imx::Error naming the model and the
+// architecture otherwise.
+std::string check_block_streaming(const TensorTable & model);
+
+int block_count(const TensorTable & model);
+int64_t embedding_length(const TensorTable & model);
+
+// Writes block `block` of `model` to `path` (tensors from `replace` where it has them, else the model's bytes).
+void write_block_model(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
+                       const std::string & path);
+
+// "blk.7.ffn_down.weight" → 7; −1 for a tensor outside the blocks.
+int block_of(const std::string & tensor);
+
+}  // namespace imx::engine
