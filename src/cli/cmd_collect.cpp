@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "core/format/imatrix_file.h"
 #include "engine/collect/collect.h"
+#include "engine/model/tensor_file.h"
+#include "engine/stream/stream_collect.h"
 #include "engine/collect/rpc_servers.h"
 
 #include <nlohmann/json.hpp>
@@ -35,7 +37,25 @@ struct Options {
     std::string            rpc;
     bool                   covariance = false;
     double                 covariance_mib = 4096;
+    int                    stream = -1;  // --stream 1, --no-stream 0, else by the model's size against memory
 };
+
+// MemAvailable of /proc/meminfo in bytes; 0 where unknown.
+uint64_t available_memory() {
+    std::FILE * f = std::fopen("/proc/meminfo", "r");
+    if (!f) {
+        return 0;
+    }
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f)) {
+        if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            break;
+        }
+    }
+    std::fclose(f);
+    return (uint64_t) kb * 1024;
+}
 
 // "covariance: 12 inputs (8 whole, 4 in blocks of 256), 176 MiB in memory"
 std::string covariance_summary(const Imatrix & im) {
@@ -172,6 +192,10 @@ Run add_collect(CLI::App & app) {
     app.add_flag("--no-ppl", o->no_ppl, "accepted for llama-imatrix command lines (imx never computes perplexity)");
     app.add_option("--flash-attn", o->flash_attn, "flash attention: on, off or auto (-fa)")
         ->check(CLI::IsMember({"on", "off", "auto"}));
+    app.add_flag_function("--stream,!--no-stream", [o](int64_t n) { o->stream = n > 0 ? 1 : 0; },
+                          "block by block: each block run over every chunk, the model read once per run (the default "
+                          "when the model is larger than the memory available; qwen3, qwen3moe, deepseek2); "
+                          "--no-stream: the whole model per chunk");
     app.add_flag("--json", o->json, "print a JSON summary on stdout");
     app.add_flag("-v,--verbose", c.verbose, "show llama.cpp's log");
     add_format_option(app, o->format);
@@ -271,17 +295,32 @@ Run add_collect(CLI::App & app) {
             }
             c.covariance_budget = (uint64_t) (o->covariance_mib * 1048576.0);
         }
+        if (o->stream < 0) {  // a model larger than memory would be paged through once per chunk
+            const uint64_t model_bytes = engine::model_file_bytes(c.model), memory = available_memory();
+            o->stream = memory > 0 && model_bytes > memory ? 1 : 0;
+            if (o->stream) {
+                std::fprintf(stderr, "imx collect: %s (%.1f GiB) is larger than the memory available (%.1f GiB): "
+                                     "block by block (--no-stream: the whole model per chunk)\n",
+                             c.model.c_str(), model_bytes / 1073741824.0, memory / 1073741824.0);
+            }
+        }
+        c.by_blocks = o->stream == 1;
         // made after the first chunk: model loading and a resumed checkpoint's chunks stay out of the ETA
         std::unique_ptr<Progress> bar;
-        engine::CollectResult r = engine::collect(c, [&](const engine::CollectProgress & p) {
+        const auto on_progress = [&](const engine::CollectProgress & p) {
             if (!bar) {
                 bar = std::make_unique<Progress>("imx collect", p.chunks_done);
             }
             const double rate = p.seconds > 0 ? p.chunks_run * (double) c.chunk_size / p.seconds : 0;
-            char detail[32];
-            std::snprintf(detail, sizeof detail, "%.0f tok/s", rate);
+            char detail[64];
+            if (p.blocks > 0) {  // chunks count each block's pass
+                std::snprintf(detail, sizeof detail, "block %d/%d, %.0f tok/s", p.block + 1, p.blocks, rate);
+            } else {
+                std::snprintf(detail, sizeof detail, "%.0f tok/s", rate);
+            }
             bar->update(p.chunks_done, p.chunks_total, "chunk", detail);
-        });
+        };
+        engine::CollectResult r = c.by_blocks ? engine::collect_by_blocks(c, on_progress) : engine::collect(c, on_progress);
         if (!o->in_files.empty()) {  // upstream adds them to what it collected
             add_imatrix(r.imatrix, added, "--in-file");
         }

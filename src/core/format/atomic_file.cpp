@@ -123,9 +123,10 @@ std::vector<std::string> prepare_output(const std::string & path) {
             continue;
         }
         std::string digits = name.substr(prefix.size());
-        // a part of a split model written under a temporary prefix: <path>.tmp-<pid>-00001-of-00004.gguf
-        static const std::regex split_part("-[0-9]{5}-of-[0-9]{5}\\.gguf$");
-        digits = std::regex_replace(digits, split_part, "");
+        // a run's other files under the same name: a split model's parts (<path>.tmp-<pid>-00001-of-00004.gguf),
+        // a block-by-block run's scratch files (<path>.tmp-<pid>.block.gguf, .hidden-a)
+        static const std::regex suffix("(-[0-9]{5}-of-[0-9]{5}\\.gguf|\\.[a-z][a-z0-9.-]*)$");
+        digits = std::regex_replace(digits, suffix, "");
         if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) {
             continue;
         }

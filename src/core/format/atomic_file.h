@@ -42,8 +42,9 @@ std::string temporary_path(const std::string & path);
 
 // Run before the work that produces `path`: throws Error naming the file unless a file can be created in its
 // folder (the folder exists, is writable, `path` is not a folder). Removes `<path>.tmp-<pid>` files left by
-// imx processes that no longer run (a kill -9, a power cut) — and the parts `<path>.tmp-<pid>-0000i-of-0000N.gguf`
-// of a split model written under that prefix — and returns a line for each one removed.
+// imx processes that no longer run (a kill -9, a power cut) — and the other files of such a run under that name
+// (a split model's parts `<path>.tmp-<pid>-0000i-of-0000N.gguf`, scratch files `<path>.tmp-<pid>.block.gguf`)
+// — and returns a line for each one removed.
 std::vector<std::string> prepare_output(const std::string & path);
 
 // Why writing `path` failed, for an error whose own text does not say (an iostream's "iostream error"):
