@@ -8,7 +8,7 @@
 #include "core/format/imatrix_file.h"
 #include "engine/collect/collect.h"
 #include "engine/model/tensor_file.h"
-#include "engine/stream/stream_collect.h"
+#include "engine/collect/stream_collect.h"
 #include "engine/collect/rpc_servers.h"
 
 #include <nlohmann/json.hpp>

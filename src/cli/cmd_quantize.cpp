@@ -97,6 +97,37 @@ void choose_prior(QuantizeCommand & o, const std::vector<Imatrix> & parts) {
 
 }  // namespace
 
+// The Hessian pass's summary line, and with -v a line per tensor.
+void print_hessian_reports(const std::vector<engine::HessianTensorReport> & reports, bool verbose, bool row_scales) {
+    const HessianSummary hs = summarize(reports);
+    std::fprintf(stderr,
+                 "imx quantize: hessian: %lld tensors re-encoded (%lld of %lld rows changed), output error "
+                 "%.1f%% below the diagonal encoder's; %lld experts without tokens used the pooled covariance; "
+                 "other tensors keep the diagonal encoding\n",
+                 (long long) hs.tensors, (long long) hs.rows_improved, (long long) hs.rows,
+                 hs.loss_diagonal > 0 ? 100.0 * (1.0 - hs.loss_final / hs.loss_diagonal) : 0.0,
+                 (long long) hs.pooled);
+    if (verbose) {
+        for (const auto & r : reports) {
+            std::string scales;
+            if (row_scales) {
+                char buf[128];
+                std::snprintf(buf, sizeof buf, "output scale wHq/qHq %.4f -> %.4f  signal scale wHq/wHw %.4f -> %.4f  ",
+                              r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
+                              r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0,
+                              r.ww > 0 ? r.wq_diagonal / r.ww : 0.0, r.ww > 0 ? r.wq_final / r.ww : 0.0);
+                scales = buf;
+            }
+            std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
+                                 "%s%.1f s factor, %.1f s error, %.1f s encode\n",
+                         r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
+                         r.loss_diagonal, r.loss_final,
+                         r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
+                         scales.c_str(), r.seconds_factor, r.seconds_loss, r.seconds_round);
+        }
+    }
+}
+
 Run add_quantize(CLI::App & app) {
     auto o = std::make_shared<QuantizeCommand>();
     auto & q = o->q;
@@ -181,7 +212,24 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--candidates", o->candidates, "target: the ggml types a tensor may get, comma-separated")
         ->delimiter(',')
         ->capture_default_str();
-    app.add_option("-f,--file", o->text, "target: calibration text on which each tensor's sensitivity is measured");
+    app.add_option("-f,--file", o->text,
+                   "calibration text: without --imatrix, collected here block by block and quantized in the same run "
+                   "(with --method hessian: every tensor with its whole covariance); with --target-size: where each "
+                   "tensor's sensitivity is measured");
+    app.add_option("--chunks", o->collect_chunks, "block by block: chunks of -f's text (default: all)")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--save-every", o->save_every,
+                   "block by block: keep a checkpoint after every block (<output>.ckpt*; any N > 0)")
+        ->check(CLI::PositiveNumber);
+    app.add_flag("--resume", o->resume, "block by block: go on from the checkpoint of an interrupted run");
+    app.add_option("--save-imatrix", o->save_imatrix, "block by block: also write the collected imatrix (GGUF)");
+    app.add_option("--covariance-budget", o->block_budget_mib,
+                   "block by block, --method hessian: MiB for one block's covariances (and cross terms with "
+                   "--sequential); inputs beyond it keep the diagonal encoding")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--n-gpu-layers", o->n_gpu_layers, "block by block: offload the block to the GPU (99: yes)")
+        ->capture_default_str();
     app.add_option("-c,--ctx-size", o->ctx, "target: tokens per chunk of that text")->capture_default_str();
     app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
         ->capture_default_str()
@@ -239,10 +287,10 @@ Run add_quantize(CLI::App & app) {
             throw Error("--prior all-experts takes a number for --prior-weight (auto cross-fits the other targets)");
         }
         o->imatrix = o->imatrix_parts.empty() ? "" : o->imatrix_parts[0];
-        if ((o->prior_weight > 0 || auto_prior) && o->imatrix.empty()) {
-            throw Error("--prior-weight needs an --imatrix to weigh against");
+        if ((o->prior_weight > 0 || auto_prior) && o->imatrix.empty() && o->text.empty()) {
+            throw Error("--prior-weight needs an --imatrix (or -f TEXT) to weigh against");
         }
-        if (auto_prior && o->imatrix_parts.size() < 2) {
+        if (auto_prior && o->imatrix_parts.size() < 2 && !o->imatrix.empty()) {
             throw Error("--prior-weight auto needs parts of the text to cross-fit: --imatrix part1.gguf --imatrix "
                         "part2.gguf (imx collect --shard 1/2 and --shard 2/2)");
         }
@@ -261,12 +309,37 @@ Run add_quantize(CLI::App & app) {
         const Prior prior{o->prior_weight, parse_prior_target(o->prior_target == "auto" ? "one" : o->prior_target)};
         QuantWeights weights;
         Imatrix im;
-        if (o->method == "hessian" && o->imatrix.empty()) {
-            throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance)");
+        const bool by_blocks = o->imatrix.empty() && !o->text.empty() && !target;
+        if (by_blocks) {
+            if (!std::filesystem::is_regular_file(o->text)) {
+                throw Error(o->text + ": no such file");
+            }
+            run_by_blocks(*o);
+            return;
         }
-        if (!o->imatrix.empty()) {
+        const bool collect_here = target && o->imatrix.empty();  // one command: the statistics collected first
+        for (const auto & [given, flag] : {std::pair{o->collect_chunks > 0 && !collect_here, "--chunks"},
+                                           {o->save_every > 0, "--save-every"}, {o->resume, "--resume"},
+                                           {!o->save_imatrix.empty() && !collect_here, "--save-imatrix"}}) {
+            if (given) {
+                throw Error(std::string(flag) + " goes with a block-by-block run (-f TEXT without --imatrix)");
+            }
+        }
+        if (collect_here && auto_prior) {
+            throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
+                        "number with --target-size and no --imatrix, or collect the parts first");
+        }
+        if (collect_here) {
+            im = collect_for_target(*o);
+        } else if (o->method == "hessian" && o->imatrix.empty()) {
+            throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance), or -f TEXT "
+                        "to collect them block by block in the same run");
+        }
+        if (!o->imatrix.empty() || collect_here) {
             std::vector<Imatrix> parts;
-            im = merge_files(o->imatrix_parts, o->legacy_chunk_size, auto_prior ? &parts : nullptr);
+            if (!collect_here) {
+                im = merge_files(o->imatrix_parts, o->legacy_chunk_size, auto_prior ? &parts : nullptr);
+            }
             if (auto_prior) {
                 choose_prior(*o, parts);
             }
@@ -278,12 +351,13 @@ Run add_quantize(CLI::App & app) {
             }
             weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model),
                                     auto_prior ? &o->chosen_priors : nullptr);
-            warn_about_unseen(im, weights, prior, o->imatrix);
+            warn_about_unseen(im, weights, prior, collect_here ? "the statistics collected from " + o->text : o->imatrix);
             for (const std::string & note : weights.notes) {
                 std::fprintf(stderr, "imx: %s\n", note.c_str());
             }
             q.weights = &weights;
-            q.imatrix_file = o->imatrix;
+            q.imatrix_file = collect_here ? (o->save_imatrix.empty() ? "imx quantize: collected in the run" : o->save_imatrix)
+                                          : o->imatrix;
             q.imatrix_datasets = im.meta.datasets;
             q.imatrix_chunks = im.meta.chunk_count;
         }
@@ -317,32 +391,7 @@ Run add_quantize(CLI::App & app) {
         const double secs = bar.seconds();
         const HessianSummary hs = summarize(reports);
         if (o->method == "hessian") {
-            std::fprintf(stderr,
-                         "imx quantize: hessian: %lld tensors re-encoded (%lld of %lld rows changed), output error "
-                         "%.1f%% below the diagonal encoder's; %lld experts without tokens used the pooled covariance; "
-                         "other tensors keep the diagonal encoding\n",
-                         (long long) hs.tensors, (long long) hs.rows_improved, (long long) hs.rows,
-                         hs.loss_diagonal > 0 ? 100.0 * (1.0 - hs.loss_final / hs.loss_diagonal) : 0.0,
-                         (long long) hs.pooled);
-            if (o->verbose) {
-                for (const auto & r : reports) {
-                    std::string scales;
-                    if (o->hessian.row_scales) {
-                        char buf[128];
-                        std::snprintf(buf, sizeof buf, "output scale wHq/qHq %.4f -> %.4f  signal scale wHq/wHw %.4f -> %.4f  ",
-                                      r.qq_diagonal > 0 ? r.wq_diagonal / r.qq_diagonal : 0.0,
-                                      r.qq_final > 0 ? r.wq_final / r.qq_final : 0.0,
-                                      r.ww > 0 ? r.wq_diagonal / r.ww : 0.0, r.ww > 0 ? r.wq_final / r.ww : 0.0);
-                        scales = buf;
-                    }
-                    std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
-                                         "%s%.1f s factor, %.1f s error, %.1f s encode\n",
-                                 r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
-                                 r.loss_diagonal, r.loss_final,
-                                 r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
-                                 scales.c_str(), r.seconds_factor, r.seconds_loss, r.seconds_round);
-                }
-            }
+            print_hessian_reports(reports, o->verbose, o->hessian.row_scales);
         }
         for (const auto & l : sequential) {
             const HessianSummary ls = summarize(l.tensors);

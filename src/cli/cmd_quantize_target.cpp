@@ -3,6 +3,7 @@
 #include "quantize_options.h"
 #include "progress.h"
 #include "core/format/atomic_file.h"
+#include "core/hash.h"
 #include "core/report/frontier_html.h"
 
 #include <nlohmann/json.hpp>
@@ -36,9 +37,22 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     t.chunks = o.chunks;
     t.cache_dir = o.cache_dir;
     t.cache_key = "prior " + o.prior_target + " " + o.prior_weight_text;
+    if (o.imatrix.empty()) {  // collected in this run: the measurements depend on its numbers, not on a file
+        uint64_t h = kFnv1aOffset;
+        for (const auto & [name, ts] : im.tensors) {
+            h = fnv1a(h, name.data(), name.size());
+            h = fnv1a(h, ts.sums.data(), ts.sums.size() * sizeof(double));
+            h = fnv1a(h, ts.counts.data(), ts.counts.size() * sizeof(int64_t));
+        }
+        t.cache_key += " collected " + std::to_string(h);
+    }
     if (o.method == "hessian") {
         t.hessian = &im;
         t.hessian_options = o.hessian;
+        if (o.sequential) {
+            t.sequential = engine::SequentialOptions{o.text, o.ctx, o.sequential_chunks,
+                                                     (uint64_t) (o.sequential_budget_mib * 1048576.0)};
+        }
     }
     std::unique_ptr<Progress> bar;  // one per stage: candidate types, then tensors
     std::string stage_shown;
@@ -47,7 +61,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
             bar = std::make_unique<Progress>("imx quantize: " + stage);
             stage_shown = stage;
         }
-        bar->update((uint64_t) done, (uint64_t) total, stage == "errors" ? "types" : "tensors");
+        bar->update((uint64_t) done, (uint64_t) total, stage == "errors" ? "types" : stage == "sequential" ? "layers" : "tensors");
     };
     const engine::TargetResult r = engine::quantize_to_target(t);
     bar.reset();
@@ -113,13 +127,22 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
             j["tensor_types"][c.name] = {{"type", c.type}, {"bytes", c.bytes}, {"predicted_kld", c.damage}};
         }
         j["recipe"] = r.recipe;
+        j["recipe_reproduces"] = o.method == "hessian" ? "types" : "types and bytes";
+        j["sequential_layers"] = r.sequential_reports.size();
         j["stock"] = nlohmann::ordered_json::array();
         for (const auto & s : r.stock) {
             j["stock"].push_back({{"type", s.name}, {"bytes", s.file_bytes}, {"predicted_kld", s.damage}});
         }
         std::printf("%s\n", j.dump(2).c_str());
     } else {
-        // the same file with upstream's tools (the recipe's patterns name one tensor each)
+        // the same types with upstream's tools (the recipe's patterns name one tensor each); not the same bytes
+        // where imx's own encoders wrote them
+        if (o.method == "hessian") {
+            std::printf("# the same types with llama-quantize (not the same file: its bytes come from imx's Hessian "
+                        "encoder%s, which llama-quantize does not have)\n", o.sequential ? " and sequential passes" : "");
+        } else {
+            std::printf("# the same file with llama-quantize (types and bytes)\n");
+        }
         std::printf("llama-quantize%s%s%s", o.q.keep_split ? " --keep-split" : "", o.imatrix.empty() ? "" : " --imatrix ",
                     o.imatrix.c_str());
         for (const std::string & a : r.recipe) {

@@ -32,6 +32,13 @@ struct QuantizeCommand {
     bool                    sequential = false;
     int                     sequential_chunks = -1;
     double                  sequential_budget_mib = 8192;
+    // block by block (-f TEXT without --imatrix: engine/stream/stream_quantize.h)
+    int                     collect_chunks = -1;       // --chunks: of -f's text
+    int                     save_every = 0;            // > 0: a checkpoint after every block
+    bool                    resume = false;
+    std::string             save_imatrix;              // also write the collected imatrix
+    double                  block_budget_mib = 8192;   // --covariance-budget: one block's covariances
+    int                     n_gpu_layers = 99;
     // --target-size / --target-bpw
     double                   target_mib = 0;
     double                   target_bpw = 0;
@@ -48,5 +55,14 @@ struct QuantizeCommand {
 
 // --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
 void run_target(QuantizeCommand & o, const Imatrix & im);
+
+// The Hessian pass's summary line on stderr, and with `verbose` a line per tensor.
+void print_hessian_reports(const std::vector<engine::HessianTensorReport> & reports, bool verbose, bool row_scales);
+
+// -f TEXT without --imatrix: collection and quantization in one run, block by block.
+void run_by_blocks(QuantizeCommand & o);
+// --target-size without --imatrix: the statistics (with covariances for --method hessian) collected from -f's
+// text first, block by block where the architecture allows; --chunks and --save-imatrix apply.
+Imatrix collect_for_target(QuantizeCommand & o);
 
 }  // namespace imx::cli

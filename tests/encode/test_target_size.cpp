@@ -111,3 +111,31 @@ TEST(TargetSize, ImpossibleTargetsAndBadInputsFailBeforeAnyWork) {
     EXPECT_EQ(no_text.exit_code, 2);
     EXPECT_NE(no_text.output.find("need -f TEXT"), std::string::npos) << no_text.output;
 }
+
+// The levers compose, in one command: no --imatrix, so the statistics and covariances are collected from -f's
+// text first; the type search measures with the Hessian encoder, the chosen mix is encoded again layer by layer
+// (--sequential); the recipe says it makes the types, not the bytes.
+TEST(TargetSize, OneCommandWithSequentialPasses) {
+    const std::string dir = fresh_dir("target-size-sequential");
+    const std::string base = "cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) + " -f " +
+                             shared("data/calibration.txt") +
+                             " --chunks 4 --candidates q2_K,q3_K,q4_K,q6_K --sensitivity-chunks 2 -t 2 --cache-dir cache "
+                             "--json --target-size 16 --method hessian ";
+    const RunResult r = run(base + "-o seq.gguf --sequential --sequential-chunks 2 --save-imatrix im.gguf");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    const nlohmann::json j = json_of(r);
+    EXPECT_EQ(j["sequential_layers"].get<int>(), 4);
+    EXPECT_EQ(j["recipe_reproduces"], "types");  // the Hessian bytes are imx's own
+    EXPECT_LE(fs::file_size(dir + "/seq.gguf"), 16.0 * 1048576.0);
+    EXPECT_TRUE(fs::exists(dir + "/im.gguf"));
+    // what cannot go together is refused with one line
+    const std::vector<std::pair<std::string, std::string>> refused = {
+        {"-o bad.gguf --prior-weight auto", "--prior-weight auto cross-fits parts of an imatrix"},
+        {"-o bad.gguf --save-every 1", "--save-every goes with a block-by-block run"},
+    };
+    for (const auto & [args, message] : refused) {
+        const RunResult bad = run(base + args + " 2>&1");
+        EXPECT_EQ(bad.exit_code, 2) << args;
+        EXPECT_NE(bad.output.find(message), std::string::npos) << bad.output;
+    }
+}

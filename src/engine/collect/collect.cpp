@@ -67,6 +67,51 @@ void check_same_tensors(const std::string & quantized, const std::string & targe
     }
 }
 
+// The RPC servers: checked before any work, and a line naming a server that stops answering later, the chunk
+// and the checkpoint kept.
+std::unique_ptr<RpcFailureReport> watch_rpc_servers(const CollectOptions & o, const std::atomic<uint32_t> & chunk_now,
+                                                    const std::atomic<uint32_t> & saved) {
+    check_rpc_servers(o.rpc_servers);
+    add_rpc_servers(o.rpc_servers);
+    if (o.rpc_servers.empty()) {
+        return nullptr;
+    }
+    return std::make_unique<RpcFailureReport>(o.rpc_servers, [&o, &chunk_now, &saved] {
+        const std::string ckpt = checkpoint_path(o.output);
+        return "at chunk " + std::to_string(chunk_now.load()) + "; " +
+               (saved.load() > 0 ? ckpt + " holds " + std::to_string(saved.load()) +
+                                       " chunks: the same command with --resume continues once it is back"
+                                 : std::string("no checkpoint (--save-every N keeps one)"));
+    });
+}
+
+// A context of one chunk whose eval callback is `cb`.
+ContextPtr chunk_context(llama_model * model, const std::string & path, const CollectOptions & o, int threads,
+                         ggml_backend_sched_eval_callback cb, void * data) {
+    llama_context_params cp = chunk_context_params(o.chunk_size, threads);
+    cp.flash_attn_type = (llama_flash_attn_type) o.flash_attn;
+    cp.cb_eval = cb;
+    cp.cb_eval_user_data = data;
+    ContextPtr ctx(llama_init_from_model(model, cp));
+    if (!ctx) {
+        throw Error(path + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
+    }
+    return ctx;
+}
+
+// One chunk through a context; libllama's failure as one line naming the file and the chunk.
+void decode(llama_context * ctx, const llama_batch & batch, const std::string & path, uint32_t chunk) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    if (const int32_t rc = llama_decode(ctx, batch); rc != 0) {
+        throw Error(path + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " + std::to_string(chunk));
+    }
+}
+
+struct BatchFree {
+    llama_batch b;
+    ~BatchFree() { llama_batch_free(b); }
+};
+
 }  // namespace
 
 std::string checkpoint_path(const std::string & output) { return output + ".ckpt"; }
@@ -107,20 +152,8 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         throw Error("chunk size -c " + std::to_string(o.chunk_size) + " is too small (at least 16 tokens)");
     }
     init_llama(o.verbose);
-    check_rpc_servers(o.rpc_servers);  // before any work: a server that is not there fails now
-    add_rpc_servers(o.rpc_servers);
-    // a server that stops answering later: one line naming it and the chunk, the checkpoint kept
     std::atomic<uint32_t> chunk_now{0}, saved{0};
-    std::unique_ptr<RpcFailureReport> rpc_report;
-    if (!o.rpc_servers.empty()) {
-        rpc_report = std::make_unique<RpcFailureReport>(o.rpc_servers, [&] {
-            const std::string ckpt = checkpoint_path(o.output);
-            return "at chunk " + std::to_string(chunk_now.load()) + "; " +
-                   (saved.load() > 0 ? ckpt + " holds " + std::to_string(saved.load()) +
-                                           " chunks: the same command with --resume continues once it is back"
-                                     : std::string("no checkpoint (--save-every N keeps one)"));
-        });
-    }
+    const std::unique_ptr<RpcFailureReport> rpc_report = watch_rpc_servers(o, chunk_now, saved);
     if (!o.target_model.empty() && o.covariance_budget == 0) {
         throw Error("--target-model " + o.target_model + " needs --covariance: it adds to the covariances");
     }
@@ -155,32 +188,18 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         collector.data() = std::move(c.data);
         result.chunks_resumed = next;
     }
-
-    llama_context_params cp = chunk_context_params(o.chunk_size, threads);
-    cp.flash_attn_type = (llama_flash_attn_type) o.flash_attn;
-    cp.cb_eval = ActivationCollector::eval_callback;
-    cp.cb_eval_user_data = &collector;
-    ContextPtr ctx(llama_init_from_model(model.get(), cp));
-    if (!ctx) {
-        throw Error(o.model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
-    }
+    const ContextPtr ctx = chunk_context(model.get(), o.model, o, threads, ActivationCollector::eval_callback, &collector);
     // --target-model: each chunk goes through the target first, its matmul inputs kept for the cross terms
     TargetInputs target;
     target.record_output_head(o.process_output);
     target.only(o.only_tensors);
     ContextPtr target_ctx;
     if (target_model) {
-        llama_context_params tp = cp;
-        tp.cb_eval = TargetInputs::eval_callback;
-        tp.cb_eval_user_data = &target;
-        target_ctx.reset(llama_init_from_model(target_model.get(), tp));
-        if (!target_ctx) {
-            throw Error(o.target_model + ": could not create a context of " + std::to_string(cp.n_ctx) + " tokens");
-        }
+        target_ctx = chunk_context(target_model.get(), o.target_model, o, threads, TargetInputs::eval_callback, &target);
         collector.cross_with(&target);
     }
 
-    llama_batch batch = llama_batch_init((int32_t) o.chunk_size, 0, 1);
+    const BatchFree batch{llama_batch_init((int32_t) o.chunk_size, 0, 1)};
     const auto t0 = std::chrono::steady_clock::now();
     uint32_t last_checkpoint = next;
     auto save = [&](uint32_t done) {
@@ -195,7 +214,6 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
     for (uint32_t i = next; i < n_chunks; ++i) {
         chunk_now = first + i;
         if (const int sig = interrupted()) {
-            llama_batch_free(batch);
             std::string what = "interrupted (signal " + std::to_string(sig) + ") after " + std::to_string(i) + " of " +
                                std::to_string(n_chunks) + " chunks";
             if (o.save_every > 0 && i > last_checkpoint) {
@@ -206,30 +224,24 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
                         : "; nothing saved (--save-every N keeps a checkpoint)";
             throw Interrupted(sig, what);
         }
-        llama_memory_clear(llama_get_memory(ctx.get()), true);
-        const Chunk & chunk = chunks[i];
         // every token is an output: otherwise llama.cpp skips the last layer's FFN for all others,
         // and their activations would be missing from that layer's sums
-        fill_batch(batch, chunk, 0);
+        llama_batch b = batch.b;
+        fill_batch(b, chunks[i], 0);
         if (target_ctx) {
             target.begin_chunk();
-            llama_memory_clear(llama_get_memory(target_ctx.get()), true);
-            if (const int32_t rc = llama_decode(target_ctx.get(), batch); rc != 0) {
-                llama_batch_free(batch);
-                throw Error(o.target_model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
-                            std::to_string(first + i));
-            }
+            decode(target_ctx.get(), b, o.target_model, first + i);
         }
         collector.begin_chunk(first + i);
-        const int32_t rc = llama_decode(ctx.get(), batch);
-        if (!collector.error().empty()) {
-            llama_batch_free(batch);
-            throw Error(o.model + ": " + collector.error());
+        try {
+            decode(ctx.get(), b, o.model, first + i);
+        } catch (const Error &) {
+            if (collector.error().empty()) {
+                throw;
+            }
         }
-        if (rc != 0) {
-            llama_batch_free(batch);
-            throw Error(o.model + ": llama_decode failed (" + std::to_string(rc) + ") at chunk " +
-                        std::to_string(first + i));
+        if (!collector.error().empty()) {
+            throw Error(o.model + ": " + collector.error());
         }
         const uint32_t done = i + 1;
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -238,7 +250,6 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
         }
         progress({done, n_chunks, secs, done - result.chunks_resumed});
     }
-    llama_batch_free(batch);
 
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (uint32_t i = result.chunks_resumed; i < n_chunks; ++i) {

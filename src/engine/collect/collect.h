@@ -51,7 +51,7 @@ struct CollectOptions {
     // covariance then also gets X̃ᵀX against the target's inputs (core/covariance.h, sequential quantization).
     std::string target_model;
     std::string only_tensors;  // collect only weights matching this regex (sums too); the pass ends after them
-    // block by block (engine/stream/stream_collect.h) instead of the whole model per chunk
+    // block by block (engine/collect/stream_collect.h) instead of the whole model per chunk
     bool        by_blocks = false;
 };
 

@@ -147,20 +147,12 @@ void keep_freed_memory() {
     mallopt(M_TRIM_THRESHOLD, INT_MAX);
 }
 
-}  // namespace
-
-std::vector<HessianTensorReport> hessian_reencode(const std::string & model, const std::string & quantized,
-                                                  const Imatrix & im, const HessianOptions & o,
-                                                  const std::function<void(int, int)> & progress) {
-    const TensorTable src(model), dst(quantized);
-    const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
-    set_linear_algebra_threads(threads);
-    keep_freed_memory();
-    TensorIo in(src, false), out(dst, true);
-
-    // the work: per covariance, its readers that the output holds in a quantized type
+// The work: per covariance, its readers that the output holds in a quantized type (and the options allow).
+std::vector<std::pair<const Covariance *, std::vector<Job>>> plan_jobs(const TensorTable & src, const TensorTable & dst,
+                                                                       const Imatrix & im, const HessianOptions & o,
+                                                                       int & total) {
     std::vector<std::pair<const Covariance *, std::vector<Job>>> work;
-    int total = 0;
+    total = 0;
     const std::regex only(o.tensors.empty() ? std::string(".*") : o.tensors);
     for (const Covariance & c : im.covariances) {
         std::vector<Job> jobs;
@@ -179,7 +171,7 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
             }
             const ggml_tensor * st = src.find(r);
             if (!st || st->ne[0] != t->ne[0] || st->ne[1] != t->ne[1] || st->ne[2] != t->ne[2]) {
-                throw Error(model + ": tensor " + r + " is missing or has another shape than in " + quantized);
+                throw Error(src.path() + ": tensor " + r + " is missing or has another shape than in " + dst.path());
             }
             Job j{r, st, t, {}};
             j.report.name = r;
@@ -192,12 +184,112 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
             work.emplace_back(&c, std::move(jobs));
         }
     }
+    return work;
+}
 
-    int done = 0;
+// ggml's quantizer of a type as the rounder's block encoder, with the re-rounding of its refinement rounds.
+BlockQuantizer block_quantizer(ggml_type type, bool refine_rescale) {
+    ggml_quantize_init(type);
+    BlockQuantizer bq;
+    bq.block = ggml_blck_size(type);
+    bq.block_bytes = ggml_type_size(type);
+    const int64_t block = bq.block;
+    bq.encode = [type, block](const float * target, const float * importance, uint8_t * bytes, float * decoded) {
+        ggml_quantize_chunk(type, target, bytes, 0, 1, block, importance);
+        ggml_get_type_traits(type)->to_float(bytes, decoded, block);
+    };
+    if (!refine_rescale) {
+        bq.reround = fixed_scale_reround(type);
+        if (!bq.reround) {
+            bq.reround = lattice_reround(type);
+        }
+    }
+    return bq;
+}
+
+// --output-scales: Σ wᵀHq and qᵀHq of both encodings and wᵀHw, from losses against zero
+// (wᵀHq = (wᵀHw + qᵀHq − (w − q)ᵀH(w − q)) / 2, the last term each encoding's known loss).
+void add_output_scales(const HessianRounder & rounder, const std::vector<float> & w, const std::vector<float> & diag,
+                       const std::vector<uint8_t> & q, ggml_type type, int64_t rows, const std::vector<double> & before,
+                       const std::vector<double> & after, int threads, HessianTensorReport & report) {
+    const int64_t n = rounder.n();
+    const size_t row_bytes = ggml_row_size(type, n);
+    const std::vector<float> zero((size_t) (rows * n), 0.0f);
+    std::vector<float> fin((size_t) (rows * n));
+    for (int64_t r = 0; r < rows; ++r) {
+        to_float(type, q.data() + r * row_bytes, fin.data() + r * n, n);
+    }
+    std::vector<double> ww((size_t) rows), qq_d((size_t) rows), qq_f((size_t) rows);
+    rounder.losses(zero.data(), w.data(), rows, ww.data(), threads);
+    rounder.losses(zero.data(), diag.data(), rows, qq_d.data(), threads);
+    rounder.losses(zero.data(), fin.data(), rows, qq_f.data(), threads);
+    for (int64_t r = 0; r < rows; ++r) {
+        report.wq_diagonal += (ww[r] + qq_d[r] - before[r]) / 2;
+        report.qq_diagonal += qq_d[r];
+        report.wq_final += (ww[r] + qq_f[r] - std::min(before[r], after[r])) / 2;
+        report.qq_final += qq_f[r];
+        report.ww += ww[r];
+    }
+}
+
+// Matrix m of one reader: its rows encoded again under the rounder's H (toward the shifted targets where the
+// covariance has a cross term), each row kept from whichever encoding has the lower loss.
+void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const std::vector<float> & shift,
+                   TensorIo & in, TensorIo & out, const HessianOptions & o, int threads) {
+    const ggml_type type = job.dst->type;
+    const int64_t n = rounder.n(), rows = job.dst->ne[1];
+    const size_t row_bytes = ggml_row_size(type, n), src_row_bytes = ggml_row_size(job.src->type, n);
+    const size_t dst_offset = (size_t) (m * rows) * row_bytes;  // matrix m's rows within the tensor
+    std::vector<uint8_t> q = out.read(job.name, dst_offset, row_bytes * rows);
+    const std::vector<uint8_t> w_bytes = in.read(job.name, (size_t) (m * rows) * src_row_bytes, src_row_bytes * rows);
+    std::vector<float> w((size_t) (rows * n)), diag((size_t) (rows * n));
+    for (int64_t r = 0; r < rows; ++r) {
+        to_float(job.src->type, w_bytes.data() + r * src_row_bytes, w.data() + r * n, n);
+        to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
+    }
+    if (!shift.empty()) {
+        shift_targets(rounder, shift, w.data(), rows);  // the rows the output holds are judged by it too
+    }
+    std::vector<double> before((size_t) rows), after((size_t) rows);
+    const auto t1 = std::chrono::steady_clock::now();
+    rounder.losses(w.data(), diag.data(), rows, before.data(), threads);
+    job.report.seconds_loss += seconds_since(t1);
+
+    const BlockQuantizer bq = block_quantizer(type, o.refine_rescale);
+    std::vector<uint8_t> code(row_bytes * rows);
+    const auto t2 = std::chrono::steady_clock::now();
+    rounder.round_rows(w.data(), rows, bq, code.data(), nullptr, after.data(), threads);
+    job.report.seconds_round += seconds_since(t2);
+    for (int64_t r = 0; r < rows; ++r) {
+        const bool better = after[r] < before[r];  // per row: never worse than the encoding it replaces
+        if (better) {
+            std::copy_n(code.data() + r * row_bytes, row_bytes, q.data() + r * row_bytes);
+        }
+        job.report.rows_improved += better ? 1 : 0;
+        job.report.loss_diagonal += before[r];
+        job.report.loss_final += std::min(before[r], after[r]);
+    }
+    if (o.row_scales) {
+        add_output_scales(rounder, w, diag, q, type, rows, before, after, threads, job.report);
+    }
+    out.write(job.name, dst_offset, q.data(), q.size());
+}
+
+}  // namespace
+
+std::vector<HessianTensorReport> hessian_reencode(const std::string & model, const std::string & quantized,
+                                                  const Imatrix & im, const HessianOptions & o,
+                                                  const std::function<void(int, int)> & progress) {
+    const TensorTable src(model), dst(quantized);
+    const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    set_linear_algebra_threads(threads);
+    keep_freed_memory();
+    TensorIo in(src, false), out(dst, true);
+    int total = 0, done = 0;
+    std::vector<std::pair<const Covariance *, std::vector<Job>>> work = plan_jobs(src, dst, im, o, total);
     std::vector<HessianTensorReport> reports;
     for (auto & [cov, jobs] : work) {
         const Covariance & c = *cov;
-        const int64_t n = c.n_cols;
         int64_t total_counts = 0;
         for (int64_t x : c.counts) {
             total_counts += x;
@@ -223,82 +315,16 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {
-                const ggml_type type = job.dst->type;
-                const int64_t block = ggml_blck_size(type), rows = job.dst->ne[1];
+                const int64_t block = ggml_blck_size(job.dst->type);
                 if (!rounder || rounder_block != block) {
                     rounder.reset();  // free before the next one is made
                     const auto t0 = std::chrono::steady_clock::now();
-                    rounder = std::make_unique<HessianRounder>(h.values, h.scale, n, c.block, block, o.rounding);
+                    rounder = std::make_unique<HessianRounder>(h.values, h.scale, c.n_cols, c.block, block, o.rounding);
                     job.report.seconds_factor += seconds_since(t0);
                     rounder_block = block;
                 }
                 job.report.pooled_matrices += h.pooled ? 1 : 0;
-                const size_t row_bytes = ggml_row_size(type, n), src_row_bytes = ggml_row_size(job.src->type, n);
-                const size_t dst_offset = (size_t) (m * rows) * row_bytes;  // matrix m's rows within the tensor
-                std::vector<uint8_t> q = out.read(job.name, dst_offset, row_bytes * rows);
-                const std::vector<uint8_t> w_bytes =
-                    in.read(job.name, (size_t) (m * rows) * src_row_bytes, src_row_bytes * rows);
-                std::vector<float> w((size_t) (rows * n)), diag((size_t) (rows * n));
-                for (int64_t r = 0; r < rows; ++r) {
-                    to_float(job.src->type, w_bytes.data() + r * src_row_bytes, w.data() + r * n, n);
-                    to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
-                }
-                if (!shift.empty()) {
-                    shift_targets(*rounder, shift, w.data(), rows);  // llama-quantize's rows are judged by it too
-                }
-                std::vector<double> before((size_t) rows), after((size_t) rows);
-                const auto t1 = std::chrono::steady_clock::now();
-                rounder->losses(w.data(), diag.data(), rows, before.data(), threads);
-                job.report.seconds_loss += seconds_since(t1);
-
-                ggml_quantize_init(type);
-                BlockQuantizer bq;
-                bq.block = block;
-                bq.block_bytes = ggml_type_size(type);
-                bq.encode = [type, block](const float * target, const float * importance, uint8_t * bytes, float * decoded) {
-                    ggml_quantize_chunk(type, target, bytes, 0, 1, block, importance);
-                    ggml_get_type_traits(type)->to_float(bytes, decoded, block);
-                };
-                if (!o.refine_rescale) {
-                    bq.reround = fixed_scale_reround(type);
-                    if (!bq.reround) {
-                        bq.reround = lattice_reround(type);
-                    }
-                }
-                std::vector<uint8_t> code(row_bytes * rows);
-                const auto t2 = std::chrono::steady_clock::now();
-                rounder->round_rows(w.data(), rows, bq, code.data(), nullptr, after.data(), threads);
-                job.report.seconds_round += seconds_since(t2);
-                for (int64_t r = 0; r < rows; ++r) {
-                    const bool better = after[r] < before[r];  // per row: never worse than llama-quantize's
-                    if (better) {
-                        std::copy_n(code.data() + r * row_bytes, row_bytes, q.data() + r * row_bytes);
-                    }
-                    job.report.rows_improved += better ? 1 : 0;
-                    job.report.loss_diagonal += before[r];
-                    job.report.loss_final += std::min(before[r], after[r]);
-                }
-                if (o.row_scales) {
-                    // wᵀHq = (wᵀHw + qᵀHq − (w − q)ᵀH(w − q)) / 2: the last term is each encoding's loss, known
-                    // (before[r], and min(before, after) for the row's final bytes); the others are losses from zero
-                    const std::vector<float> zero((size_t) (rows * n), 0.0f);
-                    std::vector<float> fin((size_t) (rows * n));
-                    for (int64_t r = 0; r < rows; ++r) {
-                        to_float(type, q.data() + r * row_bytes, fin.data() + r * n, n);
-                    }
-                    std::vector<double> ww((size_t) rows), qq_d((size_t) rows), qq_f((size_t) rows);
-                    rounder->losses(zero.data(), w.data(), rows, ww.data(), threads);
-                    rounder->losses(zero.data(), diag.data(), rows, qq_d.data(), threads);
-                    rounder->losses(zero.data(), fin.data(), rows, qq_f.data(), threads);
-                    for (int64_t r = 0; r < rows; ++r) {
-                        job.report.wq_diagonal += (ww[r] + qq_d[r] - before[r]) / 2;
-                        job.report.qq_diagonal += qq_d[r];
-                        job.report.wq_final += (ww[r] + qq_f[r] - std::min(before[r], after[r])) / 2;
-                        job.report.qq_final += qq_f[r];
-                        job.report.ww += ww[r];
-                    }
-                }
-                out.write(job.name, dst_offset, q.data(), q.size());
+                encode_matrix(job, m, *rounder, shift, in, out, o, threads);
                 progress(++done, total);
             }
         }

@@ -206,7 +206,7 @@ QuantizeCall::QuantizeCall(const QuantizeOptions & o) {
 
 }  // namespace
 
-std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
+std::vector<PlannedTensor> plan_quantization(const QuantizeOptions & o) {
     if (!std::filesystem::exists(o.model)) {
         throw Error(o.model + ": no such file");
     }
@@ -214,8 +214,8 @@ std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
     call.p.dry_run = true;
     // llama.cpp's dry run logs each tensor as "[  3/ 29] NAME - [shape], type = f16, " and then, for a tensor
     // it would quantize, "size = ... MiB -> ... MiB (q4_K)" (the pinned commit's format)
-    std::map<std::string, std::string> types;
-    std::string current;
+    std::vector<PlannedTensor> plan;
+    bool open = false;  // the last tensor's line still waits for its type
     uint32_t rc = 0;
     std::string log;
     {
@@ -223,12 +223,15 @@ std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
             char name[256];
             int i = 0, n = 0;
             if (std::sscanf(line.c_str(), "[%d/%d] %255s", &i, &n, name) == 3) {
-                current = name;
+                plan.push_back({name, ""});
+                open = true;
             }
-            const size_t arrow = line.find("->"), open = line.rfind('('), close = line.rfind(')');
-            if (!current.empty() && arrow != std::string::npos && open != std::string::npos && close > open) {
-                types[current] = line.substr(open + 1, close - open - 1);
-                current.clear();
+            const size_t arrow = line.find("->"), paren = line.rfind('('), close = line.rfind(')');
+            if (open && arrow != std::string::npos && paren != std::string::npos && close > paren) {
+                plan.back().type = line.substr(paren + 1, close - paren - 1);
+                open = false;
+            } else if (open && line.find("size =") != std::string::npos) {
+                open = false;  // kept as it is
             }
         });
         rc = llama_model_quantize(o.model.c_str(), "", &call.p);
@@ -237,8 +240,20 @@ std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
     if (rc != 0) {
         throw Error(o.model + ": " + failure_reason(log));
     }
+    return plan;
+}
+
+std::map<std::string, std::string> planned_types(const QuantizeOptions & o) {
+    std::map<std::string, std::string> types;
+    for (const PlannedTensor & t : plan_quantization(o)) {
+        if (!t.type.empty()) {
+            types[t.name] = t.type;
+        }
+    }
     return types;
 }
+
+int quant_file_type(const std::string & type) { return (int) parse_ftype(type); }
 
 namespace {
 

@@ -53,6 +53,17 @@ void quantize_model(const QuantizeOptions & o);
 // The files quantize_model writes: the output, or with keep_split one per part of the model.
 std::vector<std::string> quantized_paths(const QuantizeOptions & o);
 
+// Every tensor of the model in the order llama_model_quantize writes them, with the ggml type it would give
+// the ones it quantizes (empty type: kept as it is) — a dry run, as planned_types.
+struct PlannedTensor {
+    std::string name;
+    std::string type;
+};
+std::vector<PlannedTensor> plan_quantization(const QuantizeOptions & o);
+
+// general.file_type llama-quantize writes for a type name (LLAMA_FTYPE_MOSTLY_Q2_K for Q2_K).
+int quant_file_type(const std::string & type);
+
 // The ggml type llama_model_quantize would give each tensor it quantizes under these options (a dry run: no
 // weights read, nothing written). Tensors it keeps as they are (norms, routers) are not listed.
 std::map<std::string, std::string> planned_types(const QuantizeOptions & o);

@@ -1,39 +1,31 @@
 #include "engine/encode/sequential_encoder.h"
 
-#include "engine/collect/collect.h"
 #include "core/error.h"
-#include "engine/model/tensor_file.h"
+#include "core/interrupt.h"
+#include "engine/collect/activation_collector.h"
+#include "engine/collect/calibration.h"
+#include "engine/collect/collect.h"
+#include "engine/collect/target_inputs.h"
+#include "engine/model/llama_model.h"
+#include "engine/stream/block_runner.h"
+#include "engine/stream/token_embeddings.h"
 
 #include <chrono>
-#include <regex>
+#include <memory>
 
 namespace imx::engine {
 
 namespace {
 
-// The number of blocks: one more than the highest N of the model's "blk.N." tensors.
-int count_layers(const std::string & model) {
-    const TensorTable t(model);
-    int layers = 0;
-    const std::regex blk("^blk\\.([0-9]+)\\.");
-    for (const std::string & name : t.names()) {
-        std::smatch m;
-        if (std::regex_search(name, m, blk)) {
-            layers = std::max(layers, std::stoi(m[1].str()) + 1);
-        }
-    }
-    return layers;
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-}  // namespace
-
-std::vector<SequentialLayerReport> sequential_reencode(const std::string & model, const std::string & quantized,
-                                                       const HessianOptions & o, const SequentialOptions & s,
-                                                       const std::function<void(int, int)> & progress) {
-    const int layers = count_layers(model);
-    if (layers == 0) {
-        throw Error(model + ": no blk.N. tensors to quantize in sequence");
-    }
+// Architectures the block runner is not written for: both models from their first layer again for every
+// layer (collect --target-model, only layer l's weights; each pass ends after that layer).
+std::vector<SequentialLayerReport> whole_model_passes(const std::string & model, const std::string & quantized,
+                                                      const HessianOptions & o, const SequentialOptions & s, int layers,
+                                                      const std::function<void(int, int)> & progress) {
     std::vector<SequentialLayerReport> reports;
     for (int l = 0; l < layers; ++l) {
         const std::string only = "^blk\\." + std::to_string(l) + "\\.";
@@ -52,11 +44,159 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
         const CollectResult r = collect(co, [](const CollectProgress &) {});
         SequentialLayerReport report;
         report.layer = l;
-        report.seconds_collect = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        report.seconds_collect = seconds_since(t0);
         // only layer l holds covariances in r.imatrix, so only its tensors are encoded again
         report.tensors = hessian_reencode(model, quantized, r.imatrix, o, [](int, int) {});
         reports.push_back(std::move(report));
         progress(l + 1, layers);
+    }
+    return reports;
+}
+
+// Block b's tensors as `quantized` holds them now (read afresh: the encoder rewrites them in place).
+TensorReplacements block_tensors(const std::string & quantized, int b) {
+    const TensorTable table(quantized);
+    TensorIo io(table, false);
+    TensorReplacements out;
+    for (const std::string & name : table.names()) {
+        if (block_of(name) == b) {
+            const ggml_tensor * t = table.find(name);
+            out[name] = {t->type, io.read(name, 0, ggml_nbytes(t))};
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
+                                 const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
+                                 const BlockPassSettings & s) {
+    const ScratchFile float_file(s.scratch + ".block.gguf"), quant_file(s.scratch + ".qblock.gguf");
+    write_block_model(model, io, b, {}, float_file.path());
+    write_block_model(model, io, b, quantized, quant_file.path());
+    TargetInputs float_inputs;
+    float_inputs.stop_after_last_input(false);
+    ActivationCollector quant_cov(s.chunk_size, false, false, s.threads, s.covariance_budget);
+    quant_cov.stop_after_last_weight(false);
+    quant_cov.cross_with(&float_inputs);
+    BlockRunner float_runner(float_file.path(), s.chunk_size, s.threads, s.n_gpu_layers, TargetInputs::eval_callback,
+                             &float_inputs);
+    BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
+                             ActivationCollector::eval_callback, &quant_cov);
+    std::vector<float> in, out;
+    for (size_t c = 0; c < h.chunks(); ++c) {
+        if (s.before_chunk) {
+            s.before_chunk(c);
+        }
+        h.read(c, in);
+        float_inputs.begin_chunk();
+        float_runner.run(in, out, (uint32_t) c);
+        next.write(c, out.data());
+        hq.read(c, in);
+        quant_cov.begin_chunk((uint32_t) c);
+        if (!quant_runner.run(in, out, (uint32_t) c) || !quant_cov.error().empty()) {
+            throw Error(model.path() + ": " + quant_cov.error() + " (block " + std::to_string(b) +
+                        ", the quantized stream, chunk " + std::to_string(c) + ")");
+        }
+        if (s.after_chunk) {
+            s.after_chunk(c);
+        }
+    }
+    Imatrix shifted;
+    add_block(shifted, std::move(quant_cov.data()), b);
+    return shifted;
+}
+
+void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
+               const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s) {
+    const ScratchFile file(s.scratch + ".qblock.gguf");
+    write_block_model(model, io, b, tensors, file.path());
+    BlockRunner runner(file.path(), s.chunk_size, s.threads, s.n_gpu_layers);
+    std::vector<float> x, y;
+    for (size_t c = 0; c < in.chunks(); ++c) {
+        if (s.before_chunk) {
+            s.before_chunk(c);
+        }
+        in.read(c, x);
+        runner.run(x, y, (uint32_t) c);
+        out.write(c, y.data());
+        if (s.after_chunk) {
+            s.after_chunk(c);
+        }
+    }
+}
+
+std::vector<SequentialLayerReport> sequential_reencode(const std::string & model, const std::string & quantized,
+                                                       const HessianOptions & o, const SequentialOptions & s,
+                                                       const std::function<void(int, int)> & progress) {
+    const TensorTable table(model);
+    const int layers = block_count(table);
+    if (layers == 0) {
+        throw Error(model + ": no blocks to quantize in sequence");
+    }
+    if (!block_streaming_supported(table)) {
+        return whole_model_passes(model, quantized, o, s, layers, progress);
+    }
+    TensorIo io(table, false);
+    ModelPtr vocab = load_vocab_only(model);
+    const CalibrationOptions co{s.text_file, s.chunk_size, 0, s.max_chunks, false, is_chat_file(s.text_file), ""};
+    const std::vector<Chunk> chunks = calibration_chunks(co, vocab.get());
+    if (chunks.empty()) {
+        throw Error(s.text_file + ": shorter than one chunk of " + std::to_string(s.chunk_size) + " tokens");
+    }
+    std::vector<size_t> tokens;
+    for (const Chunk & c : chunks) {
+        tokens.push_back(c.size());
+    }
+    const size_t n_embd = (size_t) embedding_length(table);
+    const std::string base = quantized + ".seq";
+    auto hidden = [&](const std::string & stream, int b, std::unique_ptr<ScratchFile> & scratch) {
+        scratch = std::make_unique<ScratchFile>(base + "." + stream + "-" + std::to_string(b % 2));
+        return std::make_unique<HiddenStates>(scratch->path(), tokens, n_embd);
+    };
+    std::unique_ptr<ScratchFile> h_file, hq_file;
+    std::unique_ptr<HiddenStates> h = hidden("hidden", 0, h_file), hq = hidden("qhidden", 0, hq_file);
+    embed_chunks(table, io, chunks, nullptr, *h);
+    {
+        const TensorTable qt(quantized);
+        TensorIo qio(qt, false);
+        const ggml_tensor * e = qt.find("token_embd.weight");
+        if (!e) {
+            throw Error(quantized + ": no token_embd.weight");
+        }
+        const TensorBytes embd{e->type, qio.read("token_embd.weight", 0, ggml_nbytes(e))};
+        embed_chunks(table, io, chunks, &embd, *hq);
+    }
+    BlockPassSettings bp{base, s.chunk_size, o.threads, 0, s.covariance_budget, nullptr, nullptr};
+    int layer = 0;
+    bp.before_chunk = [&](size_t c) {
+        if (const int sig = interrupted()) {
+            throw Interrupted(sig, "interrupted (signal " + std::to_string(sig) + ") in the sequential pass, layer " +
+                                       std::to_string(layer) + ", chunk " + std::to_string(c));
+        }
+    };
+    std::vector<SequentialLayerReport> reports;
+    for (; layer < layers; ++layer) {
+        std::unique_ptr<ScratchFile> next_file, next_q_file;
+        std::unique_ptr<HiddenStates> next = hidden("hidden", layer + 1, next_file);
+        std::unique_ptr<HiddenStates> next_q = hidden("qhidden", layer + 1, next_q_file);
+        SequentialLayerReport report;
+        report.layer = layer;
+        auto t0 = std::chrono::steady_clock::now();
+        const Imatrix shifted =
+            shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), *h, *hq, *next, bp);
+        report.seconds_collect = seconds_since(t0);
+        report.tensors = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
+        t0 = std::chrono::steady_clock::now();
+        run_block(table, io, layer, block_tensors(quantized, layer), *hq, *next_q, bp);
+        report.seconds_collect += seconds_since(t0);
+        reports.push_back(std::move(report));
+        h = std::move(next);
+        hq = std::move(next_q);
+        h_file = std::move(next_file);
+        hq_file = std::move(next_q_file);
+        progress(layer + 1, layers);
     }
     return reports;
 }

@@ -4,14 +4,22 @@
 //
 // For layer l = 0, 1, …: the calibration text runs through the quantized file as it stands (layers < l already
 // final, layer l and later as the first Hessian pass left them) and, token for token, through the unquantized
-// model (collect --target-model, only layer l's weights: each pass ends after that layer). With the covariance
-// X̃ᵀX̃ of those inputs and the cross term X̃ᵀX against the unquantized model's, layer l's weights are encoded again
-// toward w + γ·H⁻¹(X̃ᵀX − X̃ᵀX̃)w (engine/hessian_encoder.h, sequential_step): later layers make up for part of the
-// error of the layers before them. Cost: one pass of both models through layers 0..l per layer — about L/2 full
-// passes over the text for L layers on top of the quantization.
+// model. With the covariance X̃ᵀX̃ of layer l's inputs and the cross term X̃ᵀX against the unquantized model's,
+// its weights are encoded again toward w + γ·H⁻¹(X̃ᵀX − X̃ᵀX̃)w (engine/encode/hessian_encoder.h,
+// sequential_step): later layers make up for part of the error of the layers before them.
+//
+// The passes go block by block (engine/stream): both streams' hidden states are kept between blocks, so each
+// block runs three times over the text — float and quantized in lockstep for the statistics, then the block as
+// re-encoded to give the next block's quantized input — O(L) block passes where running both models from
+// their first layer for every layer took L²/2. Architectures the block runner is not written for keep that
+// whole-model loop.
 #pragma once
 
+#include "core/imatrix.h"
 #include "engine/encode/hessian_encoder.h"
+#include "engine/model/tensor_file.h"
+#include "engine/stream/block_model.h"
+#include "engine/stream/hidden_states.h"
 
 #include <cstdint>
 #include <functional>
@@ -38,5 +46,27 @@ struct SequentialLayerReport {
 std::vector<SequentialLayerReport> sequential_reencode(const std::string & model, const std::string & quantized,
                                                        const HessianOptions & o, const SequentialOptions & s,
                                                        const std::function<void(int, int)> & progress);
+
+// What one block's passes run with; shared with the block-by-block quantization (engine/encode/stream_quantize).
+struct BlockPassSettings {
+    std::string scratch;  // base path of the block models written for the passes
+    uint32_t    chunk_size = 512;
+    int         threads = 1;
+    int         n_gpu_layers = 0;
+    uint64_t    covariance_budget = 0;
+    std::function<void(size_t chunk)> before_chunk;  // may throw (interrupts)
+    std::function<void(size_t chunk)> after_chunk;   // progress
+};
+
+// Chunk by chunk in lockstep: the float block b over h (its matmul inputs X; its output into `next`) and block b
+// with `quantized`'s tensors over hq — the covariances X̃ᵀX̃ and cross terms X̃ᵀX of block b's weights, named as in
+// the model.
+Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
+                                 const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
+                                 const BlockPassSettings & s);
+
+// Block b with `tensors` over `in`, its output into `out`.
+void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
+               const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s);
 
 }  // namespace imx::engine

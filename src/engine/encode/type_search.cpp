@@ -631,6 +631,16 @@ void TargetSearch::write_output(const Evaluator & eval) {
     if (o_.hessian) {
         q.finish = [&, h = hessian_options()](const std::string & written) {
             res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
+            if (o_.sequential) {
+                if (o_.progress) {
+                    o_.progress("sequential", 0, 1);
+                }
+                res_.sequential_reports = sequential_reencode(model_, written, h, *o_.sequential, [&](int done, int total) {
+                    if (o_.progress) {
+                        o_.progress("sequential", done, total);
+                    }
+                });
+            }
         };
     }
     quantize_model(q);

@@ -12,8 +12,8 @@
 //    and the model's KLD is predicted as the sum over tensors.
 // 3. Allocation (core/type_allocation): the least predicted damage within the size, with its optimality gap.
 // 4. The output is written by llama_model_quantize with the choice as --tensor-type overrides (plus the
-//    Hessian pass), so llama-quantize given the printed recipe makes the same types; its KLD is measured on
-//    the same calibration chunks.
+//    Hessian pass, and with --sequential the layer-by-layer pass), so llama-quantize given the printed recipe
+//    makes the same types (not the Hessian bytes); its KLD is measured on the same calibration chunks.
 // Steps 1 and 2 are cached per model, imatrix, encoder settings and text: a second target size costs one
 // quantization.
 #pragma once
@@ -22,8 +22,10 @@
 #include "core/math/type_allocation.h"
 #include "engine/encode/hessian_encoder.h"
 #include "engine/encode/quantize.h"
+#include "engine/encode/sequential_encoder.h"
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,10 @@ struct TargetOptions {
     std::string     probe_groups = "tensor";
     const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
     HessianOptions  hessian_options;
+    // set (with hessian): the output, once written, is encoded again layer by layer (--sequential,
+    // engine/encode/sequential_encoder.h). The measurements stay the Hessian encoder's: the sequential pass is
+    // applied to the chosen mix only.
+    std::optional<SequentialOptions> sequential;
     std::string     text_file;  // calibration text for the sensitivities
     uint32_t        ctx = 512;
     int             chunks = 8;
@@ -80,6 +86,7 @@ struct TargetResult {
     std::vector<FrontierPoint> frontier;  // file bytes, predicted KLD
     std::vector<StockMix>      stock;
     std::vector<HessianTensorReport> hessian_reports;
+    std::vector<SequentialLayerReport> sequential_reports;
 };
 
 // Checks the target against the candidates' smallest and largest sizes before any work (imx::Error, one line),

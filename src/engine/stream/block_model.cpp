@@ -5,9 +5,11 @@
 #include "ggml.h"
 #include "gguf.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <regex>
 
@@ -108,12 +110,15 @@ int block_of(const std::string & tensor) {
     return std::regex_search(tensor, m, blk) ? std::stoi(m[1].str()) : -1;
 }
 
+bool block_streaming_supported(const TensorTable & model) {
+    const std::string arch = string_key(model.metadata(), "general.architecture");
+    return std::any_of(std::begin(kStreamable), std::end(kStreamable), [&](const char * a) { return arch == a; });
+}
+
 std::string check_block_streaming(const TensorTable & model) {
     const std::string arch = string_key(model.metadata(), "general.architecture");
-    for (const char * a : kStreamable) {
-        if (arch == a) {
-            return arch;
-        }
+    if (block_streaming_supported(model)) {
+        return arch;
     }
     throw Error(model.path() + ": block-by-block runs are written for qwen3, qwen3moe and deepseek2, not " +
                 (arch.empty() ? std::string("this model (no general.architecture)") : arch) +

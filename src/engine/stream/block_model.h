@@ -34,6 +34,7 @@ using TensorReplacements = std::map<std::string, TensorBytes>;
 // The architecture's name if its blocks can be run alone; throws imx::Error naming the model and the
 // architecture otherwise.
 std::string check_block_streaming(const TensorTable & model);
+bool block_streaming_supported(const TensorTable & model);
 
 int block_count(const TensorTable & model);
 int64_t embedding_length(const TensorTable & model);

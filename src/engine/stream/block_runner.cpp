@@ -81,4 +81,27 @@ bool BlockRunner::run(const std::vector<float> & in, std::vector<float> & out, u
     return true;
 }
 
+bool EvalChain::callback(ggml_tensor * t, bool ask, void * user_data) {
+    auto * self = static_cast<EvalChain *>(user_data);
+    if (ask) {
+        // ggml's scheduler asks about a node and, if wanted, computes up to it and calls back for it before it
+        // asks about the next one: one node's answers are kept
+        self->asked_node_ = t;
+        self->wanted_.assign(self->links_.size(), false);
+        bool any = false;
+        for (size_t i = 0; i < self->links_.size(); ++i) {
+            self->wanted_[i] = self->links_[i].cb(t, true, self->links_[i].data);
+            any = any || self->wanted_[i];
+        }
+        return any;
+    }
+    bool go_on = true;
+    for (size_t i = 0; i < self->links_.size(); ++i) {
+        if (t == self->asked_node_ && self->wanted_[i]) {
+            go_on = self->links_[i].cb(t, false, self->links_[i].data) && go_on;
+        }
+    }
+    return go_on;
+}
+
 }  // namespace imx::engine

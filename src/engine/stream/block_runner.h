@@ -30,6 +30,11 @@ public:
     // and the chunk when libllama fails.
     bool run(const std::vector<float> & in, std::vector<float> & out, uint32_t chunk);
     int64_t n_embd() const { return n_embd_; }
+    // The callback that sees the next runs' matmuls (one runner serves two streams in turn).
+    void set_inner(ggml_backend_sched_eval_callback inner, void * inner_data) {
+        inner_ = inner;
+        inner_data_ = inner_data;
+    }
 
 private:
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
@@ -45,6 +50,23 @@ private:
     std::vector<float> *             out_ = nullptr;  // where this chunk's l_out-0 goes
     bool                             got_out_ = false;
     bool                             inner_stopped_ = false;
+};
+
+// Several eval callbacks on one graph (the float stream's imatrix sums and its inputs for the cross terms): each
+// is called for the nodes it asked for, and the graph stops where one of them stops it.
+class EvalChain {
+public:
+    void add(ggml_backend_sched_eval_callback cb, void * data) { links_.push_back({cb, data}); }
+    static bool callback(ggml_tensor * t, bool ask, void * user_data);
+
+private:
+    struct Link {
+        ggml_backend_sched_eval_callback cb;
+        void *                           data;
+    };
+    std::vector<Link>  links_;
+    const ggml_tensor * asked_node_ = nullptr;  // the node of the last ask, and who wanted it
+    std::vector<bool>  wanted_;
 };
 
 }  // namespace imx::engine

@@ -26,6 +26,7 @@ public:
     void read(size_t chunk, std::vector<float> & out) const;
     void sync() const;  // on disk (a checkpoint refers to it)
     const std::string & path() const { return path_; }
+    size_t chunks() const { return offsets_.size() - 1; }
     size_t floats(size_t chunk) const { return (offsets_[chunk + 1] - offsets_[chunk]) * n_embd_; }
     uint64_t bytes() const { return (uint64_t) offsets_.back() * n_embd_ * sizeof(float); }
 

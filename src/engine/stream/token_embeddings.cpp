@@ -6,7 +6,7 @@
 
 namespace imx::engine {
 
-void embed_chunks(const TensorTable & model, TensorIo & io, const std::vector<Chunk> & chunks,
+void embed_chunks(const TensorTable & model, TensorIo & io, const std::vector<std::vector<llama_token>> & chunks,
                   const TensorBytes * quantized, HiddenStates & out) {
     const ggml_tensor * t = model.find("token_embd.weight");
     if (!t) {

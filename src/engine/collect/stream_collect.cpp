@@ -1,4 +1,4 @@
-#include "engine/stream/stream_collect.h"
+#include "engine/collect/stream_collect.h"
 
 #include "core/error.h"
 #include "core/format/atomic_file.h"
@@ -6,6 +6,7 @@
 #include "core/interrupt.h"
 #include "core/math/linear_algebra.h"
 #include "engine/collect/activation_collector.h"
+#include "engine/collect/calibration.h"
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"

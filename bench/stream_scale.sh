@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Whole models of real shape, block by block against upstream and today's paths, one after the other in one run
+# (wall time and peak RSS of each, /usr/bin/time):
+#   llama-imatrix + llama-quantize        the upstream pipeline
+#   imx quantize -f TEXT --method hessian [--sequential]      block by block: collection and encoding in one run
+#   imx collect --covariance + imx quantize --imatrix --method hessian [--sequential]   today's two-step path
+#
+#   bench/stream_scale.sh [--shape qwen3-1.7b|llama3-8b] [--chunks N] [--threads T] [--type Q2_K]
+#                         [--steps upstream,stream,stream-seq,two-step,two-step-seq] [--dir DIR]
+# Models come from imx synth (random weights, the shape's widths, all blocks); DIR keeps them between runs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${IMX_BUILD:-$root/build}
+shape=qwen3-1.7b; chunks=16; threads=$(nproc); type=Q2_K; steps=upstream,stream,stream-seq,two-step; dir=${IMX_BENCH_DIR:-/tmp/imx-stream-scale}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --shape) shape=$2; shift ;;
+    --chunks) chunks=$2; shift ;;
+    --threads) threads=$2; shift ;;
+    --type) type=$2; shift ;;
+    --steps) steps=$2; shift ;;
+    --dir) dir=$2; shift ;;
+    *) echo "stream_scale.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$dir"
+vocab=$root/../shared/models/qwen3moe-tiny.gguf
+calib=$root/../shared/data/calibration.txt
+case "$shape" in
+  qwen3-1.7b) args=(--arch qwen3 --layers 28 --embd 2048 --ff 6144 --heads 16 --kv-heads 8 --head-dim 128) ;;
+  llama3-8b) args=(--arch qwen3 --layers 32 --embd 4096 --ff 14336 --heads 32 --kv-heads 8 --head-dim 128) ;;
+  *) echo "stream_scale.sh: unknown shape $shape" >&2; exit 2 ;;
+esac
+model=$dir/$shape.gguf
+[ -f "$model" ] || "$build/imx" synth "${args[@]}" --vocab-from "$vocab" -o "$model" >/dev/null
+
+run() {  # NAME CMD...: prints a table row with wall time and peak RSS
+  local name=$1; shift
+  /usr/bin/time -f "%e %M" -o "$dir/$name.time" "$@" >"$dir/$name.log" 2>&1 ||
+    { echo "bench: $name failed:"; tail -20 "$dir/$name.log"; exit 1; }
+  read -r secs kb <"$dir/$name.time"
+  printf '| %s | %s | %.1f | %.0f |\n' "$shape" "$name" "$secs" "$((kb / 1024))"
+}
+
+echo "# $shape ($(du -h "$model" | cut -f1) F16), $chunks chunks of 512 of calibration.txt, $type, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo
+echo "| shape | step | wall s | peak RSS MiB |"
+echo "| --- | --- | ---: | ---: |"
+for step in ${steps//,/ }; do
+  case "$step" in
+    upstream)
+      run llama-imatrix "$build/upstream/llama-imatrix" -m "$model" -f "$calib" -o "$dir/up-imatrix.gguf" -c 512 \
+        --chunks "$chunks" -t "$threads"
+      run llama-quantize "$build/upstream/llama-quantize" --imatrix "$dir/up-imatrix.gguf" "$model" "$dir/up.gguf" "$type" "$threads" ;;
+    stream)
+      run "imx quantize -f (hessian, block by block)" "$build/imx" quantize -m "$model" -f "$calib" --chunks "$chunks" \
+        -o "$dir/stream.gguf" "$type" --method hessian -t "$threads" --json ;;
+    stream-seq)
+      run "imx quantize -f --sequential (block by block)" "$build/imx" quantize -m "$model" -f "$calib" --chunks "$chunks" \
+        -o "$dir/stream-seq.gguf" "$type" --method hessian --sequential -t "$threads" --json ;;
+    two-step)
+      run "imx collect --covariance" "$build/imx" collect -m "$model" -f "$calib" --chunks "$chunks" -t "$threads" \
+        --covariance -o "$dir/cov.gguf"
+      run "imx quantize --imatrix (hessian)" "$build/imx" quantize -m "$model" --imatrix "$dir/cov.gguf" -o "$dir/two.gguf" \
+        "$type" --method hessian -t "$threads" ;;
+    two-step-seq)
+      run "imx quantize --imatrix --sequential" "$build/imx" quantize -m "$model" --imatrix "$dir/cov.gguf" \
+        -o "$dir/two-seq.gguf" "$type" --method hessian --sequential -f "$calib" --sequential-chunks "$chunks" -t "$threads" ;;
+    *) echo "stream_scale.sh: unknown step $step" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,155 @@
+// imx quantize -m MODEL -f TEXT -o OUT TYPE [--method hessian [--sequential]]: collection and quantization in one
+// run, block by block (engine/encode/stream_quantize.h); the options, one progress line, the summary.
+#include "progress.h"
+#include "commands.h"
+#include "quantize_options.h"
+#include "core/error.h"
+#include "core/math/quant_weights.h"
+#include "core/format/imatrix_file.h"
+#include "engine/collect/collect.h"
+#include "engine/collect/stream_collect.h"
+#include "engine/encode/stream_quantize.h"
+#include "engine/model/tensor_file.h"
+#include "engine/stream/block_model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+namespace imx::cli {
+
+void run_by_blocks(QuantizeCommand & o) {
+    if (o.prior_weight_text == "auto" || o.prior_target == "auto") {
+        throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
+                    "number with -f TEXT, or collect the parts first");
+    }
+    if (o.hessian.row_scales) {
+        throw Error("--output-scales goes with --imatrix (the two-step path)");
+    }
+    if (o.sequential_chunks > 0) {
+        throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's chunks");
+    }
+    engine::StreamQuantizeOptions s;
+    s.quantize = o.q;
+    s.prior = Prior{o.prior_weight, parse_prior_target(o.prior_target)};
+    s.text_file = o.text;
+    s.chunk_size = o.ctx;
+    s.max_chunks = o.collect_chunks;
+    s.n_gpu_layers = o.n_gpu_layers;
+    s.hessian = o.method == "hessian";
+    s.sequential = o.sequential;
+    s.hessian_options = o.hessian;
+    s.covariance_budget = (uint64_t) (o.block_budget_mib * 1048576.0);
+    s.save_every_block = o.save_every > 0;
+    s.resume = o.resume;
+    s.verbose = o.verbose;
+    s.imatrix_output = o.save_imatrix;
+    if (!s.imatrix_output.empty()) {
+        prepare_outputs({s.imatrix_output});
+    }
+    std::unique_ptr<Progress> bar;
+    s.progress = [&](int block, int blocks, uint64_t done, uint64_t total) {
+        if (!bar) {
+            bar = std::make_unique<Progress>("imx quantize", done - 1);
+        }
+        char detail[48];
+        std::snprintf(detail, sizeof detail, "block %d/%d", block + 1, blocks);
+        bar->update(done, total, "pass", detail);
+    };
+    const engine::StreamQuantizeResult r = engine::quantize_by_blocks(s);
+    const double secs = bar ? bar->seconds() : 0;
+    if (s.hessian) {
+        print_hessian_reports(r.reports, o.verbose, false);
+    }
+    if (s.sequential) {
+        int64_t rows = 0, changed = 0;
+        double before = 0, after = 0;
+        for (const auto & t : r.sequential_reports) {
+            rows += t.rows;
+            changed += t.rows_improved;
+            before += t.loss_diagonal;
+            after += t.loss_final;
+        }
+        std::fprintf(stderr, "imx quantize: sequential: %zu tensors encoded again toward their shifted targets (%lld of "
+                             "%lld rows changed, error %.1f%% below the first encoding's)\n",
+                     r.sequential_reports.size(), (long long) changed, (long long) rows,
+                     before > 0 ? 100.0 * (1.0 - after / before) : 0.0);
+    }
+    const uint64_t in_size = engine::model_file_bytes(o.q.model), out_size = std::filesystem::file_size(o.q.output);
+    std::fprintf(stderr, "imx quantize: block by block over %u chunks of %s%s: %d blocks (%d from the checkpoint); "
+                         "%.1f s through the blocks, %.1f s encoding\n",
+                 r.chunks, o.text.c_str(), o.sequential ? " (sequential: four block passes a block)" : "", r.blocks,
+                 r.blocks_resumed, r.seconds_passes, r.seconds_encode);
+    std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", o.q.model.c_str(),
+                 o.q.output.c_str(), o.q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0, clock_str(secs).c_str());
+    if (o.json) {
+        nlohmann::ordered_json j;
+        j["model"] = o.q.model;
+        j["output"] = o.q.output;
+        j["type"] = o.q.type;
+        j["text"] = o.text;
+        j["chunks"] = r.chunks;
+        j["blocks"] = r.blocks;
+        j["blocks_resumed"] = r.blocks_resumed;
+        j["method"] = o.method;
+        j["sequential"] = o.sequential;
+        j["matrices"] = r.matrices;
+        j["matrices_unseen"] = r.matrices_unseen;
+        j["input_bytes"] = in_size;
+        j["output_bytes"] = out_size;
+        j["seconds"] = secs;
+        j["seconds_passes"] = r.seconds_passes;
+        j["seconds_encode"] = r.seconds_encode;
+        int64_t rows = 0, changed = 0;
+        double before = 0, after = 0;
+        for (const auto & t : r.reports) {
+            rows += t.rows;
+            changed += t.rows_improved;
+            before += t.loss_diagonal;
+            after += t.loss_final;
+        }
+        j["hessian_tensors"] = r.reports.size();
+        j["hessian_rows"] = rows;
+        j["hessian_rows_changed"] = changed;
+        j["hessian_error_diagonal"] = before;
+        j["hessian_error"] = after;
+        std::printf("%s\n", j.dump(2).c_str());
+    }
+}
+
+Imatrix collect_for_target(QuantizeCommand & o) {
+    engine::CollectOptions c;
+    c.model = o.q.model;
+    c.text_file = o.text;
+    c.output = o.q.output;  // names a checkpoint, which is never written
+    c.chunk_size = o.ctx;
+    c.threads = o.q.threads;
+    c.n_gpu_layers = o.n_gpu_layers;
+    c.max_chunks = o.collect_chunks;
+    c.verbose = o.verbose;
+    // whole covariances block by block (one block's at a time) where the runner takes the architecture
+    c.by_blocks = engine::block_streaming_supported(engine::TensorTable(o.q.model));
+    c.covariance_budget = o.method == "hessian" ? (uint64_t) (o.block_budget_mib * 1048576.0) : 0;
+    if (!o.save_imatrix.empty()) {
+        prepare_outputs({o.save_imatrix});
+    }
+    Progress bar("imx quantize: collect");
+    const auto on_progress = [&](const engine::CollectProgress & p) {
+        char detail[48] = "";
+        if (p.blocks > 0) {
+            std::snprintf(detail, sizeof detail, "block %d/%d", p.block + 1, p.blocks);
+        }
+        bar.update(p.chunks_done, p.chunks_total, "chunks", detail);
+    };
+    engine::CollectResult r = c.by_blocks ? engine::collect_by_blocks(c, on_progress) : engine::collect(c, on_progress);
+    if (!o.save_imatrix.empty()) {
+        save_imatrix(r.imatrix, o.save_imatrix, ImatrixFormat::gguf);
+    }
+    std::fprintf(stderr, "imx quantize: collected %u chunks of %s%s in %s\n", r.imatrix.meta.chunk_count, o.text.c_str(),
+                 c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
+    return std::move(r.imatrix);
+}
+
+}  // namespace imx::cli

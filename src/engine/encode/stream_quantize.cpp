@@ -1,0 +1,439 @@
+#include "engine/encode/stream_quantize.h"
+
+#include "core/error.h"
+#include "core/format/atomic_file.h"
+#include "core/format/checkpoint.h"
+#include "core/format/imatrix_file.h"
+#include "core/hash.h"
+#include "core/interrupt.h"
+#include "core/math/linear_algebra.h"
+#include "engine/collect/activation_collector.h"
+#include "engine/collect/calibration.h"
+#include "engine/collect/collect.h"
+#include "engine/encode/model_writer.h"
+#include "engine/encode/sequential_encoder.h"
+#include "engine/model/llama_model.h"
+#include "engine/stream/block_model.h"
+#include "engine/stream/block_runner.h"
+#include "engine/stream/hidden_states.h"
+#include "engine/stream/token_embeddings.h"
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+namespace imx::engine {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Weights of 1 for every matrix of the blocks: llama-quantize's mix depends on whether an imatrix is given
+// (IQ3_XXS, IQ4 mixes), not on its values, so the plan is made as with the one collected later.
+QuantWeights planning_weights(const TensorTable & t) {
+    QuantWeights w;
+    for (const std::string & name : t.names()) {
+        const ggml_tensor * x = t.find(name);
+        if (block_of(name) >= 0 && ggml_n_dims(x) >= 2) {
+            w.tensors[name].assign((size_t) (x->ne[0] * x->ne[2]), 1.0f);
+        }
+    }
+    return w;
+}
+
+std::string fingerprint(const StreamQuantizeOptions & o, const std::vector<Chunk> & chunks) {
+    uint64_t h = kFnv1aOffset;
+    for (const Chunk & c : chunks) {
+        h = fnv1a(h, c.data(), c.size() * sizeof(llama_token));
+    }
+    std::string tt;
+    for (const std::string & t : o.quantize.tensor_types) {
+        tt += t + ";";
+    }
+    const auto & ho = o.hessian_options;
+    return "quantize-by-blocks model=" + fs::absolute(o.quantize.model).string() + " bytes=" +
+           std::to_string(model_file_bytes(o.quantize.model)) + " type=" + o.quantize.type + " tensor_types=" + tt +
+           " chunks=" + std::to_string(chunks.size()) + ":" + std::to_string(h) + " c=" + std::to_string(o.chunk_size) +
+           " prior=" + std::to_string(o.prior.weight) + "/" + prior_target_name(o.prior.target) +
+           (o.hessian ? " hessian damp=" + std::to_string(ho.rounding.damp) + " refinements=" +
+                            std::to_string(ho.rounding.refinements) + " prior=" + std::to_string(ho.prior_weight) +
+                            " per_head=" + std::to_string(ho.per_head) + " only=" + ho.tensors +
+                            " budget=" + std::to_string(o.covariance_budget)
+                      : "") +
+           (o.sequential ? " sequential step=" + std::to_string(ho.sequential_step) : "");
+}
+
+void refuse(const StreamQuantizeOptions & o) {
+    if (o.quantize.keep_split) {
+        throw Error("--keep-split is not written for a block-by-block quantization: write one file, then split it "
+                    "with llama-gguf-split --split");
+    }
+    if (o.prior.target == PriorTarget::all_experts) {
+        throw Error("--prior all-experts needs imx collect --all-experts first, which a block-by-block run does not "
+                    "collect: give --imatrix");
+    }
+    if (o.sequential && !o.hessian) {
+        throw Error("--sequential goes with --method hessian");
+    }
+}
+
+// One run's state, block after block.
+class BlockQuantizer {
+public:
+    explicit BlockQuantizer(const StreamQuantizeOptions & o);
+    StreamQuantizeResult run();
+
+private:
+    void write_tensor(const std::string & name, const QuantWeights * weights);
+    void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
+    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums);
+    TensorReplacements encoded_block(int b) const;
+    void encode_again(int b, const Imatrix & shifted);
+    void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
+                         HiddenStates & next_q, Imatrix & sums);
+    void check_interrupt(int b) const;
+    void progress(int b);
+    HiddenStates new_hidden(const std::string & path, std::unique_ptr<ScratchFile> & scratch) const;
+
+    const StreamQuantizeOptions & o_;
+    const TensorTable             table_;
+    TensorIo                      io_;
+    const int                     threads_;
+    int                           blocks_ = 0;
+    size_t                        n_embd_ = 0;
+    std::vector<Chunk>            chunks_;
+    std::vector<size_t>           tokens_;
+    std::vector<PlannedTensor>    plan_;
+    ModelShapes                   shapes_;
+    std::string                   ckpt_, scratch_base_;
+    std::unique_ptr<QuantizedModelWriter> writer_;
+    StreamQuantizeResult          res_;
+    uint64_t                      passes_done_ = 0, passes_total_ = 0;
+};
+
+BlockQuantizer::BlockQuantizer(const StreamQuantizeOptions & o)
+    : o_(o), table_(o.quantize.model), io_(table_, false),
+      threads_(o.quantize.threads > 0 ? o.quantize.threads : (int) std::max(1u, std::thread::hardware_concurrency())) {
+    check_block_streaming(table_);
+    blocks_ = block_count(table_);
+    n_embd_ = (size_t) embedding_length(table_);
+    ModelPtr vocab = load_vocab_only(o.quantize.model);
+    const CalibrationOptions co{o.text_file, o.chunk_size, 0, o.max_chunks, o.parse_special, is_chat_file(o.text_file), ""};
+    chunks_ = calibration_chunks(co, vocab.get());
+    if (chunks_.empty()) {
+        throw Error(o.text_file + ": shorter than one chunk of " + std::to_string(o.chunk_size) + " tokens");
+    }
+    for (const Chunk & c : chunks_) {
+        tokens_.push_back(c.size());
+    }
+    const QuantWeights ones = planning_weights(table_);
+    QuantizeOptions plan = o.quantize;
+    plan.weights = &ones;
+    plan_ = plan_quantization(plan);
+    shapes_ = model_tensor_shapes(o.quantize.model);
+    ckpt_ = checkpoint_path(o.quantize.output);
+    scratch_base_ = temporary_path(o.quantize.output);
+}
+
+// A tensor as llama-quantize writes it: copied where its type stays, else its rows in F32 through ggml's quantizer
+// with the imatrix weights of its matrices — slab by slab (whole matrices, or ~64 MiB of F32 rows), so that a
+// large embedding never sits in memory in F32 at once.
+void BlockQuantizer::write_tensor(const std::string & name, const QuantWeights * weights) {
+    const ggml_tensor * t = table_.find(name);
+    const ggml_type to = writer_->type_of(name);
+    if (to == t->type) {
+        writer_->write(name, io_.read(name, 0, ggml_nbytes(t)));
+        return;
+    }
+    const int64_t n = t->ne[0], rows = ggml_nrows(t), per_matrix = t->ne[1];
+    const float * w = nullptr;
+    if (weights) {
+        const auto it = weights->tensors.find(name);
+        w = it == weights->tensors.end() ? nullptr : it->second.data();
+    }
+    if (!w && ggml_quantize_requires_imatrix(to)) {
+        throw Error(o_.quantize.model + ": " + o_.quantize.type + " needs an importance matrix for tensor " + name +
+                    ", and the calibration text gave it none");
+    }
+    const size_t src_row = ggml_row_size(t->type, n), dst_row = ggml_row_size(to, n);
+    // a slab: whole matrices where one is small, else a part of one (rows never span two matrices)
+    const int64_t target = std::max<int64_t>(1, (64ll << 20) / (int64_t) (n * sizeof(float)));
+    const int64_t slab = per_matrix <= target ? per_matrix * std::max<int64_t>(1, target / per_matrix) : target;
+    std::vector<float> f;
+    for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t r1 = std::min(rows, per_matrix <= target ? r0 + slab : std::min(r0 + slab, (r0 / per_matrix + 1) * per_matrix));
+        const std::vector<uint8_t> src = io_.read(name, (size_t) r0 * src_row, (size_t) (r1 - r0) * src_row);
+        f.resize((size_t) ((r1 - r0) * n));
+        for (int64_t r = 0; r < r1 - r0; ++r) {
+            to_float(t->type, src.data() + r * src_row, f.data() + r * n, n);
+        }
+        // rows_per_matrix as seen from r0: the slab starts a matrix, or lies inside one
+        const std::vector<uint8_t> q = quantize_rows(to, f.data(), n, r1 - r0, per_matrix,
+                                                     w ? w + (r0 / per_matrix) * n : nullptr, threads_);
+        writer_->write_at(name, (size_t) r0 * dst_row, q.data(), q.size());
+        r0 = r1;
+    }
+}
+
+// Block b's tensors: the diagonal encoding with the unquantized stream's sums, then the Hessian encoder's
+// rows where they are better (with a cross term in `covariances`: toward the shifted targets).
+void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * covariances) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const QuantWeights qw = quant_weights(sums, o_.prior, shapes_);
+    for (const PlannedTensor & p : plan_) {
+        if (block_of(p.name) == b) {
+            write_tensor(p.name, &qw);
+        }
+    }
+    if (covariances && !covariances->covariances.empty()) {
+        HessianOptions h = o_.hessian_options;
+        h.threads = threads_;
+        std::vector<HessianTensorReport> r =
+            hessian_reencode(o_.quantize.model, writer_->path(), *covariances, h, [](int, int) {});
+        res_.reports.insert(res_.reports.end(), r.begin(), r.end());
+    }
+    res_.seconds_encode += seconds_since(t0);
+}
+
+// Step 2 of --sequential: the block encoded again toward its shifted targets, row by row the better of that and
+// what the output holds (step 1's encoding) under the shifted objective.
+void BlockQuantizer::encode_again(int b, const Imatrix & shifted) {
+    const auto t0 = std::chrono::steady_clock::now();
+    HessianOptions h = o_.hessian_options;
+    h.threads = threads_;
+    std::vector<HessianTensorReport> r = hessian_reencode(o_.quantize.model, writer_->path(), shifted, h, [](int, int) {});
+    (void) b;
+    res_.sequential_reports.insert(res_.sequential_reports.end(), r.begin(), r.end());
+    res_.seconds_encode += seconds_since(t0);
+}
+
+void BlockQuantizer::check_interrupt(int b) const {
+    if (const int sig = interrupted()) {
+        throw Interrupted(sig, "interrupted (signal " + std::to_string(sig) + ") in block " + std::to_string(b) + " of " +
+                                   std::to_string(blocks_) +
+                                   (o_.save_every_block && b > 0
+                                        ? "; " + ckpt_ + " holds blocks 0-" + std::to_string(b - 1) + ", --resume continues"
+                                        : "; nothing saved (--save-every N keeps a checkpoint per block)"));
+    }
+}
+
+void BlockQuantizer::progress(int b) {
+    passes_done_ += 1;
+    if (o_.progress) {
+        o_.progress(b, blocks_, passes_done_, passes_total_);
+    }
+}
+
+HiddenStates BlockQuantizer::new_hidden(const std::string & path, std::unique_ptr<ScratchFile> & scratch) const {
+    scratch = std::make_unique<ScratchFile>(path);
+    return HiddenStates(path, tokens_, n_embd_);
+}
+
+// The float block over the unquantized stream: its sums and covariances, and the next hidden states.
+void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums) {
+    const ScratchFile block_file(scratch_base_ + ".block.gguf");
+    write_block_model(table_, io_, b, {}, block_file.path());
+    ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
+    col.stop_after_last_weight(false);
+    BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers, ActivationCollector::eval_callback, &col);
+    std::vector<float> in, out;
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+        check_interrupt(b);
+        h.read(c, in);
+        col.begin_chunk((uint32_t) c);
+        const bool ok = runner.run(in, out, (uint32_t) c);
+        if (!ok || !col.error().empty()) {
+            throw Error(o_.quantize.model + ": " + col.error() + " (block " + std::to_string(b) + ")");
+        }
+        if (next) {
+            next->write(c, out.data());
+        }
+        progress(b);
+    }
+    add_block(sums, std::move(col.data()), b);
+}
+
+// The block's tensors as the output holds them now, for a block model of the quantized stream.
+TensorReplacements BlockQuantizer::encoded_block(int b) const {
+    TensorReplacements encoded;
+    for (const PlannedTensor & p : plan_) {
+        if (block_of(p.name) == b && !p.type.empty()) {
+            encoded[p.name] = {writer_->type_of(p.name), writer_->read(p.name)};
+        }
+    }
+    return encoded;
+}
+
+// --sequential, the two-step path's algorithm one block at a time:
+//   1. the float block over h: sums and whole covariances → the block encoded (diagonal, then Hessian);
+//   2. chunk by chunk in lockstep, the float block over h (its inputs X kept for the chunk; h_{b+1}) and the
+//      block as step 1 encoded it over h̃ (X̃ᵀX̃ and X̃ᵀX) → encoded again toward the shifted targets, each row
+//      the better of that and step 1's under the shifted objective;
+//   3. the final block over h̃ → h̃_{b+1}.
+// (Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
+// the float block over h̃ (three passes instead of four), or from the diagonal encoding: 5-7% higher KLD than
+// the two-step path on both shared models; docs/streaming.md.)
+void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
+                                     HiddenStates & next_q, Imatrix & sums) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Imatrix first;  // step 1's sums and covariances
+    pass_plain(b, h, nullptr, first);
+    Imatrix block_sums;
+    block_sums.tensors = first.tensors;
+    for (const auto & [name, ts] : first.tensors) {
+        sums.tensors[name] = ts;
+    }
+    res_.seconds_passes += seconds_since(t0);
+    encode_block(b, block_sums, &first);
+    first = Imatrix{};  // its memory back before the next covariances
+
+    const BlockPassSettings bp{scratch_base_,
+                               o_.chunk_size,
+                               threads_,
+                               o_.n_gpu_layers,
+                               o_.covariance_budget,
+                               [&](size_t) { check_interrupt(b); },
+                               [&](size_t) { progress(b); }};
+    const auto t1 = std::chrono::steady_clock::now();
+    Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp);
+    res_.seconds_passes += seconds_since(t1);
+    encode_again(b, shifted);
+    shifted = Imatrix{};
+
+    const auto t2 = std::chrono::steady_clock::now();
+    run_block(table_, io_, b, encoded_block(b), hq, next_q, bp);
+    res_.seconds_passes += seconds_since(t2);
+}
+
+StreamQuantizeResult BlockQuantizer::run() {
+    const bool keep = o_.save_every_block || o_.resume;
+    const std::string fp = fingerprint(o_, chunks_);
+    const int passes = o_.sequential ? 3 : 1;  // chunk passes counted: step 1, step 2 (both models), step 3
+    passes_total_ = (uint64_t) passes * chunks_.size() * (uint64_t) blocks_;
+    QuantizedHeader header{o_.quantize.type,
+                           o_.imatrix_output.empty() ? "imx quantize: collected block by block" : o_.imatrix_output,
+                           o_.text_file, (uint32_t) chunks_.size()};
+
+    // the hidden states of both streams, in scratch files or (kept) a checkpoint's
+    auto hidden_path = [&](const char * stream, int block) {
+        return keep ? ckpt_ + "." + stream + "-" + std::to_string(block) : scratch_base_ + "." + stream + "-" + std::to_string(block % 2);
+    };
+    Imatrix sums;
+    int start = 0;
+    std::unique_ptr<ScratchFile> out_scratch, h_scratch, hq_scratch;
+    std::unique_ptr<HiddenStates> h, hq;
+    const std::string partial = keep ? ckpt_ + ".gguf" : scratch_base_;
+    if (o_.resume && fs::exists(ckpt_)) {
+        Checkpoint c = load_checkpoint(ckpt_);
+        if (c.fingerprint != fp) {
+            throw Error(ckpt_ + ": made by a different run (" + c.fingerprint + "), not this one (" + fp + ")");
+        }
+        start = (int) c.next_chunk;
+        sums = std::move(c.data);
+        writer_ = std::make_unique<QuantizedModelWriter>(table_, plan_, header, partial, true);
+        h = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path("hidden", start), tokens_, n_embd_));
+        if (o_.sequential) {
+            hq = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path("qhidden", start), tokens_, n_embd_));
+        }
+        res_.blocks_resumed = start;
+        passes_done_ = (uint64_t) passes * chunks_.size() * (uint64_t) start;
+    } else {
+        out_scratch = std::make_unique<ScratchFile>(partial);
+        writer_ = std::make_unique<QuantizedModelWriter>(table_, plan_, header, partial);
+        for (const PlannedTensor & p : plan_) {  // outside the blocks: no imatrix weights, as llama-quantize
+            if (block_of(p.name) < 0) {
+                write_tensor(p.name, nullptr);
+            }
+        }
+        h = std::make_unique<HiddenStates>(new_hidden(hidden_path("hidden", 0), h_scratch));
+        embed_chunks(table_, io_, chunks_, nullptr, *h);
+        if (o_.sequential) {
+            hq = std::make_unique<HiddenStates>(new_hidden(hidden_path("qhidden", 0), hq_scratch));
+            const ggml_type embd_type = writer_->type_of("token_embd.weight");
+            const TensorBytes quantized{embd_type, writer_->read("token_embd.weight")};
+            embed_chunks(table_, io_, chunks_, &quantized, *hq);
+        }
+    }
+
+    const DeferInterrupts defer;
+    for (int b = start; b < blocks_; ++b) {
+        std::unique_ptr<ScratchFile> next_scratch, next_q_scratch;
+        HiddenStates next = new_hidden(hidden_path("hidden", b + 1), next_scratch);
+        std::unique_ptr<HiddenStates> next_q;
+        if (o_.sequential) {
+            next_q = std::make_unique<HiddenStates>(new_hidden(hidden_path("qhidden", b + 1), next_q_scratch));
+            pass_sequential(b, *h, *hq, next, *next_q, sums);
+        } else {
+            const auto t0 = std::chrono::steady_clock::now();
+            Imatrix block;
+            pass_plain(b, *h, &next, block);
+            res_.seconds_passes += seconds_since(t0);
+            Imatrix block_sums;
+            block_sums.tensors = block.tensors;
+            for (auto & [name, ts] : block.tensors) {
+                sums.tensors[name] = ts;
+            }
+            encode_block(b, block_sums, o_.hessian ? &block : nullptr);
+        }
+        if (keep) {
+            writer_->sync();
+            next.sync();
+            if (next_q) {
+                next_q->sync();
+            }
+            Checkpoint c{fp, (uint32_t) (b + 1), sums};
+            save_checkpoint(c, ckpt_);
+            if (out_scratch) {
+                out_scratch->keep();  // the checkpoint's output so far
+            }
+            next_scratch->keep();
+            if (next_q_scratch) {
+                next_q_scratch->keep();
+            }
+            std::error_code ec;
+            fs::remove(hidden_path("hidden", b), ec);
+            fs::remove(hidden_path("qhidden", b), ec);
+        }
+        h = std::make_unique<HiddenStates>(std::move(next));
+        h_scratch = std::move(next_scratch);
+        if (next_q) {
+            hq = std::move(next_q);
+            hq_scratch = std::move(next_q_scratch);
+        }
+    }
+    h.reset();
+    hq.reset();
+    const QuantWeights all = quant_weights(sums, o_.prior, shapes_);
+    res_.matrices = all.n_matrices;
+    res_.matrices_unseen = all.n_unseen;
+    sums.meta = {.datasets = {o_.text_file}, .chunk_count = (uint32_t) chunks_.size(), .chunk_size = o_.chunk_size};
+    if (!o_.imatrix_output.empty()) {
+        save_imatrix(sums, o_.imatrix_output, ImatrixFormat::gguf);
+    }
+    writer_->finish((uint32_t) all.tensors.size(), o_.quantize.output);
+    if (keep) {
+        std::error_code ec;
+        fs::remove(ckpt_, ec);
+        fs::remove(hidden_path("hidden", blocks_), ec);
+        fs::remove(hidden_path("qhidden", blocks_), ec);
+    }
+    res_.imatrix = std::move(sums);
+    res_.blocks = blocks_;
+    res_.chunks = (uint32_t) chunks_.size();
+    return res_;
+}
+
+}  // namespace
+
+StreamQuantizeResult quantize_by_blocks(const StreamQuantizeOptions & o) {
+    refuse(o);
+    init_llama(o.verbose);
+    return BlockQuantizer(o).run();
+}
+
+}  // namespace imx::engine

@@ -1,0 +1,74 @@
+// imx quantize -m F16.gguf -f TEXT TYPE [--method hessian [--sequential]]: collection and quantization in one run,
+// block by block, so that every tensor of a whole model gets its whole covariance in one block's memory and
+// --sequential costs O(L) block passes instead of the L²/2 of re-running the model from its first block.
+//
+// Per block b (hidden states h_b of the unquantized stream, h̃_b of the quantized one; block_model.h,
+// block_runner.h):
+//   plain / Hessian:  run float block b over every chunk of h_b → its imatrix sums (and whole covariances,
+//                     per expert and head, within --covariance-budget for the block), h_{b+1};
+//                     encode b's tensors as llama-quantize does with those sums (the diagonal encoding), then
+//                     with the Hessian encoder (engine/encode/hessian_encoder.h), row by row the better of the two.
+//   --sequential:     the two-step path's algorithm a block at a time: b encoded as above; then chunk by chunk in
+//                     lockstep, float block b over h_b (its matmul inputs X kept for the chunk; h_{b+1}) and the
+//                     encoded block b over h̃_b (the covariance X̃ᵀX̃ of its inputs and the cross term X̃ᵀX); b encoded
+//                     again toward w + γ·H̃⁻¹(X̃ᵀX − X̃ᵀX̃)w, row by row the better of that and the first encoding under
+//                     the same objective; then the final block b over h̃_b → h̃_{b+1}.
+// Four block passes per block with --sequential (O(L) in all, where the two-step path re-runs the model from its
+// first block for every block), one without; the weights of each block read once.
+//
+// The output is written as llama_model_quantize writes it (engine/encode/model_writer.h): the same keys, tensor
+// order, types and offsets; with --method diagonal it is llama-quantize's file from the same imatrix, byte for
+// byte. Tensors outside the blocks (token_embd, output) are quantized without imatrix weights, as llama-quantize
+// quantizes tensors its imatrix does not hold.
+//
+// --save-every N (any N: per block) keeps <output>.ckpt (the run's fingerprint and the next block),
+// <output>.ckpt.gguf (the output so far) and the hidden states the next block reads; --resume goes on from there.
+#pragma once
+
+#include "core/imatrix.h"
+#include "core/math/quant_weights.h"
+#include "engine/encode/hessian_encoder.h"
+#include "engine/encode/quantize.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace imx::engine {
+
+struct StreamQuantizeOptions {
+    QuantizeOptions quantize;  // model, output, type, threads, tensor_types, …; weights are collected here
+    Prior           prior;
+    std::string     text_file;
+    uint32_t        chunk_size = 512;
+    int             max_chunks = -1;
+    bool            parse_special = false;
+    int             n_gpu_layers = 99;
+    bool            hessian = true;
+    bool            sequential = false;
+    HessianOptions  hessian_options;
+    uint64_t        covariance_budget = 8192ull << 20;  // one block's covariances (and cross terms)
+    bool            save_every_block = false;
+    bool            resume = false;
+    bool            verbose = false;
+    std::string     imatrix_output;  // also write the collected imatrix (sums of the unquantized stream) here
+    // after each chunk pass: block, blocks, passes done, passes in all (chunks × passes per block × blocks)
+    std::function<void(int block, int blocks, uint64_t done, uint64_t total)> progress;
+};
+
+struct StreamQuantizeResult {
+    Imatrix                          imatrix;  // the unquantized stream's sums
+    std::vector<HessianTensorReport> reports;             // the Hessian encoding (step 1 with --sequential)
+    std::vector<HessianTensorReport> sequential_reports;  // --sequential's step 2, against the shifted targets
+    int                              blocks = 0, blocks_resumed = 0;
+    uint32_t                         chunks = 0;
+    double                           seconds_passes = 0, seconds_encode = 0;
+    int64_t                          matrices = 0, matrices_unseen = 0;
+};
+
+// Throws imx::Error (one line naming the file, block or chunk) on bad input, or for options this path does not
+// take.
+StreamQuantizeResult quantize_by_blocks(const StreamQuantizeOptions & o);
+
+}  // namespace imx::engine
