@@ -26,24 +26,6 @@ namespace imx::cli {
 
 namespace {
 
-struct HessianSummary {
-    int64_t tensors = 0, rows = 0, rows_improved = 0, pooled = 0;
-    double  loss_diagonal = 0, loss_final = 0;
-};
-
-HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports) {
-    HessianSummary s;
-    for (const auto & r : reports) {
-        s.tensors += 1;
-        s.rows += r.rows;
-        s.rows_improved += r.rows_improved;
-        s.pooled += r.pooled_matrices;
-        s.loss_diagonal += r.loss_diagonal;
-        s.loss_final += r.loss_final;
-    }
-    return s;
-}
-
 void warn_about_unseen(const Imatrix & im, const QuantWeights & w, const Prior & prior, const std::string & file) {
     if (w.n_unseen == 0) {
         return;
@@ -98,6 +80,28 @@ void choose_prior(QuantizeCommand & o, const std::vector<Imatrix> & parts) {
 }  // namespace
 
 // The Hessian pass's summary line, and with -v a line per tensor.
+HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports) {
+    HessianSummary s;
+    for (const auto & r : reports) {
+        s.tensors += 1;
+        s.rows += r.rows;
+        s.rows_improved += r.rows_improved;
+        s.pooled += r.pooled_matrices;
+        s.loss_diagonal += r.loss_diagonal;
+        s.loss_final += r.loss_final;
+    }
+    return s;
+}
+
+void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs) {
+    j["hessian_tensors"] = hs.tensors;
+    j["hessian_rows_changed"] = hs.rows_improved;
+    j["hessian_rows"] = hs.rows;
+    j["hessian_error_diagonal"] = hs.loss_diagonal;
+    j["hessian_error"] = hs.loss_final;
+    j["hessian_pooled_experts"] = hs.pooled;
+}
+
 void print_hessian_reports(const std::vector<engine::HessianTensorReport> & reports, bool verbose, bool row_scales) {
     const HessianSummary hs = summarize(reports);
     std::fprintf(stderr,
@@ -216,6 +220,9 @@ Run add_quantize(CLI::App & app) {
                    "calibration text: without --imatrix, collected here block by block and quantized in the same run "
                    "(with --method hessian: every tensor with its whole covariance); with --target-size: where each "
                    "tensor's sensitivity is measured");
+    app.add_flag("--refit-norms", o->refit_norms,
+                 "block by block, --method hessian: re-fit each block's norm weights so that the quantized matrices "
+                 "reading them match the float outputs (same size; measured in docs/streaming.md)");
     app.add_option("--chunks", o->collect_chunks, "block by block: chunks of -f's text (default: all)")
         ->check(CLI::PositiveNumber);
     app.add_option("--save-every", o->save_every,
@@ -320,6 +327,7 @@ Run add_quantize(CLI::App & app) {
         const bool collect_here = target && o->imatrix.empty();  // one command: the statistics collected first
         for (const auto & [given, flag] : {std::pair{o->collect_chunks > 0 && !collect_here, "--chunks"},
                                            {o->save_every > 0, "--save-every"}, {o->resume, "--resume"},
+                                           {o->refit_norms, "--refit-norms"},
                                            {!o->save_imatrix.empty() && !collect_here, "--save-imatrix"}}) {
             if (given) {
                 throw Error(std::string(flag) + " goes with a block-by-block run (-f TEXT without --imatrix)");
@@ -440,12 +448,7 @@ Run add_quantize(CLI::App & app) {
                 j["sequential_tensors"] = tensors;
             }
             if (o->method == "hessian") {
-                j["hessian_tensors"] = hs.tensors;
-                j["hessian_rows_changed"] = hs.rows_improved;
-                j["hessian_rows"] = hs.rows;
-                j["hessian_error_diagonal"] = hs.loss_diagonal;
-                j["hessian_error"] = hs.loss_final;
-                j["hessian_pooled_experts"] = hs.pooled;
+                add_hessian_json(j, hs);
             }
             std::printf("%s\n", j.dump(2).c_str());
         }

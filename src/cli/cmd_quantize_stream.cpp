@@ -46,6 +46,7 @@ void run_by_blocks(QuantizeCommand & o) {
     s.resume = o.resume;
     s.verbose = o.verbose;
     s.imatrix_output = o.save_imatrix;
+    s.refit_norms = o.refit_norms;
     if (!s.imatrix_output.empty()) {
         prepare_outputs({s.imatrix_output});
     }
@@ -64,18 +65,15 @@ void run_by_blocks(QuantizeCommand & o) {
         print_hessian_reports(r.reports, o.verbose, false);
     }
     if (s.sequential) {
-        int64_t rows = 0, changed = 0;
-        double before = 0, after = 0;
-        for (const auto & t : r.sequential_reports) {
-            rows += t.rows;
-            changed += t.rows_improved;
-            before += t.loss_diagonal;
-            after += t.loss_final;
-        }
-        std::fprintf(stderr, "imx quantize: sequential: %zu tensors encoded again toward their shifted targets (%lld of "
+        const HessianSummary ss = summarize(r.sequential_reports);
+        std::fprintf(stderr, "imx quantize: sequential: %lld tensors encoded again toward their shifted targets (%lld of "
                              "%lld rows changed, error %.1f%% below the first encoding's)\n",
-                     r.sequential_reports.size(), (long long) changed, (long long) rows,
-                     before > 0 ? 100.0 * (1.0 - after / before) : 0.0);
+                     (long long) ss.tensors, (long long) ss.rows_improved, (long long) ss.rows,
+                     ss.loss_diagonal > 0 ? 100.0 * (1.0 - ss.loss_final / ss.loss_diagonal) : 0.0);
+    }
+    if (s.refit_norms) {
+        std::fprintf(stderr, "imx quantize: %d norms re-fitted to their quantized readers (output error %.4g lower)\n",
+                     r.norms_refit, r.norm_gain);
     }
     const uint64_t in_size = engine::model_file_bytes(o.q.model), out_size = std::filesystem::file_size(o.q.output);
     std::fprintf(stderr, "imx quantize: block by block over %u chunks of %s%s: %d blocks (%d from the checkpoint); "
@@ -102,19 +100,9 @@ void run_by_blocks(QuantizeCommand & o) {
         j["seconds"] = secs;
         j["seconds_passes"] = r.seconds_passes;
         j["seconds_encode"] = r.seconds_encode;
-        int64_t rows = 0, changed = 0;
-        double before = 0, after = 0;
-        for (const auto & t : r.reports) {
-            rows += t.rows;
-            changed += t.rows_improved;
-            before += t.loss_diagonal;
-            after += t.loss_final;
-        }
-        j["hessian_tensors"] = r.reports.size();
-        j["hessian_rows"] = rows;
-        j["hessian_rows_changed"] = changed;
-        j["hessian_error_diagonal"] = before;
-        j["hessian_error"] = after;
+        add_hessian_json(j, summarize(r.reports));
+        j["norms_refit"] = r.norms_refit;
+        j["norm_gain"] = r.norm_gain;
         std::printf("%s\n", j.dump(2).c_str());
     }
 }

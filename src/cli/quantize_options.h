@@ -9,6 +9,8 @@
 #include "engine/encode/quantize.h"
 #include "engine/encode/type_search.h"
 
+#include <nlohmann/json.hpp>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -37,6 +39,7 @@ struct QuantizeCommand {
     int                     save_every = 0;            // > 0: a checkpoint after every block
     bool                    resume = false;
     std::string             save_imatrix;              // also write the collected imatrix
+    bool                    refit_norms = false;       // --refit-norms
     double                  block_budget_mib = 8192;   // --covariance-budget: one block's covariances
     int                     n_gpu_layers = 99;
     // --target-size / --target-bpw
@@ -55,6 +58,14 @@ struct QuantizeCommand {
 
 // --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
 void run_target(QuantizeCommand & o, const Imatrix & im);
+
+// The Hessian pass's totals over its tensors, and those totals as --json fields.
+struct HessianSummary {
+    int64_t tensors = 0, rows = 0, rows_improved = 0, pooled = 0;
+    double  loss_diagonal = 0, loss_final = 0;
+};
+HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports);
+void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs);
 
 // The Hessian pass's summary line on stderr, and with `verbose` a line per tensor.
 void print_hessian_reports(const std::vector<engine::HessianTensorReport> & reports, bool verbose, bool row_scales);

@@ -137,6 +137,27 @@ TEST(StreamQuantizeRuns, SplitModelIn) {
     EXPECT_TRUE(bytes_of(dir + "/a.gguf") == bytes_of(dir + "/b.gguf"));
 }
 
+// --refit-norms: every block's attn_norm and ffn_norm re-fitted (the router, F32, takes the inverse scales), the
+// file as large as without and loadable, its KLD finite; the norms are what changed.
+TEST(StreamQuantizeRuns, RefitNormsChangesOnlyTheNorms) {
+    const std::string dir = fresh_dir("stream-refit");
+    const std::string model = shared("models/qwen3moe-tiny.gguf");
+    const std::string args = "Q2_K --method hessian --chunks 3";
+    const RunResult plain = run(quantize_cmd(model, dir + "/plain.gguf", args));
+    const RunResult refit = run(quantize_cmd(model, dir + "/refit.gguf", args + " --refit-norms"));
+    ASSERT_EQ(plain.exit_code, 0) << tail(plain.output);
+    ASSERT_EQ(refit.exit_code, 0) << tail(refit.output);
+    const auto j = nlohmann::json::parse(refit.output);
+    EXPECT_EQ(j["norms_refit"].get<int>(), 8);  // 4 blocks × (attn_norm, ffn_norm)
+    EXPECT_GT(j["norm_gain"].get<double>(), 0);
+    EXPECT_EQ(fs::file_size(dir + "/plain.gguf"), fs::file_size(dir + "/refit.gguf"));
+    EXPECT_FALSE(bytes_of(dir + "/plain.gguf") == bytes_of(dir + "/refit.gguf"));
+    const RunResult e = run("(" + imx_bin() + " eval --base " + model + " " + dir + "/refit.gguf -f " +
+                            shared("data/wiki.test.raw") + " --chunks 2 -t 2 --no-cache --json 2>/dev/null)");
+    ASSERT_EQ(e.exit_code, 0) << tail(e.output);
+    EXPECT_TRUE(std::isfinite(nlohmann::json::parse(e.output)["models"][1]["kld_mean"]["value"].get<double>()));
+}
+
 TEST(StreamQuantizeRuns, WhatItCannotDoIsRefused) {
     const std::string dir = fresh_dir("stream-refused");
     const std::string model = shared("models/qwen3moe-tiny.gguf");
@@ -146,6 +167,7 @@ TEST(StreamQuantizeRuns, WhatItCannotDoIsRefused) {
         {"Q2_K --method hessian --output-scales", "--output-scales goes with --imatrix"},
         {"Q2_K --prior all-experts --prior-weight 8", "--prior all-experts needs imx collect --all-experts"},
         {"Q2_K --sequential", "--sequential goes with --method hessian"},
+        {"Q2_K --refit-norms", "--refit-norms goes with --method hessian"},
     };
     for (const auto & [args, message] : cases) {
         const RunResult r = run(imx_bin() + " quantize -m " + model + " -f " + shared("data/calibration.txt") + " -o " +

@@ -7,6 +7,7 @@
 #include "core/hash.h"
 #include "core/interrupt.h"
 #include "core/math/linear_algebra.h"
+#include "core/math/norm_refit.h"
 #include "engine/collect/activation_collector.h"
 #include "engine/collect/calibration.h"
 #include "engine/collect/collect.h"
@@ -65,7 +66,8 @@ std::string fingerprint(const StreamQuantizeOptions & o, const std::vector<Chunk
                             " per_head=" + std::to_string(ho.per_head) + " only=" + ho.tensors +
                             " budget=" + std::to_string(o.covariance_budget)
                       : "") +
-           (o.sequential ? " sequential step=" + std::to_string(ho.sequential_step) : "");
+           (o.sequential ? " sequential step=" + std::to_string(ho.sequential_step) : "") +
+           (o.refit_norms ? " refit-norms" : "");
 }
 
 void refuse(const StreamQuantizeOptions & o) {
@@ -79,6 +81,9 @@ void refuse(const StreamQuantizeOptions & o) {
     }
     if (o.sequential && !o.hessian) {
         throw Error("--sequential goes with --method hessian");
+    }
+    if (o.refit_norms && !o.hessian) {
+        throw Error("--refit-norms goes with --method hessian (it fits against the covariances that collects)");
     }
 }
 
@@ -94,6 +99,7 @@ private:
     void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums);
     TensorReplacements encoded_block(int b) const;
     void encode_again(int b, const Imatrix & shifted);
+    void refit_norms(int b, const Imatrix & stats);
     void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
                          HiddenStates & next_q, Imatrix & sums);
     void check_interrupt(int b) const;
@@ -196,8 +202,107 @@ void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * c
         std::vector<HessianTensorReport> r =
             hessian_reencode(o_.quantize.model, writer_->path(), *covariances, h, [](int, int) {});
         res_.reports.insert(res_.reports.end(), r.begin(), r.end());
+        if (o_.refit_norms && !o_.sequential) {  // with --sequential, after the second encoding
+            refit_norms(b, *covariances);
+        }
     }
     res_.seconds_encode += seconds_since(t0);
+}
+
+namespace {
+
+// The matrices that read each norm's output, by llama.cpp's names (a norm missing from a block is skipped).
+struct NormReaders {
+    const char *              norm;
+    std::vector<const char *> readers;
+};
+const NormReaders kNormReaders[] = {
+    {"attn_norm", {"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_q_a", "attn_kv_a_mqa"}},
+    {"ffn_norm", {"ffn_gate", "ffn_up", "ffn_gate_exps", "ffn_up_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_gate_inp"}},
+    {"attn_q_a_norm", {"attn_q_b"}},
+};
+
+std::vector<float> as_floats(ggml_type type, const std::vector<uint8_t> & bytes, int64_t n) {
+    const size_t row = ggml_row_size(type, n);
+    const size_t rows = bytes.size() / row;
+    std::vector<float> out(rows * (size_t) n);
+    for (size_t r = 0; r < rows; ++r) {
+        to_float(type, bytes.data() + r * row, out.data() + r * (size_t) n, n);
+    }
+    return out;
+}
+
+}  // namespace
+
+// Each norm of block b whose quantized readers all have a whole covariance: its weights times the fitted scales;
+// F32 readers (kept unquantized: a MoE router) take the inverse scales on their columns. A norm with a reader
+// that can take neither (an unquantized F16 one, a covariance in blocks or pooled over experts) is left as is.
+void BlockQuantizer::refit_norms(int b, const Imatrix & stats) {
+    const std::string p = "blk." + std::to_string(b) + ".";
+    for (const NormReaders & nr : kNormReaders) {
+        const std::string norm = p + nr.norm + ".weight";
+        const ggml_tensor * g = table_.find(norm);
+        if (!g || g->type != GGML_TYPE_F32 || writer_->type_of(norm) != GGML_TYPE_F32) {
+            continue;
+        }
+        const int64_t n = g->ne[0];
+        NormRefit fit(n);
+        std::vector<std::string> exact;
+        bool ok = true;
+        int fitted = 0;
+        for (const char * r : nr.readers) {
+            const std::string name = p + r + ".weight";
+            const ggml_tensor * t = table_.find(name);
+            if (!t) {
+                continue;
+            }
+            const ggml_type to = writer_->type_of(name);
+            const Covariance * cv = stats.covariance_of(name);
+            if (t->ne[0] != n) {
+                ok = false;
+            } else if (to == t->type) {
+                ok = t->type == GGML_TYPE_F32;
+                exact.push_back(name);
+            } else if (!cv || !cv->full() || cv->n_mat != t->ne[2]) {
+                ok = false;
+            } else {
+                const std::vector<float> w = as_floats(t->type, io_.read(name, 0, ggml_nbytes(t)), n);
+                const std::vector<float> wq = as_floats(to, writer_->read(name), n);
+                const int64_t rows = t->ne[1];
+                for (int64_t m = 0; m < cv->n_mat; ++m) {
+                    if (cv->counts[m] > 0) {
+                        const std::vector<double> h = cv->dense(m);
+                        fit.add(w.data() + m * rows * n, wq.data() + m * rows * n, rows, h.data(),
+                                cv->cross.empty() ? nullptr : cv->cross.data() + m * n * n);
+                    }
+                }
+                fitted += 1;
+            }
+            if (!ok) {
+                break;
+            }
+        }
+        double gain = 0;
+        const std::vector<double> s = ok && fitted > 0 ? fit.solve(o_.hessian_options.rounding.damp, &gain)
+                                                       : std::vector<double>();
+        if (!(gain > 0)) {
+            continue;
+        }
+        std::vector<float> gv = as_floats(GGML_TYPE_F32, io_.read(norm, 0, ggml_nbytes(g)), n);
+        for (int64_t i = 0; i < n; ++i) {
+            gv[(size_t) i] *= (float) s[(size_t) i];
+        }
+        writer_->write_at(norm, 0, reinterpret_cast<const uint8_t *>(gv.data()), gv.size() * sizeof(float));
+        for (const std::string & name : exact) {
+            std::vector<float> x = as_floats(GGML_TYPE_F32, writer_->read(name), n);
+            for (size_t k = 0; k < x.size(); ++k) {
+                x[k] /= (float) s[k % (size_t) n];
+            }
+            writer_->write_at(name, 0, reinterpret_cast<const uint8_t *>(x.data()), x.size() * sizeof(float));
+        }
+        res_.norms_refit += 1;
+        res_.norm_gain += gain;
+    }
 }
 
 // Step 2 of --sequential: the block encoded again toward its shifted targets, row by row the better of that and
@@ -262,7 +367,7 @@ void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * ne
 TensorReplacements BlockQuantizer::encoded_block(int b) const {
     TensorReplacements encoded;
     for (const PlannedTensor & p : plan_) {
-        if (block_of(p.name) == b && !p.type.empty()) {
+        if (block_of(p.name) == b) {  // those kept in their type too: --refit-norms rewrites norms and routers
             encoded[p.name] = {writer_->type_of(p.name), writer_->read(p.name)};
         }
     }
@@ -303,6 +408,9 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp);
     res_.seconds_passes += seconds_since(t1);
     encode_again(b, shifted);
+    if (o_.refit_norms) {
+        refit_norms(b, shifted);
+    }
     shifted = Imatrix{};
 
     const auto t2 = std::chrono::steady_clock::now();

@@ -52,6 +52,10 @@ struct StreamQuantizeOptions {
     bool            save_every_block = false;
     bool            resume = false;
     bool            verbose = false;
+    // --refit-norms: after each block is encoded, its norms' weights re-fitted so that the quantized matrices
+    // reading them match the float ones' outputs (core/math/norm_refit.h); F32 readers (a MoE router) take the
+    // inverse scales, so their outputs stay exact.
+    bool            refit_norms = false;
     std::string     imatrix_output;  // also write the collected imatrix (sums of the unquantized stream) here
     // after each chunk pass: block, blocks, passes done, passes in all (chunks × passes per block × blocks)
     std::function<void(int block, int blocks, uint64_t done, uint64_t total)> progress;
@@ -65,6 +69,8 @@ struct StreamQuantizeResult {
     uint32_t                         chunks = 0;
     double                           seconds_passes = 0, seconds_encode = 0;
     int64_t                          matrices = 0, matrices_unseen = 0;
+    int                              norms_refit = 0;
+    double                           norm_gain = 0;  // summed drop of the refit norms' readers' output error
 };
 
 // Throws imx::Error (one line naming the file, block or chunk) on bad input, or for options this path does not
