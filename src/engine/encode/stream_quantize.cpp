@@ -98,7 +98,7 @@ private:
     void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
     void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums);
     TensorReplacements encoded_block(int b) const;
-    void encode_again(int b, const Imatrix & shifted);
+    void encode_again(const Imatrix & shifted);
     void refit_norms(int b, const Imatrix & stats);
     void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
                          HiddenStates & next_q, Imatrix & sums);
@@ -307,12 +307,11 @@ void BlockQuantizer::refit_norms(int b, const Imatrix & stats) {
 
 // Step 2 of --sequential: the block encoded again toward its shifted targets, row by row the better of that and
 // what the output holds (step 1's encoding) under the shifted objective.
-void BlockQuantizer::encode_again(int b, const Imatrix & shifted) {
+void BlockQuantizer::encode_again(const Imatrix & shifted) {
     const auto t0 = std::chrono::steady_clock::now();
     HessianOptions h = o_.hessian_options;
     h.threads = threads_;
     std::vector<HessianTensorReport> r = hessian_reencode(o_.quantize.model, writer_->path(), shifted, h, [](int, int) {});
-    (void) b;
     res_.sequential_reports.insert(res_.sequential_reports.end(), r.begin(), r.end());
     res_.seconds_encode += seconds_since(t0);
 }
@@ -407,7 +406,7 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     const auto t1 = std::chrono::steady_clock::now();
     Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp);
     res_.seconds_passes += seconds_since(t1);
-    encode_again(b, shifted);
+    encode_again(shifted);
     if (o_.refit_norms) {
         refit_norms(b, shifted);
     }
