@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <csignal>
@@ -132,5 +133,16 @@ RunResult run_perplexity(const std::string & args) {
 
 std::vector<uint8_t> bytes_of(const std::string & path) { return imx::read_file(path); }
 bool file_exists(const std::string & path) { return fs::exists(path); }
+
+std::vector<std::string> file_names(const std::string & dir) {
+    std::vector<std::string> names;
+    for (const auto & e : std::filesystem::directory_iterator(dir)) {
+        names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+std::string tail(const std::string & output) { return output.substr(output.size() > 2000 ? output.size() - 2000 : 0); }
 
 }  // namespace imx::test

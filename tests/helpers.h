@@ -44,6 +44,10 @@ RunResult finish(const Background & b);
 bool kill_after_checkpoint(const std::string & command, const std::string & checkpoint);
 
 std::vector<uint8_t> bytes_of(const std::string & path);
+// The names in a folder, sorted (what a run left behind).
+std::vector<std::string> file_names(const std::string & dir);
+// The last 2000 characters of a command's output, for failure messages.
+std::string tail(const std::string & output);
 bool file_exists(const std::string & path);
 
 }  // namespace imx::test

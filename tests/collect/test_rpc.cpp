@@ -21,7 +21,6 @@ using namespace imx::test;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 int free_port() {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);

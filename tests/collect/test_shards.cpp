@@ -13,7 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 std::string collect(const std::string & dir, const std::string & model, const std::string & args) {
     return "cd " + dir + " && " + imx_bin() + " collect -m " + shared("models/" + model) + " -f " +

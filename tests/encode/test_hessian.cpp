@@ -23,7 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 2000 ? s.size() - 2000 : 0); }
 
 std::string collect_cmd(const std::string & model, const std::string & out, const std::string & extra) {
     return imx_bin() + " collect -m " + shared("models/" + model) + " -f " + shared("data/calibration.txt") +

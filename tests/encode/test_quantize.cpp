@@ -24,7 +24,6 @@ RunResult imx_quantize(const std::string & dir, const std::string & args) {
     return run("cd " + dir + " && " + imx_bin() + " quantize " + args);
 }
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 size_t files_in(const std::string & dir) {
     size_t n = 0;

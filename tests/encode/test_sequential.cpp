@@ -18,7 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 2000 ? s.size() - 2000 : 0); }
 
 const std::string kModel = "deepseek3-tiny.gguf";
 

@@ -15,7 +15,6 @@ namespace {
 
 const std::string kModel = "qwen3moe-tiny.gguf";
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 // few candidates and chunks: the mechanics, not the quality (bench/target_size.sh measures that)
 std::string target_cmd(const std::string & dir, const std::string & target, const std::string & extra = "") {

@@ -17,7 +17,6 @@ namespace {
 
 const std::string kModel = "qwen3moe-tiny.gguf";
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 double number_after(const std::string & text, const std::string & key) {
     const size_t at = text.find(key);

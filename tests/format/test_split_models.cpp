@@ -17,7 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 // The model split in parts of at most 20 MB (4 parts for qwen3moe-tiny, 5 for deepseek3-tiny), made once.
 std::string split_model(const std::string & model) {

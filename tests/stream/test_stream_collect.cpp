@@ -16,21 +16,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 std::string collect_cmd(const std::string & model, const std::string & out, const std::string & extra) {
     return imx_bin() + " collect -m " + shared("models/" + model) + " -f " + shared("data/calibration.txt") + " -o " +
            out + " -t 2 " + extra + " 2>&1";
 }
 
-std::vector<std::string> files_in(const std::string & dir) {
-    std::vector<std::string> names;
-    for (const auto & e : fs::directory_iterator(dir)) {
-        names.push_back(e.path().filename().string());
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-}
 
 class StreamCollect : public ::testing::TestWithParam<std::string> {};
 
@@ -45,7 +36,7 @@ TEST_P(StreamCollect, SameBytesAsTheWholeModelRun) {
         ASSERT_EQ(r.exit_code, 0) << tail(r.output);
     }
     EXPECT_TRUE(bytes_of(dir + "/--no-stream.gguf") == bytes_of(dir + "/--stream.gguf"));
-    EXPECT_EQ(files_in(dir), (std::vector<std::string>{"--no-stream.gguf", "--stream.gguf"}));
+    EXPECT_EQ(file_names(dir), (std::vector<std::string>{"--no-stream.gguf", "--stream.gguf"}));
 }
 
 INSTANTIATE_TEST_SUITE_P(SharedModels, StreamCollect, ::testing::Values("qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"),
@@ -89,7 +80,7 @@ TEST(StreamCollectRuns, ResumesAfterKillNineAtABlock) {
     const RunResult r = run(collect_cmd("deepseek3-tiny.gguf", out, extra + " --save-every 1 --resume"));
     ASSERT_EQ(r.exit_code, 0) << tail(r.output);
     EXPECT_TRUE(bytes_of(out) == bytes_of(dir + "/full.gguf"));
-    EXPECT_EQ(files_in(dir), (std::vector<std::string>{"full.gguf", "r.gguf"}));
+    EXPECT_EQ(file_names(dir), (std::vector<std::string>{"full.gguf", "r.gguf"}));
 }
 
 // SIGTERM mid-run: without checkpoints nothing is left (hidden states, block models); with them, the
@@ -109,14 +100,14 @@ TEST(StreamCollectRuns, SignalsLeaveOnlyTheCheckpoint) {
         ::kill(b.pid, SIGTERM);
         const RunResult r = finish(b);
         EXPECT_EQ(r.exit_code, 143) << tail(r.output);
-        for (const std::string & name : files_in(dir)) {
+        for (const std::string & name : file_names(dir)) {
             const bool checkpoint = name == "s.gguf.ckpt" || name.rfind("s.gguf.ckpt.hidden-", 0) == 0;
             EXPECT_TRUE(keep && checkpoint) << name << " left behind";
         }
         if (keep) {
             const RunResult resumed = run(collect_cmd("deepseek3-tiny.gguf", out, "--stream --chunks 40 --save-every 1 --resume"));
             ASSERT_EQ(resumed.exit_code, 0) << tail(resumed.output);
-            EXPECT_EQ(files_in(dir), std::vector<std::string>{"s.gguf"});
+            EXPECT_EQ(file_names(dir), std::vector<std::string>{"s.gguf"});
         }
     }
 }
@@ -128,5 +119,5 @@ TEST(StreamCollectRuns, OptionsOfTheWholeModelPathAreRefused) {
         EXPECT_EQ(r.exit_code, 2) << r.output;
         EXPECT_NE(r.output.find(flag + " does not go with a block-by-block run"), std::string::npos) << r.output;
     }
-    EXPECT_TRUE(files_in(dir).empty());
+    EXPECT_TRUE(file_names(dir).empty());
 }

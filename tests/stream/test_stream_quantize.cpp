@@ -18,21 +18,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tail(const std::string & s) { return s.substr(s.size() > 1500 ? s.size() - 1500 : 0); }
 
 std::string quantize_cmd(const std::string & model, const std::string & out, const std::string & args) {
     return "(" + imx_bin() + " quantize -m " + model + " -f " + shared("data/calibration.txt") + " -o " + out + " -t 2 " +
            args + " --json 2>" + out + ".log)";
 }
 
-std::vector<std::string> files_in(const std::string & dir) {
-    std::vector<std::string> names;
-    for (const auto & e : fs::directory_iterator(dir)) {
-        names.push_back(e.path().filename().string());
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-}
 
 class StreamQuantize : public ::testing::TestWithParam<std::string> {};
 
@@ -106,7 +97,7 @@ TEST(StreamQuantizeRuns, SequentialResumesAfterKillNine) {
                             " --chunks 2 -t 2 --no-cache --json 2>/dev/null)");
     ASSERT_EQ(e.exit_code, 0) << tail(e.output);
     EXPECT_TRUE(std::isfinite(nlohmann::json::parse(e.output)["models"][1]["kld_mean"]["value"].get<double>()));
-    for (const std::string & name : files_in(dir)) {
+    for (const std::string & name : file_names(dir)) {
         EXPECT_TRUE(name.ends_with(".gguf") || name.ends_with(".log")) << name << " left behind";
     }
 }
@@ -122,7 +113,7 @@ TEST(StreamQuantizeRuns, SignalLeavesNoFiles) {
     ::kill(b.pid, SIGTERM);
     const RunResult r = finish(b);
     EXPECT_EQ(r.exit_code, 143) << tail(r.output);
-    EXPECT_TRUE(files_in(dir).empty()) << files_in(dir).size() << " files left, the first " << files_in(dir)[0];
+    EXPECT_TRUE(file_names(dir).empty()) << file_names(dir).size() << " files left, the first " << file_names(dir)[0];
 }
 
 // A split model in, the same bytes out as from the unsplit model.
@@ -180,5 +171,5 @@ TEST(StreamQuantizeRuns, WhatItCannotDoIsRefused) {
                               "/x.gguf Q2_K --save-every 1 2>&1");
     EXPECT_EQ(two.exit_code, 2);
     EXPECT_NE(two.output.find("--save-every goes with a block-by-block run"), std::string::npos) << two.output;
-    EXPECT_TRUE(files_in(dir).empty());
+    EXPECT_TRUE(file_names(dir).empty());
 }
