@@ -1,5 +1,6 @@
 #include "engine/collect/target_inputs.h"
 
+#include "core/error.h"
 #include "engine/collect/graph_nodes.h"
 
 #include "ggml-backend.h"
@@ -73,6 +74,84 @@ bool TargetInputs::record(const ggml_tensor * t) {
     last_input_ = x;
     last_ids_ = ids;
     return !stop_after_last_ || last_recorded_ != final_;
+}
+
+namespace {
+
+void put(std::FILE * f, const std::string & path, const void * p, size_t bytes) {
+    if (bytes && std::fwrite(p, 1, bytes, f) != bytes) {
+        throw Error(path + ": cannot write the recorded inputs (disk full?)");
+    }
+}
+
+void get(std::FILE * f, const std::string & path, void * p, size_t bytes) {
+    if (bytes && std::fread(p, 1, bytes, f) != bytes) {
+        throw Error(path + ": the recorded inputs end early");
+    }
+}
+
+template <class T> void put_vector(std::FILE * f, const std::string & path, const std::vector<T> & v) {
+    const uint64_t n = v.size();
+    put(f, path, &n, sizeof n);
+    put(f, path, v.data(), n * sizeof(T));
+}
+
+template <class T> void get_vector(std::FILE * f, const std::string & path, std::vector<T> & v) {
+    uint64_t n = 0;
+    get(f, path, &n, sizeof n);
+    v.resize(n);
+    get(f, path, v.data(), n * sizeof(T));
+}
+
+}  // namespace
+
+// Per input: the names of the weights reading it, its shape, its rows, its expert ids.
+void TargetInputs::save(std::FILE * f, const std::string & path) const {
+    std::map<const Input *, std::vector<std::string>> readers;
+    std::vector<const Input *> order;
+    for (const auto & [name, in] : inputs_) {
+        if (readers[in.get()].empty()) {
+            order.push_back(in.get());
+        }
+        readers[in.get()].push_back(name);
+    }
+    const uint64_t n = order.size();
+    put(f, path, &n, sizeof n);
+    for (const Input * in : order) {
+        const uint64_t names = readers[in].size();
+        put(f, path, &names, sizeof names);
+        for (const std::string & name : readers[in]) {
+            put_vector(f, path, std::vector<char>(name.begin(), name.end()));
+        }
+        put(f, path, in->ne, sizeof in->ne);
+        put(f, path, &in->n_used, sizeof in->n_used);
+        put_vector(f, path, in->rows);
+        put_vector(f, path, in->ids);
+    }
+}
+
+void TargetInputs::load(std::FILE * f, const std::string & path) {
+    begin_chunk();
+    uint64_t n = 0;
+    get(f, path, &n, sizeof n);
+    for (uint64_t i = 0; i < n; ++i) {
+        uint64_t names = 0;
+        get(f, path, &names, sizeof names);
+        std::vector<std::string> readers;
+        for (uint64_t k = 0; k < names; ++k) {
+            std::vector<char> name;
+            get_vector(f, path, name);
+            readers.emplace_back(name.begin(), name.end());
+        }
+        auto in = std::make_shared<Input>();
+        get(f, path, in->ne, sizeof in->ne);
+        get(f, path, &in->n_used, sizeof in->n_used);
+        get_vector(f, path, in->rows);
+        get_vector(f, path, in->ids);
+        for (const std::string & name : readers) {
+            inputs_[name] = in;
+        }
+    }
 }
 
 }  // namespace imx::engine

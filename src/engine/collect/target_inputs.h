@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <regex>
@@ -44,6 +45,11 @@ public:
     void begin_chunk();
     // The input `weight` read in this chunk; null if the target model has no such matmul.
     const Input * find(const std::string & weight) const;
+    // This chunk's inputs appended to `f` (inputs shared by several weights once), and read back in the same
+    // order in place of a forward pass: --sequential records the float block's inputs in its first pass over the
+    // block and reads them in the second. Throw imx::Error naming `path` on a short write or read.
+    void save(std::FILE * f, const std::string & path) const;
+    void load(std::FILE * f, const std::string & path);
 
 private:
     bool wants(const ggml_tensor * t);

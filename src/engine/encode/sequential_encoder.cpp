@@ -71,28 +71,37 @@ TensorReplacements block_tensors(const std::string & quantized, int b) {
 
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
-                                 const BlockPassSettings & s) {
-    const ScratchFile float_file(s.scratch + ".block.gguf"), quant_file(s.scratch + ".qblock.gguf");
-    write_block_model(model, io, b, {}, float_file.path());
+                                 const BlockPassSettings & s, InputTape * recorded) {
+    const ScratchFile quant_file(s.scratch + ".qblock.gguf");
     write_block_model(model, io, b, quantized, quant_file.path());
     TargetInputs float_inputs;
     float_inputs.stop_after_last_input(false);
+    std::unique_ptr<ScratchFile> float_file;
+    std::unique_ptr<BlockRunner> float_runner;
+    if (!recorded) {
+        float_file = std::make_unique<ScratchFile>(s.scratch + ".block.gguf");
+        write_block_model(model, io, b, {}, float_file->path());
+        float_runner = std::make_unique<BlockRunner>(float_file->path(), s.chunk_size, s.threads, s.n_gpu_layers,
+                                                     TargetInputs::eval_callback, &float_inputs);
+    }
     ActivationCollector quant_cov(s.chunk_size, false, false, s.threads, s.covariance_budget);
     quant_cov.stop_after_last_weight(false);
     quant_cov.cross_with(&float_inputs);
-    BlockRunner float_runner(float_file.path(), s.chunk_size, s.threads, s.n_gpu_layers, TargetInputs::eval_callback,
-                             &float_inputs);
     BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
                              ActivationCollector::eval_callback, &quant_cov);
     std::vector<float> in, out;
-    for (size_t c = 0; c < h.chunks(); ++c) {
+    for (size_t c = 0; c < hq.chunks(); ++c) {
         if (s.before_chunk) {
             s.before_chunk(c);
         }
-        h.read(c, in);
-        float_inputs.begin_chunk();
-        float_runner.run(in, out, (uint32_t) c);
-        next.write(c, out.data());
+        if (recorded) {
+            recorded->read(float_inputs);
+        } else {
+            h.read(c, in);
+            float_inputs.begin_chunk();
+            float_runner->run(in, out, (uint32_t) c);
+            next.write(c, out.data());
+        }
         hq.read(c, in);
         quant_cov.begin_chunk((uint32_t) c);
         if (!quant_runner.run(in, out, (uint32_t) c) || !quant_cov.error().empty()) {

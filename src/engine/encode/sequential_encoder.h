@@ -20,6 +20,7 @@
 #include "engine/model/tensor_file.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/hidden_states.h"
+#include "engine/stream/input_tape.h"
 
 #include <cstdint>
 #include <functional>
@@ -60,10 +61,11 @@ struct BlockPassSettings {
 
 // Chunk by chunk in lockstep: the float block b over h (its matmul inputs X; its output into `next`) and block b
 // with `quantized`'s tensors over hq — the covariances X̃ᵀX̃ and cross terms X̃ᵀX of block b's weights, named as in
-// the model.
+// the model. With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
+// from there: the float block is not run again, h is not read and `next` not written.
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
-                                 const BlockPassSettings & s);
+                                 const BlockPassSettings & s, InputTape * recorded = nullptr);
 
 // Block b with `tensors` over `in`, its output into `out`.
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

@@ -10,6 +10,7 @@
 #include "core/math/norm_refit.h"
 #include "engine/collect/activation_collector.h"
 #include "engine/collect/calibration.h"
+#include "engine/collect/target_inputs.h"
 #include "engine/collect/collect.h"
 #include "engine/encode/model_writer.h"
 #include "engine/encode/sequential_encoder.h"
@@ -17,6 +18,7 @@
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
 #include "engine/stream/hidden_states.h"
+#include "engine/stream/input_tape.h"
 #include "engine/stream/token_embeddings.h"
 
 #include <chrono>
@@ -96,7 +98,7 @@ public:
 private:
     void write_tensor(const std::string & name, const QuantWeights * weights);
     void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
-    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums);
+    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr);
     TensorReplacements encoded_block(int b) const;
     void encode_again(const Imatrix & shifted);
     void refit_norms(int b, const Imatrix & stats);
@@ -339,23 +341,36 @@ HiddenStates BlockQuantizer::new_hidden(const std::string & path, std::unique_pt
 }
 
 // The float block over the unquantized stream: its sums and covariances, and the next hidden states.
-void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums) {
+// The float block over h: sums (and covariances) into `sums`, its output into `next`, and with `record` its
+// matmul inputs too, chunk by chunk (--sequential reads them back instead of running the block again).
+void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record) {
     const ScratchFile block_file(scratch_base_ + ".block.gguf");
     write_block_model(table_, io_, b, {}, block_file.path());
     ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
     col.stop_after_last_weight(false);
-    BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers, ActivationCollector::eval_callback, &col);
+    TargetInputs inputs;
+    inputs.stop_after_last_input(false);
+    EvalChain both;
+    both.add(ActivationCollector::eval_callback, &col);
+    both.add(TargetInputs::eval_callback, &inputs);
+    BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers,
+                       record ? EvalChain::callback : ActivationCollector::eval_callback,
+                       record ? (void *) &both : (void *) &col);
     std::vector<float> in, out;
     for (size_t c = 0; c < chunks_.size(); ++c) {
         check_interrupt(b);
         h.read(c, in);
         col.begin_chunk((uint32_t) c);
+        inputs.begin_chunk();
         const bool ok = runner.run(in, out, (uint32_t) c);
         if (!ok || !col.error().empty()) {
             throw Error(o_.quantize.model + ": " + col.error() + " (block " + std::to_string(b) + ")");
         }
         if (next) {
             next->write(c, out.data());
+        }
+        if (record) {
+            record->write(inputs);
         }
         progress(b);
     }
@@ -374,10 +389,10 @@ TensorReplacements BlockQuantizer::encoded_block(int b) const {
 }
 
 // --sequential, the two-step path's algorithm one block at a time:
-//   1. the float block over h: sums and whole covariances → the block encoded (diagonal, then Hessian);
-//   2. chunk by chunk in lockstep, the float block over h (its inputs X kept for the chunk; h_{b+1}) and the
-//      block as step 1 encoded it over h̃ (X̃ᵀX̃ and X̃ᵀX) → encoded again toward the shifted targets, each row
-//      the better of that and step 1's under the shifted objective;
+//   1. the float block over h: sums and whole covariances, h_{b+1}, and its matmul inputs X recorded chunk by
+//      chunk (engine/stream/input_tape.h) → the block encoded (diagonal, then Hessian);
+//   2. chunk by chunk, the block as step 1 encoded it over h̃ beside step 1's X (X̃ᵀX̃ and X̃ᵀX) → encoded again
+//      toward the shifted targets, each row the better of that and step 1's under the shifted objective;
 //   3. the final block over h̃ → h̃_{b+1}.
 // (Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
 // the float block over h̃ (three passes instead of four), or from the diagonal encoding: 5-7% higher KLD than
@@ -386,7 +401,8 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
                                      HiddenStates & next_q, Imatrix & sums) {
     const auto t0 = std::chrono::steady_clock::now();
     Imatrix first;  // step 1's sums and covariances
-    pass_plain(b, h, nullptr, first);
+    InputTape float_inputs(scratch_base_ + ".inputs");
+    pass_plain(b, h, &next, first, &float_inputs);
     Imatrix block_sums;
     block_sums.tensors = first.tensors;
     for (const auto & [name, ts] : first.tensors) {
@@ -404,7 +420,8 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
                                [&](size_t) { check_interrupt(b); },
                                [&](size_t) { progress(b); }};
     const auto t1 = std::chrono::steady_clock::now();
-    Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp);
+    float_inputs.rewind();
+    Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp, &float_inputs);
     res_.seconds_passes += seconds_since(t1);
     encode_again(shifted);
     if (o_.refit_norms) {
