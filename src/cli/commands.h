@@ -27,6 +27,7 @@ Run add_diff(CLI::App & app);
 Run add_quantize(CLI::App & app);
 Run add_eval(CLI::App & app);
 Run add_sweep(CLI::App & app);
+Run add_generate(CLI::App & app);
 
 // imx merge's work, for collect --in-file too: the files added up (a warning for legacy inputs, whose
 // per-expert counts are unknown) / one file added into `into` (a warning where covariances are dropped).

@@ -32,6 +32,8 @@ int main(int argc, char ** argv) {
         imx::cli::add_coverage);
     add("diff", "compare two imatrix files: counts exactly, sums within a tolerance (exit 3 if they differ)",
         imx::cli::add_diff);
+    add("generate", "sample calibration text from the model itself (sequences from BOS, seeded)",
+        imx::cli::add_generate);
     add("synth", "write a random-weight GGUF model of a chosen shape (speed and shape tests)", imx::cli::add_synth);
     add("inspect", "show what an imatrix file holds (GGUF or legacy .dat)", imx::cli::add_inspect);
     add("convert", "convert between GGUF and legacy .dat imatrix files", imx::cli::add_convert);
