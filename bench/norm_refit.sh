@@ -18,13 +18,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#models[@]} -gt 0 ] || models=("$root/../shared/models/qwen3moe-tiny.gguf" "$root/../shared/models/deepseek3-tiny.gguf")
 tmp=${IMX_BENCH_DIR:-$(mktemp -d)}; mkdir -p "$tmp"
-calib=$root/../shared/data/calibration.txt
-bytes=$(stat -c %s "$calib")
-head -c $((bytes * 2 / 3)) "$calib" >"$tmp/fit.txt"
-tail -c +$((bytes * 2 / 3 + 1)) "$calib" >"$tmp/held.txt"
-wiki=$root/../shared/data/wiki.test.raw
+. "$root/bench/lib.sh"
 
 echo "# --refit-norms, $type --method hessian $seq, fitted on 2/3 of calibration.txt, $chunks eval chunks, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
 echo

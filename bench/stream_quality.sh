@@ -19,13 +19,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#models[@]} -gt 0 ] || models=("$root/../shared/models/qwen3moe-tiny.gguf" "$root/../shared/models/deepseek3-tiny.gguf")
 tmp=${IMX_BENCH_DIR:-$(mktemp -d)}; mkdir -p "$tmp"
-calib=$root/../shared/data/calibration.txt
-bytes=$(stat -c %s "$calib")
-head -c $((bytes * 2 / 3)) "$calib" >"$tmp/fit.txt"
-tail -c +$((bytes * 2 / 3 + 1)) "$calib" >"$tmp/held.txt"
-wiki=$root/../shared/data/wiki.test.raw
+. "$root/bench/lib.sh"
 
 measured() {  # NAME CMD...: "seconds peak_MiB" in $tmp/NAME.cost
   local name=$1; shift
