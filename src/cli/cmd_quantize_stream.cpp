@@ -78,7 +78,7 @@ void run_by_blocks(QuantizeCommand & o) {
     const uint64_t in_size = engine::model_file_bytes(o.q.model), out_size = std::filesystem::file_size(o.q.output);
     std::fprintf(stderr, "imx quantize: block by block over %u chunks of %s%s: %d blocks (%d from the checkpoint); "
                          "%.1f s through the blocks, %.1f s encoding\n",
-                 r.chunks, o.text.c_str(), o.sequential ? " (sequential: four block passes a block)" : "", r.blocks,
+                 r.chunks, o.text.c_str(), o.sequential ? " (sequential: three block passes a block)" : "", r.blocks,
                  r.blocks_resumed, r.seconds_passes, r.seconds_encode);
     std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", o.q.model.c_str(),
                  o.q.output.c_str(), o.q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0, clock_str(secs).c_str());
