@@ -8,6 +8,7 @@
 #include "engine/collect/target_inputs.h"
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_runner.h"
+#include "engine/stream/hidden_stream.h"
 #include "engine/stream/token_embeddings.h"
 
 #include <chrono>
@@ -160,13 +161,8 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
     }
     const size_t n_embd = (size_t) embedding_length(table);
     const std::string base = quantized + ".seq";
-    auto hidden = [&](const std::string & stream, int b, std::unique_ptr<ScratchFile> & scratch) {
-        scratch = std::make_unique<ScratchFile>(base + "." + stream + "-" + std::to_string(b % 2));
-        return std::make_unique<HiddenStates>(scratch->path(), tokens, n_embd);
-    };
-    std::unique_ptr<ScratchFile> h_file, hq_file;
-    std::unique_ptr<HiddenStates> h = hidden("hidden", 0, h_file), hq = hidden("qhidden", 0, hq_file);
-    embed_chunks(table, io, chunks, nullptr, *h);
+    HiddenStream h(base + ".hidden", false, tokens, n_embd), hq(base + ".qhidden", false, tokens, n_embd);
+    embed_chunks(table, io, chunks, nullptr, h.begin());
     {
         const TensorTable qt(quantized);
         TensorIo qio(qt, false);
@@ -175,7 +171,7 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
             throw Error(quantized + ": no token_embd.weight");
         }
         const TensorBytes embd{e->type, qio.read("token_embd.weight", 0, ggml_nbytes(e))};
-        embed_chunks(table, io, chunks, &embd, *hq);
+        embed_chunks(table, io, chunks, &embd, hq.begin());
     }
     BlockPassSettings bp{base, s.chunk_size, o.threads, 0, s.covariance_budget, nullptr, nullptr};
     int layer = 0;
@@ -187,24 +183,19 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
     };
     std::vector<SequentialLayerReport> reports;
     for (; layer < layers; ++layer) {
-        std::unique_ptr<ScratchFile> next_file, next_q_file;
-        std::unique_ptr<HiddenStates> next = hidden("hidden", layer + 1, next_file);
-        std::unique_ptr<HiddenStates> next_q = hidden("qhidden", layer + 1, next_q_file);
         SequentialLayerReport report;
         report.layer = layer;
         auto t0 = std::chrono::steady_clock::now();
         const Imatrix shifted =
-            shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), *h, *hq, *next, bp);
+            shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), h.input(), hq.input(), h.output(), bp);
         report.seconds_collect = seconds_since(t0);
         report.tensors = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
         t0 = std::chrono::steady_clock::now();
-        run_block(table, io, layer, block_tensors(quantized, layer), *hq, *next_q, bp);
+        run_block(table, io, layer, block_tensors(quantized, layer), hq.input(), hq.output(), bp);
         report.seconds_collect += seconds_since(t0);
         reports.push_back(std::move(report));
-        h = std::move(next);
-        hq = std::move(next_q);
-        h_file = std::move(next_file);
-        hq_file = std::move(next_q_file);
+        h.advance();
+        hq.advance();
         progress(layer + 1, layers);
     }
     return reports;

@@ -17,7 +17,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
-#include "engine/stream/hidden_states.h"
+#include "engine/stream/hidden_stream.h"
 #include "engine/stream/input_tape.h"
 #include "engine/stream/token_embeddings.h"
 
@@ -106,7 +106,6 @@ private:
                          HiddenStates & next_q, Imatrix & sums);
     void check_interrupt(int b) const;
     void progress(int b);
-    HiddenStates new_hidden(const std::string & path, std::unique_ptr<ScratchFile> & scratch) const;
 
     const StreamQuantizeOptions & o_;
     const TensorTable             table_;
@@ -335,12 +334,6 @@ void BlockQuantizer::progress(int b) {
     }
 }
 
-HiddenStates BlockQuantizer::new_hidden(const std::string & path, std::unique_ptr<ScratchFile> & scratch) const {
-    scratch = std::make_unique<ScratchFile>(path);
-    return HiddenStates(path, tokens_, n_embd_);
-}
-
-// The float block over the unquantized stream: its sums and covariances, and the next hidden states.
 // The float block over h: sums (and covariances) into `sums`, its output into `next`, and with `record` its
 // matmul inputs too, chunk by chunk (--sequential reads them back instead of running the block again).
 void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record) {
@@ -444,13 +437,11 @@ StreamQuantizeResult BlockQuantizer::run() {
                            o_.text_file, (uint32_t) chunks_.size()};
 
     // the hidden states of both streams, in scratch files or (kept) a checkpoint's
-    auto hidden_path = [&](const char * stream, int block) {
-        return keep ? ckpt_ + "." + stream + "-" + std::to_string(block) : scratch_base_ + "." + stream + "-" + std::to_string(block % 2);
-    };
+    const std::string stem = keep ? ckpt_ : scratch_base_;
+    HiddenStream h(stem + ".hidden", keep, tokens_, n_embd_), hq(stem + ".qhidden", keep, tokens_, n_embd_);
     Imatrix sums;
     int start = 0;
-    std::unique_ptr<ScratchFile> out_scratch, h_scratch, hq_scratch;
-    std::unique_ptr<HiddenStates> h, hq;
+    std::unique_ptr<ScratchFile> out_scratch;
     const std::string partial = keep ? ckpt_ + ".gguf" : scratch_base_;
     if (o_.resume && fs::exists(ckpt_)) {
         Checkpoint c = load_checkpoint(ckpt_);
@@ -460,9 +451,9 @@ StreamQuantizeResult BlockQuantizer::run() {
         start = (int) c.next_chunk;
         sums = std::move(c.data);
         writer_ = std::make_unique<QuantizedModelWriter>(table_, plan_, header, partial, true);
-        h = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path("hidden", start), tokens_, n_embd_));
+        h.resume(start);
         if (o_.sequential) {
-            hq = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path("qhidden", start), tokens_, n_embd_));
+            hq.resume(start);
         }
         res_.blocks_resumed = start;
         passes_done_ = (uint64_t) passes * chunks_.size() * (uint64_t) start;
@@ -474,28 +465,22 @@ StreamQuantizeResult BlockQuantizer::run() {
                 write_tensor(p.name, nullptr);
             }
         }
-        h = std::make_unique<HiddenStates>(new_hidden(hidden_path("hidden", 0), h_scratch));
-        embed_chunks(table_, io_, chunks_, nullptr, *h);
+        embed_chunks(table_, io_, chunks_, nullptr, h.begin());
         if (o_.sequential) {
-            hq = std::make_unique<HiddenStates>(new_hidden(hidden_path("qhidden", 0), hq_scratch));
             const ggml_type embd_type = writer_->type_of("token_embd.weight");
             const TensorBytes quantized{embd_type, writer_->read("token_embd.weight")};
-            embed_chunks(table_, io_, chunks_, &quantized, *hq);
+            embed_chunks(table_, io_, chunks_, &quantized, hq.begin());
         }
     }
 
     const DeferInterrupts defer;
     for (int b = start; b < blocks_; ++b) {
-        std::unique_ptr<ScratchFile> next_scratch, next_q_scratch;
-        HiddenStates next = new_hidden(hidden_path("hidden", b + 1), next_scratch);
-        std::unique_ptr<HiddenStates> next_q;
         if (o_.sequential) {
-            next_q = std::make_unique<HiddenStates>(new_hidden(hidden_path("qhidden", b + 1), next_q_scratch));
-            pass_sequential(b, *h, *hq, next, *next_q, sums);
+            pass_sequential(b, h.input(), hq.input(), h.output(), hq.output(), sums);
         } else {
             const auto t0 = std::chrono::steady_clock::now();
             Imatrix block;
-            pass_plain(b, *h, &next, block);
+            pass_plain(b, h.input(), &h.output(), block);
             res_.seconds_passes += seconds_since(t0);
             Imatrix block_sums;
             block_sums.tensors = block.tensors;
@@ -506,32 +491,25 @@ StreamQuantizeResult BlockQuantizer::run() {
         }
         if (keep) {
             writer_->sync();
-            next.sync();
-            if (next_q) {
-                next_q->sync();
+            h.keep_output();
+            if (o_.sequential) {
+                hq.keep_output();
             }
             Checkpoint c{fp, (uint32_t) (b + 1), sums};
             save_checkpoint(c, ckpt_);
             if (out_scratch) {
                 out_scratch->keep();  // the checkpoint's output so far
             }
-            next_scratch->keep();
-            if (next_q_scratch) {
-                next_q_scratch->keep();
-            }
-            std::error_code ec;
-            fs::remove(hidden_path("hidden", b), ec);
-            fs::remove(hidden_path("qhidden", b), ec);
         }
-        h = std::make_unique<HiddenStates>(std::move(next));
-        h_scratch = std::move(next_scratch);
-        if (next_q) {
-            hq = std::move(next_q);
-            hq_scratch = std::move(next_q_scratch);
+        h.advance();
+        if (o_.sequential) {
+            hq.advance();
         }
     }
-    h.reset();
-    hq.reset();
+    h.finish();
+    if (o_.sequential) {
+        hq.finish();
+    }
     const QuantWeights all = quant_weights(sums, o_.prior, shapes_);
     res_.matrices = all.n_matrices;
     res_.matrices_unseen = all.n_unseen;
@@ -543,8 +521,6 @@ StreamQuantizeResult BlockQuantizer::run() {
     if (keep) {
         std::error_code ec;
         fs::remove(ckpt_, ec);
-        fs::remove(hidden_path("hidden", blocks_), ec);
-        fs::remove(hidden_path("qhidden", blocks_), ec);
     }
     res_.imatrix = std::move(sums);
     res_.blocks = blocks_;
