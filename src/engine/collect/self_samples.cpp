@@ -28,8 +28,8 @@ SamplerPtr sampler(const SelfSampleOptions & o, uint32_t seed) {
     return chain;
 }
 
-// Where every sequence starts: the model's BOS; a vocabulary without one (Qwen's) marks documents with its
-// end-of-text token, which is then the start.
+// Where every sequence starts: the model's BOS; a vocabulary without one marks documents with its end-of-text
+// token, which is then the start.
 llama_token first_token(const llama_vocab * vocab, const std::string & model) {
     llama_token t = llama_vocab_bos(vocab);
     if (t == LLAMA_TOKEN_NULL) {
