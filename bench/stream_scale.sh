@@ -4,9 +4,10 @@
 #   llama-imatrix + llama-quantize        the upstream pipeline
 #   imx quantize -f TEXT --method hessian [--sequential]      block by block: collection and encoding in one run
 #   imx collect --covariance + imx quantize --imatrix --method hessian [--sequential]   today's two-step path
+#   imx quantize -f TEXT --target-size S --method hessian      the first type search at llama-quantize's size
 #
 #   bench/stream_scale.sh [--shape qwen3-1.7b|llama3-8b] [--chunks N] [--threads T] [--type Q2_K]
-#                         [--steps upstream,stream,stream-seq,two-step,two-step-seq] [--dir DIR]
+#                         [--steps upstream,stream,stream-seq,two-step,two-step-seq,target] [--dir DIR]
 # Models come from imx synth (random weights, the shape's widths, all blocks); DIR keeps them between runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +69,15 @@ for step in ${steps//,/ }; do
     two-step-seq)
       run "imx quantize --imatrix --sequential" "$build/imx" quantize -m "$model" --imatrix "$dir/cov.gguf" \
         -o "$dir/two-seq.gguf" "$type" --method hessian --sequential -f "$calib" --sequential-chunks "$chunks" -t "$threads" ;;
+    target)  # issue 26's allocation at whole-model size: the first --target-size search (fresh cache) at the size of
+             # llama-quantize's $type file (of imx's own where upstream did not run), collection included
+      size=$(stat -c %s "$dir/up.gguf" 2>/dev/null || stat -c %s "$dir/stream.gguf")
+      rm -rf "$dir/target-cache"
+      run "imx quantize -f --target-size (hessian, first search)" "$build/imx" quantize -m "$model" -f "$calib" \
+        --chunks "$chunks" -o "$dir/target.gguf" --target-size "$(awk -v b="$size" 'BEGIN {printf "%.4f", b / 1048576}')" \
+        --method hessian -t "$threads" --cache-dir "$dir/target-cache" --json
+      python3 -c "import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index('{\\n'):]); s=j['seconds']; print('#   search: errors %.1f s (%d types of %d tensors, %d rows a matrix), sensitivity %.1f s (%d probes), total %.1f s; predicted KLD %.5f, measured %.5f, %d bytes' % (s['errors'], j['error_types'], j['error_tensors'], j['error_rows'], s['sensitivity'], j['probes'], s['total'], j['predicted_kld'], j['measured_kld'], j['output_bytes']))" \
+        "$dir/imx quantize -f --target-size (hessian, first search).log" ;;
     *) echo "stream_scale.sh: unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -242,10 +242,14 @@ Run add_quantize(CLI::App & app) {
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     app.add_option("--probe-groups", o->probe_groups,
-                   "target: tensor (one probe each) or role (one per role over all layers: a few probes for a "
-                   "large model, the KLD shared by error)")
+                   "target: tensor (one probe each), role (one per role over all layers: a few probes for a "
+                   "large model, the KLD shared by error), or auto (tensor up to 64 tensors, else role)")
         ->capture_default_str()
-        ->check(CLI::IsMember({"tensor", "role"}));
+        ->check(CLI::IsMember({"tensor", "role", "auto"}));
+    app.add_option("--error-rows", o->error_rows,
+                   "target: rows of each matrix encoded to measure a candidate type's error (0: every row)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--probe-type", o->probe_type, "target: the type each tensor is tried at alone")
         ->capture_default_str();
     app.add_option("--cache-dir", o->cache_dir, "target: where measurements (and the base's log-probs) are kept")

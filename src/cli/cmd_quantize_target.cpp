@@ -32,6 +32,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     t.candidates = o.candidates;
     t.probe_type = o.probe_type;
     t.probe_groups = o.probe_groups;
+    t.error_rows = o.error_rows;
     t.text_file = o.text;
     t.ctx = o.ctx;
     t.chunks = o.chunks;
@@ -61,7 +62,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
             bar = std::make_unique<Progress>("imx quantize: " + stage);
             stage_shown = stage;
         }
-        bar->update((uint64_t) done, (uint64_t) total, stage == "errors" ? "types" : stage == "sequential" ? "layers" : "tensors");
+        bar->update((uint64_t) done, (uint64_t) total, stage == "sequential" ? "layers" : "tensors");
     };
     const engine::TargetResult r = engine::quantize_to_target(t);
     bar.reset();
@@ -78,12 +79,14 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     std::fprintf(stderr,
                  "imx quantize: %s -> %s: %.2f MiB (%.3f bpw) for a target of %s; %zu tensors: %s\n"
                  "imx quantize: predicted KLD %.5f (optimality gap %.2f%%), measured %.5f on %d chunks of %s\n"
-                 "imx quantize: %s in all (errors %.1f s over %d candidate files, sensitivity %.1f s over %d "
-                 "probes, solve %.3f s; the rest from %s)\n",
+                 "imx quantize: %s in all (errors %.1f s: %d types of %d tensors in memory, %s; sensitivity "
+                 "%.1f s over %d probes, solve %.3f s; the rest from %s)\n",
                  o.q.model.c_str(), o.q.output.c_str(), r.file_bytes / 1048576.0, r.bpw,
                  target_text(o).c_str(),
                  r.tensors.size(), mix.c_str(), r.predicted_kld, gap, r.measured_kld, r.chunks, o.text.c_str(),
-                 clock_str(r.seconds_total).c_str(), r.seconds_errors, r.candidate_files, r.seconds_sensitivity,
+                 clock_str(r.seconds_total).c_str(), r.seconds_errors, r.error_types, r.error_tensors,
+                 o.error_rows > 0 ? (std::to_string(o.error_rows) + " rows a matrix").c_str() : "every row",
+                 r.seconds_sensitivity,
                  r.probes, r.seconds_solve, r.cache_file.empty() ? "nothing" : r.cache_file.c_str());
     std::string recipe;
     for (const std::string & a : r.recipe) {
@@ -119,7 +122,9 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
         j["base_type"] = r.base_type;
         j["seconds"] = {{"total", r.seconds_total}, {"errors", r.seconds_errors},
                         {"sensitivity", r.seconds_sensitivity}, {"solve", r.seconds_solve}};
-        j["candidate_files"] = r.candidate_files;
+        j["error_types"] = r.error_types;
+        j["error_tensors"] = r.error_tensors;
+        j["error_rows"] = o.error_rows;
         j["probes"] = r.probes;
         j["cache"] = r.cache_file;
         j["tensor_types"] = nlohmann::ordered_json::object();

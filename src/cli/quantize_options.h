@@ -50,7 +50,8 @@ struct QuantizeCommand {
     uint32_t                 ctx = 512;
     int                      chunks = 8;
     std::string              probe_type = "q3_K";
-    std::string              probe_groups = "tensor";
+    std::string              probe_groups = "auto";
+    int64_t                  error_rows = 256;
     std::string              cache_dir = default_cache_dir();
     std::string              recipe_file;
     std::string              html;

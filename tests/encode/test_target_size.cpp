@@ -7,6 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
+#include <regex>
+#include <set>
 
 using namespace imx::test;
 namespace fs = std::filesystem;
@@ -68,7 +71,7 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     const RunResult again = run(target_cmd(dir, "--target-bpw 4.5 -o bpw.gguf"));
     ASSERT_EQ(again.exit_code, 0) << tail(again.output);
     const nlohmann::json k = json_of(again);
-    EXPECT_EQ(k["candidate_files"].get<int>(), 0);
+    EXPECT_EQ(k["error_types"].get<int>(), 0);
     EXPECT_EQ(k["probes"].get<int>(), 0);
     EXPECT_LE(k["bpw"].get<double>(), 4.5);
     EXPECT_GT(k["bpw"].get<double>(), 4.3);
@@ -76,7 +79,7 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     const RunResult roles = run(target_cmd(dir, "--target-size 16 --probe-groups role -o role.gguf"));
     ASSERT_EQ(roles.exit_code, 0) << tail(roles.output);
     const nlohmann::json r8 = json_of(roles);
-    EXPECT_EQ(r8["candidate_files"].get<int>(), 0);
+    EXPECT_EQ(r8["error_types"].get<int>(), 0);
     EXPECT_EQ(r8["probes"].get<int>(), 7) << "8 roles, token_embd's probe already measured";
     EXPECT_LE(fs::file_size(dir + "/role.gguf"), target_mib * 1048576.0);
     // no scratch file is left beside the outputs
@@ -137,4 +140,49 @@ TEST(TargetSize, OneCommandWithSequentialPasses) {
         EXPECT_EQ(bad.exit_code, 2) << args;
         EXPECT_NE(bad.output.find(message), std::string::npos) << bad.output;
     }
+}
+
+// The search's errors are measured in memory (engine/encode/candidate_errors.h), not read from candidate files:
+// with every row they are the errors the Hessian encoder reports when it writes the file at that type, and the
+// default sample of rows lands near them.
+TEST(TargetSize, InMemoryErrorsAreTheEncodersOwn) {
+    const std::string dir = fresh_dir("target-size-errors");
+    const std::string model = shared("models/" + kModel), text = shared("data/calibration.txt");
+    const RunResult cov = run("cd " + dir + " && " + imx_bin() + " collect -m " + model + " -f " + text +
+                              " --chunks 4 --covariance -o cov.gguf -t 2 2>&1");
+    ASSERT_EQ(cov.exit_code, 0) << tail(cov.output);
+    // the encoder's own report, every tensor at q3_K
+    const RunResult written = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model +
+                                  " --imatrix cov.gguf --method hessian --tensor-type '.*=q3_K' -o q3.gguf Q8_0 -t 2 -v 2>&1");
+    ASSERT_EQ(written.exit_code, 0) << tail(written.output);
+    std::map<std::string, double> reported;
+    const std::regex line(R"(\s+(blk\.\S+)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+\S+\s+->\s+(\S+))");
+    for (auto it = std::sregex_iterator(written.output.begin(), written.output.end(), line); it != std::sregex_iterator(); ++it) {
+        reported[(*it)[1]] = std::stod((*it)[2]);
+    }
+    ASSERT_GE(reported.size(), 20u) << tail(written.output);
+    auto search = [&](const std::string & rows) {
+        const std::string cache = "cache-" + rows;
+        const RunResult r = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model +
+                                " --imatrix cov.gguf --method hessian -f " + text +
+                                " --candidates q3_K,q4_K --probe-groups role --sensitivity-chunks 1 -c 128 -t 2 --target-bpw 4"
+                                " -o mix-" + rows + ".gguf --cache-dir " + cache + " --error-rows " + rows + " 2>&1");
+        EXPECT_EQ(r.exit_code, 0) << tail(r.output);
+        for (const auto & e : fs::directory_iterator(dir + "/" + cache)) {
+            if (e.path().filename().string().rfind("types-", 0) == 0) {
+                return nlohmann::json::parse(bytes_of(e.path().string()));
+            }
+        }
+        return nlohmann::json{};
+    };
+    const nlohmann::json all = search("0"), sampled = search("32");
+    double sum_all = 0, sum_sampled = 0;
+    for (const auto & [name, loss] : reported) {
+        const double e = all["tensors"][name]["errors"]["q3_K"]["hessian"].get<double>();
+        EXPECT_NEAR(e, loss, 1e-3 * loss) << name;  // the report prints 4 digits
+        sum_all += e;
+        sum_sampled += sampled["tensors"][name]["errors"]["q3_K"]["hessian"].get<double>();
+    }
+    EXPECT_NEAR(sum_sampled, sum_all, 0.15 * sum_all) << "32 rows a matrix, scaled to all rows";
+    EXPECT_NE(sum_sampled, sum_all) << "fewer rows were encoded";
 }

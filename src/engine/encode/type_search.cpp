@@ -1,5 +1,7 @@
 #include "engine/encode/type_search.h"
 
+#include "engine/encode/candidate_errors.h"
+#include "engine/encode/model_writer.h"
 #include "engine/evaluate/evaluate.h"
 #include "engine/model/tensor_file.h"
 #include "core/format/atomic_file.h"
@@ -25,6 +27,8 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+
+constexpr size_t kMostTensorProbes = 64;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -123,38 +127,6 @@ std::string file_stamp(const std::string & path) {
     return fs::weakly_canonical(path, ec).string() + ":" + std::to_string(size) + ":" + std::to_string(time);
 }
 
-// Σ over rows of Σ_j imp_j (w_j − q_j)², imp from the imatrix weights (per expert) or 1 where there are none.
-double diagonal_error(const Tensor & t, TensorIo & src_in, const TensorTable & q, TensorIo & q_in,
-                      const std::vector<float> * weights, int threads) {
-    const ggml_tensor * qt = q.find(t.name);
-    const size_t src_row = ggml_row_size(t.source, t.n_per_row), q_row = ggml_row_size(qt->type, t.n_per_row);
-    const std::vector<uint8_t> a = src_in.read(t.name, 0, src_row * t.rows);
-    const std::vector<uint8_t> b = q_in.read(t.name, 0, q_row * t.rows);
-    std::vector<double> per_thread((size_t) threads, 0.0);
-    const int64_t n = t.n_per_row;
-    parallel_for(t.rows, threads, [&](int64_t r, int tid) {
-        std::vector<float> w((size_t) n), d((size_t) n);
-        to_float(t.source, a.data() + r * src_row, w.data(), n);
-        to_float(qt->type, b.data() + r * q_row, d.data(), n);
-        const float * imp = nullptr;
-        if (weights) {
-            const int64_t m = weights->size() == (size_t) n ? 0 : r / t.rows_per_matrix;
-            imp = weights->data() + m * n;
-        }
-        double e = 0;
-        for (int64_t k = 0; k < n; ++k) {
-            const double diff = (double) w[k] - d[k];
-            e += (imp ? imp[k] : 1.0) * diff * diff;
-        }
-        per_thread[tid] += e;
-    });
-    double sum = 0;
-    for (double e : per_thread) {
-        sum += e;
-    }
-    return sum;
-}
-
 // A file type whose name llama-quantize knows for a base type (Q3_K → Q3_K_M).
 std::string file_type_for(ggml_type t) {
     std::string name = ggml_type_name(t);
@@ -193,6 +165,7 @@ private:
     void open_cache();
     void choose_probes();
     void measure_errors();
+    uint64_t fixed_file_bytes() const;
     void measure_sensitivities(const Evaluator & eval);
     std::string group_of(const Tensor & t) const;
     double error_of(const Tensor & t, ggml_type c) const;
@@ -345,7 +318,7 @@ void TargetSearch::check_target() const {
 // The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
 // group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
 void TargetSearch::open_cache() {
-    std::string key = "v2|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+    std::string key = "v3|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
                       std::to_string(o_.chunks);
     if (o_.hessian) {
@@ -391,74 +364,84 @@ QuantizeOptions TargetSearch::scratch_options() const {
     return q;
 }
 
-// 1. Every tensor at every measured type: one candidate file per type, its tensors' errors read back.
+// 1. Every tensor at every measured type, in memory (engine/encode/candidate_errors.h), each tensor saved to
+// the cache as it is done; then the bytes that do not depend on the types.
 void TargetSearch::measure_errors() {
+    std::vector<CandidateTensor> todo;
+    std::set<ggml_type> types;
+    for (const Tensor & t : tensors_) {
+        CandidateTensor c{t.name, {}};
+        for (ggml_type m : measured_) {
+            if (takes(t, m) && !cache_.has_error(t.name, m)) {
+                c.types.push_back(m);
+                types.insert(m);
+            }
+        }
+        if (!c.types.empty()) {
+            todo.push_back(std::move(c));
+        }
+    }
+    CandidateErrorOptions eo;
+    eo.weights = o_.quantize.weights;
+    eo.hessian = o_.hessian;
+    eo.hessian_options = hessian_options();
+    eo.sample_rows = o_.error_rows;
+    eo.threads = threads_;
     int done = 0;
-    for (ggml_type c : measured_) {
+    if (o_.progress) {
+        o_.progress("errors", 0, (int) todo.size());
+    }
+    measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
+        for (const auto & [type, e] : errors) {
+            json j;
+            j["diag"] = e.diag;
+            if (e.hessian >= 0) {
+                j["hessian"] = e.hessian;
+            }
+            cache_.tensor(name)["errors"][ggml_type_name(type)] = j;
+        }
+        cache_.save();
         if (o_.progress) {
-            o_.progress("errors", done++, (int) measured_.size());
+            o_.progress("errors", ++done, (int) todo.size());
         }
-        std::vector<const Tensor *> todo;
-        bool all = true;
-        for (const Tensor & t : tensors_) {
-            all = all && takes(t, c);
-            if (takes(t, c) && !cache_.has_error(t.name, c)) {
-                todo.push_back(&t);
-            }
-        }
-        if (todo.empty() && cache_.j.contains("fixed_bytes")) {
-            continue;
-        }
-        QuantizeOptions q = scratch_options();
-        if (all) {
-            q.tensor_types.push_back(std::string(".*=") + ggml_type_name(c));
-        } else {
-            for (const Tensor & t : tensors_) {
-                if (takes(t, c)) {
-                    q.tensor_types.push_back(exact_pattern(t.name) + "=" + ggml_type_name(c));
-                }
-            }
-        }
-        std::vector<HessianTensorReport> reports;
-        if (o_.hessian) {
-            q.finish = [&, h = hessian_options()](const std::string & written) {
-                reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
-            };
-        }
-        const TemporaryFile scratch_file(scratch_);
-        quantize_model(q);
-        res_.candidate_files += 1;
-        {
-            const TensorTable qt(scratch_);
-            TensorIo src_in(src_, false), q_in(qt, false);
-            uint64_t fixed = fs::file_size(scratch_);
-            for (const Tensor & t : tensors_) {
-                fixed -= (uint64_t) GGML_PAD(ggml_nbytes(qt.find(t.name)), align_);
-            }
-            cache_.j["fixed_bytes"] = fixed;  // the file's header and unquantized tensors, exactly
-            for (const Tensor * t : todo) {
-                const QuantWeights * qw = o_.quantize.weights;
-                const auto w = qw ? qw->tensors.find(t->name) : std::map<std::string, std::vector<float>>::const_iterator{};
-                json e;
-                e["diag"] = diagonal_error(*t, src_in, qt, q_in, qw && w != qw->tensors.end() ? &w->second : nullptr,
-                                           threads_);
-                for (const auto & r : reports) {
-                    if (r.name == t->name) {
-                        e["hessian"] = r.loss_final;
-                    }
-                }
-                cache_.tensor(t->name)["errors"][ggml_type_name(c)] = e;
-            }
-        }
-        std::error_code ec;
-        fs::remove(scratch_, ec);
+    });
+    res_.error_types = (int) types.size();
+    res_.error_tensors = (int) todo.size();
+    if (!cache_.j.contains("fixed_bytes")) {
+        cache_.j["fixed_bytes"] = fixed_file_bytes();
         cache_.save();
     }
 }
 
-// A tensor's probe group: itself, or its role (the name without "blk.N.").
+// The output's header and the tensors it keeps as they are, exactly: a sparse scratch file laid out as
+// llama_model_quantize lays out its output (engine/encode/model_writer.h), less the quantized tensors' padded
+// bytes. Nothing but the header is written.
+uint64_t TargetSearch::fixed_file_bytes() const {
+    const QuantizeOptions q = scratch_options();
+    if (!q.weights) {
+        throw Error("the type search needs imatrix weights (an --imatrix, or -f TEXT to collect them)");
+    }
+    const QuantizedHeader header{q.type, q.imatrix_file, q.imatrix_datasets.empty() ? "" : q.imatrix_datasets[0],
+                                 q.imatrix_chunks};
+    const TemporaryFile scratch_file(scratch_);
+    uint64_t fixed = 0;
+    {
+        QuantizedModelWriter writer(src_, plan_quantization(q), header, scratch_);
+        fixed = fs::file_size(scratch_);
+        for (const Tensor & t : tensors_) {
+            fixed -= (uint64_t) GGML_PAD(writer.bytes_of(t.name), align_);
+        }
+    }
+    std::error_code ec;
+    fs::remove(scratch_, ec);
+    return fixed;
+}
+
+// A tensor's probe group: itself, or its role (the name without "blk.N."); auto: by role past 64 tensors, where
+// a probe per tensor would be hours of forward passes (a 28-layer dense model has ~200 tensors).
 std::string TargetSearch::group_of(const Tensor & t) const {
-    if (o_.probe_groups != "role" || t.name.rfind("blk.", 0) != 0) {
+    const bool by_role = o_.probe_groups == "role" || (o_.probe_groups == "auto" && tensors_.size() > kMostTensorProbes);
+    if (!by_role || t.name.rfind("blk.", 0) != 0) {
         return t.name;
     }
     const size_t dot = t.name.find('.', 4);

@@ -1,9 +1,9 @@
 // imx quantize --target-size / --target-bpw: the type of every tensor chosen by measurement, at a file size.
 //
-// 1. Errors. For every candidate type T, the model is quantized with every tensor at T (one candidate file at a
-//    time, beside the output, removed at once) by the chosen encoder, and each tensor's output error is read
-//    back: (w − q)ᵀ H (w − q) summed over rows, with H the input covariance where the Hessian encoder used one
-//    and the imatrix diagonal elsewhere (unit weights where there is no imatrix: the token embedding).
+// 1. Errors. Every tensor at every candidate type T, in memory (engine/encode/candidate_errors.h: the weights
+//    read once, a sample of each matrix's rows encoded by the encoder that writes the file): its output error
+//    (w − q)ᵀ H (w − q) summed over rows, with H the input covariance where the Hessian encoder uses one and the
+//    imatrix diagonal elsewhere (unit weights where there is no imatrix: the token embedding).
 // 2. Sensitivity. Each tensor alone is quantized at a probe type P (all others as in the model) and the
 //    KL-divergence of that model against the original is measured on a few chunks of the calibration text
 //    (--probe-groups role: each role over all layers at once, its KLD shared in proportion to the errors).
@@ -42,8 +42,9 @@ struct TargetOptions {
     std::string     probe_type = "q3_K";
     // "tensor": one probe per tensor; "role": one per role (blk.N.ffn_down.weight → ffn_down, all layers at
     // once), its KLD shared among the role's tensors in proportion to their errors at the probe type — a few
-    // probes instead of hundreds for a real model.
-    std::string     probe_groups = "tensor";
+    // probes instead of hundreds for a real model; "auto": "tensor" up to 64 tensors, else "role".
+    std::string     probe_groups = "auto";
+    int64_t         error_rows = 256;  // rows of each matrix encoded for the errors (0: all)
     const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
     HessianOptions  hessian_options;
     // set (with hessian): the output, once written, is encoded again layer by layer (--sequential,
@@ -81,7 +82,8 @@ struct TargetResult {
     double      predicted_kld = 0, lower_bound = 0, measured_kld = 0;
     int         chunks = 0;
     double      seconds_errors = 0, seconds_sensitivity = 0, seconds_solve = 0, seconds_total = 0;
-    int         candidate_files = 0, probes = 0;  // measured in this run (the rest came from the cache)
+    // measured in this run (the rest came from the cache): candidate types and tensors for the errors, probes
+    int         error_types = 0, error_tensors = 0, probes = 0;
     std::string cache_file;
     std::vector<FrontierPoint> frontier;  // file bytes, predicted KLD
     std::vector<StockMix>      stock;
