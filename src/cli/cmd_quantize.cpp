@@ -208,14 +208,16 @@ Run add_quantize(CLI::App & app) {
                    "hessian: a block stops refining after a shift that lowers its error by less than this share")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 1.0));
+    // options only the type search reads: refused without a target, never dropped
+    std::vector<CLI::Option *> target_only;
     app.add_option("--target-size", o->target_mib,
                    "instead of a type: the whole file's size in MiB; every tensor's type is chosen by measurement")
         ->check(CLI::PositiveNumber);
     app.add_option("--target-bpw", o->target_bpw, "instead of a type: bits per weight, as llama-quantize prints them")
         ->check(CLI::PositiveNumber);
-    app.add_option("--candidates", o->candidates, "target: the ggml types a tensor may get, comma-separated")
+    target_only.push_back(app.add_option("--candidates", o->candidates, "target: the ggml types a tensor may get, comma-separated")
         ->delimiter(',')
-        ->capture_default_str();
+        ->capture_default_str());
     app.add_option("-f,--file", o->text,
                    "calibration text: without --imatrix, collected here block by block and quantized in the same run "
                    "(with --method hessian: every tensor with its whole covariance); with --target-size: where each "
@@ -238,22 +240,22 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--n-gpu-layers", o->n_gpu_layers, "block by block: offload the block to the GPU (99: yes)")
         ->capture_default_str();
     app.add_option("-c,--ctx-size", o->ctx, "target: tokens per chunk of that text")->capture_default_str();
-    app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
+    target_only.push_back(app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
-    app.add_option("--probe-groups", o->probe_groups,
+        ->check(CLI::PositiveNumber));
+    target_only.push_back(app.add_option("--probe-groups", o->probe_groups,
                    "target: tensor (one probe each), role (one per role over all layers: a few probes for a "
                    "large model, the KLD shared by error), or auto (tensor up to 64 tensors, else role)")
         ->capture_default_str()
-        ->check(CLI::IsMember({"tensor", "role", "auto"}));
-    app.add_option("--error-rows", o->error_rows,
+        ->check(CLI::IsMember({"tensor", "role", "auto"})));
+    target_only.push_back(app.add_option("--error-rows", o->error_rows,
                    "target: rows of each matrix encoded to measure a candidate type's error (0: every row)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
-    app.add_option("--probe-type", o->probe_type, "target: the type each tensor is tried at alone")
-        ->capture_default_str();
-    app.add_option("--cache-dir", o->cache_dir, "target: where measurements (and the base's log-probs) are kept")
-        ->capture_default_str();
+        ->check(CLI::NonNegativeNumber));
+    target_only.push_back(app.add_option("--probe-type", o->probe_type, "target: the type each tensor is tried at alone")
+        ->capture_default_str());
+    target_only.push_back(app.add_option("--cache-dir", o->cache_dir, "target: where measurements (and the base's log-probs) are kept")
+        ->capture_default_str());
     app.add_option("--recipe", o->recipe_file,
                    "target: write the chosen types as a llama-quantize --tensor-type-file");
     app.add_option("--html", o->html, "target: write a page with the size-KLD frontier and llama-quantize's mixes");
@@ -265,7 +267,7 @@ Run add_quantize(CLI::App & app) {
         }
         throw CLI::Success();
     }, "print the type names and exit");
-    return [o] {
+    return [o, target_only] {
         auto & q = o->q;
         const bool target = o->target_mib > 0 || o->target_bpw > 0;
         if (o->target_mib > 0 && o->target_bpw > 0) {
@@ -283,6 +285,11 @@ Run add_quantize(CLI::App & app) {
         }
         if (!target && (!o->recipe_file.empty() || !o->html.empty())) {
             throw Error("--recipe and --html go with --target-size or --target-bpw");
+        }
+        for (const CLI::Option * given : target_only) {
+            if (!target && given->count() > 0) {
+                throw Error(given->get_name() + " goes with --target-size or --target-bpw");
+            }
         }
         const bool auto_prior = o->prior_weight_text == "auto";
         if (!auto_prior) {

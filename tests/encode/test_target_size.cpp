@@ -108,6 +108,13 @@ TEST(TargetSize, ImpossibleTargetsAndBadInputsFailBeforeAnyWork) {
         EXPECT_EQ(r.exit_code, 2) << args << tail(r.output);
         EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     }
+    // the search's own options without a target are refused, not dropped
+    const RunResult no_target = run("cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
+                                    " --imatrix im.gguf -o out.gguf --error-rows 64 Q4_K_M 2>&1");
+    EXPECT_EQ(no_target.exit_code, 2);
+    EXPECT_NE(no_target.output.find("--error-rows goes with --target-size or --target-bpw"), std::string::npos)
+        << no_target.output;
+    EXPECT_FALSE(file_exists(dir + "/out.gguf"));
     const RunResult no_text = run("cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
                                   " --imatrix im.gguf --target-size 16 -o out.gguf");
     EXPECT_EQ(no_text.exit_code, 2);
