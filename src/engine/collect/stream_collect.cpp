@@ -84,6 +84,10 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
         start = (int) c.next_chunk;  // a block-by-block checkpoint counts blocks
         total = std::move(c.data);
         in = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path(ckpt, start), tokens, n_embd));
+        for (int k = 0; k < start; ++k) {  // a kill between a checkpoint's save and the removal below leaves one
+            std::error_code ec;
+            fs::remove(hidden_path(ckpt, k), ec);
+        }
     }
     // the run's own files: removed at the end, on an error or a signal (a checkpoint's are kept)
     const std::string base = temporary_path(o.output);

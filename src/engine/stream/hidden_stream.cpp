@@ -27,6 +27,10 @@ HiddenStates & HiddenStream::begin() {
 HiddenStates & HiddenStream::resume(int b) {
     block_ = b;
     in_file_.reset();  // a checkpoint's file: not this run's scratch, kept whatever happens
+    for (int k = 0; per_block_ && k < b; ++k) {  // a kill between a checkpoint's save and advance() leaves one
+        std::error_code ec;
+        std::filesystem::remove(path(k), ec);
+    }
     in_ = std::make_unique<HiddenStates>(HiddenStates::open(path(b), tokens_, n_embd_));
     return *in_;
 }
