@@ -80,7 +80,8 @@ TEST(StreamCollectRuns, ResumesAfterKillNineAtABlock) {
     // what a kill between a checkpoint's save and the removal of the block's input leaves (block 0's input is
     // never the checkpoint's: the first one is saved after block 0)
     std::ofstream(out + ".ckpt.hidden-0", std::ios::app).put('x');
-    const RunResult r = run(collect_cmd("deepseek3-tiny.gguf", out, extra + " --save-every 1 --resume"));
+    // --resume alone checkpoints every block as it goes (the one stream class of collect and quantize)
+    const RunResult r = run(collect_cmd("deepseek3-tiny.gguf", out, extra + " --resume"));
     ASSERT_EQ(r.exit_code, 0) << tail(r.output);
     EXPECT_TRUE(bytes_of(out) == bytes_of(dir + "/full.gguf"));
     EXPECT_EQ(file_names(dir), (std::vector<std::string>{"full.gguf", "r.gguf"}));

@@ -10,12 +10,11 @@
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
-#include "engine/stream/hidden_states.h"
+#include "engine/stream/hidden_stream.h"
 #include "engine/stream/token_embeddings.h"
 
 #include <chrono>
 #include <filesystem>
-#include <memory>
 #include <thread>
 
 namespace imx::engine {
@@ -38,8 +37,6 @@ void refuse_whole_model_options(const CollectOptions & o) {
     no(!o.only_tensors.empty(), "only_tensors", "internal");
     no(o.device_sums || o.host_sums, "--device-sums/--host-sums", "test switches of the whole-model path");
 }
-
-std::string hidden_path(const std::string & ckpt, int block) { return ckpt + ".hidden-" + std::to_string(block); }
 
 }  // namespace
 
@@ -71,11 +68,15 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
 
     const std::string fp = collect_fingerprint(o, chunks);
     const std::string ckpt = checkpoint_path(o.output);
-    const bool keep = o.save_every > 0;  // checkpoints after every block
+    // checkpoints after every block; --resume alone keeps them too (as quantize does), so that a run resumed once
+    // can be resumed again
+    const bool keep = o.save_every > 0 || o.resume;
+    // the run's own files (removed at the end, on an error or a signal); a checkpoint's hidden states are kept
+    const std::string base = temporary_path(o.output);
+    HiddenStream hidden((keep ? ckpt : base) + ".hidden", keep, tokens, n_embd);
     CollectResult result;
     Imatrix total;
     int start = 0;
-    std::unique_ptr<HiddenStates> in;
     if (o.resume && fs::exists(ckpt)) {
         Checkpoint c = load_checkpoint(ckpt);
         if (c.fingerprint != fp) {
@@ -83,21 +84,11 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
         }
         start = (int) c.next_chunk;  // a block-by-block checkpoint counts blocks
         total = std::move(c.data);
-        in = std::make_unique<HiddenStates>(HiddenStates::open(hidden_path(ckpt, start), tokens, n_embd));
-        for (int k = 0; k < start; ++k) {  // a kill between a checkpoint's save and the removal below leaves one
-            std::error_code ec;
-            fs::remove(hidden_path(ckpt, k), ec);
-        }
+        hidden.resume(start);
+    } else {
+        embed_chunks(table, io, chunks, nullptr, hidden.begin());
     }
-    // the run's own files: removed at the end, on an error or a signal (a checkpoint's are kept)
-    const std::string base = temporary_path(o.output);
     const ScratchFile block_file(base + ".block.gguf");
-    std::unique_ptr<ScratchFile> in_scratch, out_scratch;
-    if (!in) {
-        in_scratch = std::make_unique<ScratchFile>(base + ".hidden-a");
-        in = std::make_unique<HiddenStates>(in_scratch->path(), tokens, n_embd);
-        embed_chunks(table, io, chunks, nullptr, *in);
-    }
     uint64_t budget_left = o.covariance_budget;
     for (const Covariance & c : total.covariances) {
         budget_left -= std::min(budget_left, covariance_bytes(c.n_cols, c.block, c.n_mat));
@@ -108,10 +99,8 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
     std::vector<float> h_in, h_out;
     uint32_t run = 0;
     for (int b = start; b < blocks; ++b) {
-        // this block's output: a file of the checkpoint's when kept, else a scratch file
-        const std::string out_path = keep ? hidden_path(ckpt, b + 1) : base + (b % 2 ? ".hidden-a" : ".hidden-b");
-        out_scratch = std::make_unique<ScratchFile>(out_path);  // kept once the checkpoint names it
-        HiddenStates out(out_path, tokens, n_embd);
+        const HiddenStates & in = hidden.input();
+        HiddenStates & out = hidden.output();
         write_block_model(table, io, b, {}, block_file.path());
         ActivationCollector collector(o.chunk_size, false, false, threads, budget_left, o.covariance_blocks,
                                       o.covariance_pool_experts);
@@ -127,7 +116,7 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
                                                                 ", --resume continues"
                                                           : "; nothing saved (--save-every N keeps a checkpoint per block)"));
             }
-            in->read(c, h_in);
+            in.read(c, h_in);
             collector.begin_chunk(first + c);
             const bool ok = runner.run(h_in, h_out, first + c);
             if (!collector.error().empty() || !ok) {
@@ -145,21 +134,14 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
         }
         add_block(total, std::move(block), b);
         if (keep) {
-            out.sync();
+            hidden.keep_output();
             Checkpoint c{fp, (uint32_t) (b + 1), total};
             c.data.meta = collect_meta(o, n_chunks);
             save_checkpoint(c, ckpt);
-            out_scratch->keep();
-            std::error_code ec;
-            fs::remove(hidden_path(ckpt, b), ec);  // the previous block's input, no longer needed
         }
-        in = std::make_unique<HiddenStates>(std::move(out));
-        in_scratch = std::move(out_scratch);
+        hidden.advance();
     }
-    if (keep) {
-        std::error_code ec;
-        fs::remove(hidden_path(ckpt, blocks), ec);  // the last block's output: nobody reads it
-    }
+    hidden.finish();
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (const Chunk & c : chunks) {
         result.tokens += (int64_t) c.size();

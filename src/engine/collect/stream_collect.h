@@ -10,8 +10,9 @@
 // and out, the accumulators. Disk: two hidden-state files of chunks × tokens × n_embd floats.
 //
 // Checkpoints (--save-every N, any N: the unit is a block): after block b, <output>.ckpt holds the statistics of
-// blocks 0..b and <output>.ckpt.hidden-<b+1> the hidden states the next block reads; --resume goes on from
-// there. Without them, every file of the run is removed at its end, on an error and on Ctrl-C/SIGTERM.
+// blocks 0..b and <output>.ckpt.hidden-<b+1> the hidden states the next block reads (engine/stream/hidden_stream.h);
+// --resume goes on from there and keeps checkpoints too. Without them, every file of the run is removed at its
+// end, on an error and on Ctrl-C/SIGTERM.
 #pragma once
 
 #include "engine/collect/collect.h"
