@@ -40,45 +40,6 @@ struct Options {
     int                    stream = -1;  // --stream 1, --no-stream 0, else by the model's size against memory
 };
 
-// MemAvailable of /proc/meminfo in bytes; 0 where unknown.
-uint64_t available_memory() {
-    std::FILE * f = std::fopen("/proc/meminfo", "r");
-    if (!f) {
-        return 0;
-    }
-    char line[256];
-    unsigned long long kb = 0;
-    while (std::fgets(line, sizeof line, f)) {
-        if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
-            break;
-        }
-    }
-    std::fclose(f);
-    return (uint64_t) kb * 1024;
-}
-
-// "covariance: 12 inputs (8 whole, 4 in blocks of 256), 176 MiB in memory"
-std::string covariance_summary(const Imatrix & im) {
-    int64_t whole = 0, blocks = 0, readers = 0, pooled = 0, cross = 0;
-    uint64_t bytes = 0;
-    for (const Covariance & c : im.covariances) {
-        (c.full() ? whole : blocks) += 1;
-        pooled += c.n_mat == 1 && im.tensors.at(c.readers[0]).n_mat() > 1;
-        readers += (int64_t) c.readers.size();
-        bytes += covariance_bytes(c.n_cols, c.block, c.n_mat) * (c.cross.empty() ? 1 : 2);
-        cross += c.cross.empty() ? 0 : 1;
-    }
-    char s[200];
-    std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256; %lld pooled over "
-                  "experts), %.0f MiB in memory", im.covariances.size(), (long long) readers, (long long) whole,
-                  (long long) blocks, (long long) pooled, bytes / 1048576.0);
-    std::string out = s;
-    if (cross > 0) {
-        out += "; cross terms against the target model for " + std::to_string(cross) + " (whole, not pooled)";
-    }
-    return out;
-}
-
 void print_summary(const Imatrix & im, const engine::CollectResult & r, const std::string & out) {
     std::fprintf(stderr, "imx collect: %zu tensors, %u chunks of %u tokens in %s (%.0f tok/s)%s -> %s\n",
                  im.tensors.size(), im.meta.chunk_count, im.meta.chunk_size, clock_str(r.seconds).c_str(),
@@ -122,6 +83,43 @@ void print_json(const Imatrix & im, const engine::CollectResult & r, const std::
 }
 
 }  // namespace
+
+uint64_t available_memory() {
+    std::FILE * f = std::fopen("/proc/meminfo", "r");
+    if (!f) {
+        return 0;
+    }
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f)) {
+        if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            break;
+        }
+    }
+    std::fclose(f);
+    return (uint64_t) kb * 1024;
+}
+
+std::string covariance_summary(const Imatrix & im) {
+    int64_t whole = 0, blocks = 0, readers = 0, pooled = 0, cross = 0;
+    uint64_t bytes = 0;
+    for (const Covariance & c : im.covariances) {
+        (c.full() ? whole : blocks) += 1;
+        pooled += c.n_mat == 1 && im.tensors.at(c.readers[0]).n_mat() > 1;
+        readers += (int64_t) c.readers.size();
+        bytes += covariance_bytes(c.n_cols, c.block, c.n_mat) * (c.cross.empty() ? 1 : 2);
+        cross += c.cross.empty() ? 0 : 1;
+    }
+    char s[200];
+    std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256; %lld pooled over "
+                  "experts), %.0f MiB in memory", im.covariances.size(), (long long) readers, (long long) whole,
+                  (long long) blocks, (long long) pooled, bytes / 1048576.0);
+    std::string out = s;
+    if (cross > 0) {
+        out += "; cross terms against the target model for " + std::to_string(cross) + " (whole, not pooled)";
+    }
+    return out;
+}
 
 Run add_collect(CLI::App & app) {
     auto o = std::make_shared<Options>();

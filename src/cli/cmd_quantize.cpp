@@ -234,9 +234,11 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--save-imatrix", o->save_imatrix, "block by block: also write the collected imatrix (GGUF)");
     app.add_option("--covariance-budget", o->block_budget_mib,
                    "block by block, --method hessian: MiB for one block's covariances (and cross terms with "
-                   "--sequential); inputs beyond it keep the diagonal encoding")
+                   "--sequential); inputs beyond it keep the diagonal encoding. With --target-size and -f: for "
+                   "every block's at once, which the search holds (default there: the memory available less 4 GiB)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::PositiveNumber)
+        ->each([o](const std::string &) { o->block_budget_given = true; });
     app.add_option("--n-gpu-layers", o->n_gpu_layers, "block by block: offload the block to the GPU (99: yes)")
         ->capture_default_str();
     app.add_option("-c,--ctx-size", o->ctx, "target: tokens per chunk of that text")->capture_default_str();

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -117,9 +118,15 @@ Imatrix collect_for_target(QuantizeCommand & o) {
     c.n_gpu_layers = o.n_gpu_layers;
     c.max_chunks = o.collect_chunks;
     c.verbose = o.verbose;
-    // whole covariances block by block (one block's at a time) where the runner takes the architecture
+    // block by block where the runner takes the architecture (the model read once); the search reads every
+    // tensor's covariance after the collection (errors, probes, output), so they are all held at once and the
+    // budget is for all of them: by default the memory this machine has free, less 4 GiB for the rest of the run
     c.by_blocks = engine::block_streaming_supported(engine::TensorTable(o.q.model));
-    c.covariance_budget = o.method == "hessian" ? (uint64_t) (o.block_budget_mib * 1048576.0) : 0;
+    const uint64_t gib = 1ull << 30, free_memory = available_memory();
+    const uint64_t budget = o.block_budget_given || free_memory == 0
+                                ? (uint64_t) (o.block_budget_mib * 1048576.0)
+                                : std::max(gib, free_memory - std::min(free_memory, 4 * gib));
+    c.covariance_budget = o.method == "hessian" ? budget : 0;
     if (!o.save_imatrix.empty()) {
         prepare_outputs({o.save_imatrix});
     }
@@ -137,6 +144,16 @@ Imatrix collect_for_target(QuantizeCommand & o) {
     }
     std::fprintf(stderr, "imx quantize: collected %u chunks of %s%s in %s\n", r.imatrix.meta.chunk_count, o.text.c_str(),
                  c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
+    if (c.covariance_budget > 0) {  // what the budget held, and what whole ones everywhere would have needed
+        uint64_t whole = 0;
+        for (const Covariance & cv : r.imatrix.covariances) {
+            whole += covariance_bytes(cv.n_cols, cv.n_cols, r.imatrix.tensors.at(cv.readers[0]).n_mat());
+        }
+        std::fprintf(stderr, "imx quantize: covariances: %s (budget %.0f MiB; whole for every input: %.0f MiB%s)\n",
+                     covariance_summary(r.imatrix).c_str(), c.covariance_budget / 1048576.0, whole / 1048576.0,
+                     whole > c.covariance_budget ? ", over the budget: --covariance-budget MiB on a machine that has it"
+                                                 : "");
+    }
     return std::move(r.imatrix);
 }
 

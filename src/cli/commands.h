@@ -39,6 +39,11 @@ void add_imatrix(Imatrix & into, const Imatrix & im, const std::string & source)
 // upstream's table for one imatrix file on stdout (imx stats FILE; llama-imatrix --show-statistics)
 void show_statistics(const std::string & file);
 
+// MemAvailable of /proc/meminfo in bytes; 0 where unknown.
+uint64_t available_memory();
+// "12 inputs of 20 weights (8 whole, 4 in blocks of 256; 0 pooled over experts), 176 MiB in memory"
+std::string covariance_summary(const Imatrix & im);
+
 // Before any work: every output (empty names skipped) can be created, else Error naming it; temporary files
 // of ended runs are removed, each with a line.
 inline void prepare_outputs(std::initializer_list<std::string> paths) {

@@ -41,6 +41,7 @@ struct QuantizeCommand {
     std::string             save_imatrix;              // also write the collected imatrix
     bool                    refit_norms = false;       // --refit-norms
     double                  block_budget_mib = 8192;   // --covariance-budget: one block's covariances
+    bool                    block_budget_given = false;
     int                     n_gpu_layers = 99;
     // --target-size / --target-bpw
     double                   target_mib = 0;

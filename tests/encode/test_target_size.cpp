@@ -132,6 +132,8 @@ TEST(TargetSize, OneCommandWithSequentialPasses) {
                              "--json --target-size 16 --method hessian ";
     const RunResult r = run(base + "-o seq.gguf --sequential --sequential-chunks 2 --save-imatrix im.gguf");
     ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    // the search holds every covariance at once: by default the budget is the free memory's, all whole here
+    EXPECT_NE(r.output.find(" whole, 0 in blocks of 256; 0 pooled over experts), "), std::string::npos) << tail(r.output);
     const nlohmann::json j = json_of(r);
     EXPECT_EQ(j["sequential_layers"].get<int>(), 4);
     EXPECT_EQ(j["recipe_reproduces"], "types");  // the Hessian bytes are imx's own
