@@ -7,12 +7,15 @@
 #   imx quantize -f TEXT --target-size S --method hessian      the first type search at llama-quantize's size
 #
 #   bench/stream_scale.sh [--shape qwen3-1.7b|llama3-8b] [--chunks N] [--threads T] [--type Q2_K]
-#                         [--steps upstream,stream,stream-seq,two-step,two-step-seq,target] [--dir DIR]
+#                         [--steps upstream,stream,stream-seq,two-step,two-step-seq,target] [--dir DIR] [--drop-caches]
 # Models come from imx synth (random weights, the shape's widths, all blocks); DIR keeps them between runs.
+# --drop-caches (root): the page cache emptied before every step, so each reads the model from disk as a first run
+# does — without it the model written or read by the step before is in memory for the next (only ratios of one
+# run are comparable either way: this machine's speed moves up to 2× between days).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${IMX_BUILD:-$root/build}
-shape=qwen3-1.7b; chunks=16; threads=$(nproc); type=Q2_K; steps=upstream,stream,stream-seq,two-step; dir=${IMX_BENCH_DIR:-/tmp/imx-stream-scale}
+shape=qwen3-1.7b; chunks=16; threads=$(nproc); type=Q2_K; steps=upstream,stream,stream-seq,two-step; dir=${IMX_BENCH_DIR:-/tmp/imx-stream-scale}; drop=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift ;;
@@ -21,6 +24,7 @@ while [ $# -gt 0 ]; do
     --type) type=$2; shift ;;
     --steps) steps=$2; shift ;;
     --dir) dir=$2; shift ;;
+    --drop-caches) drop=1 ;;
     *) echo "stream_scale.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,15 +40,20 @@ esac
 model=$dir/$shape.gguf
 [ -f "$model" ] || "$build/imx" synth "${args[@]}" --vocab-from "$vocab" -o "$model" >/dev/null
 
+if [ "$drop" = 1 ] && ! { sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+  echo "stream_scale.sh: --drop-caches needs root (writes /proc/sys/vm/drop_caches)" >&2; exit 2
+fi
+
 run() {  # NAME CMD...: prints a table row with wall time and peak RSS
   local name=$1; shift
+  if [ "$drop" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
   /usr/bin/time -f "%e %M" -o "$dir/$name.time" "$@" >"$dir/$name.log" 2>&1 ||
     { echo "bench: $name failed:"; tail -20 "$dir/$name.log"; exit 1; }
   read -r secs kb <"$dir/$name.time"
   printf '| %s | %s | %.1f | %.0f |\n' "$shape" "$name" "$secs" "$((kb / 1024))"
 }
 
-echo "# $shape ($(du -h "$model" | cut -f1) F16), $chunks chunks of 512 of calibration.txt, $type, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD)"
+echo "# $shape ($(du -h "$model" | cut -f1) F16), $chunks chunks of 512 of calibration.txt, $type, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "(not a checkout)")$([ "$drop" = 1 ] && echo ", page cache dropped before each step")"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo
 echo "| shape | step | wall s | peak RSS MiB |"
