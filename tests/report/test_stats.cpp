@@ -39,21 +39,24 @@ TEST_P(StatsVsUpstream, SameNumbersAsShowStatistics) {
     const std::string model = GetParam();
     // partial experts included: 8 chunks leave some of qwen3moe-tiny's experts unrouted
     const std::string file = upstream_imatrix(model, "--chunks 8 -b 512", ".gguf");
+    const RunResult ours = run(imx_bin() + " stats " + file);
+    ASSERT_EQ(ours.exit_code, 0) << ours.output;
+    const auto our_rows = rows(ours.output, 13);
     // upstream logs through an asynchronous logger that sometimes loses the end of its output at exit
-    // (seen: 32 of 63 lines, exit code 0; once under parallel ctest, the per-tensor table missing while the
-    // per-layer one was there); run it until both tables are complete
+    // (seen: 32 of 63 lines, exit code 0; under parallel ctest, the per-tensor table missing while the per-layer
+    // one was there); run it until both tables have as many rows as ours, then compare them row by row (a table
+    // cut after 20 rows passed the check of "> 20 rows" this had before, a likely cause of a failure in a full
+    // parallel run of 2026-12-04 whose output was not kept)
     RunResult up;
     for (int attempt = 0; attempt < 8; ++attempt) {
         up = run(upstream("llama-imatrix") + " -m " + shared("models/" + model) + " --in-file " + file +
                  " --show-statistics");
         ASSERT_EQ(up.exit_code, 0) << up.output;
-        if (rows(up.output, 4).size() == 4 && rows(up.output, 13).size() > 20) {
+        if (rows(up.output, 4).size() == 4 && rows(up.output, 13).size() == our_rows.size()) {
             break;
         }
     }
-    const RunResult ours = run(imx_bin() + " stats " + file);
-    ASSERT_EQ(ours.exit_code, 0) << ours.output;
-    const auto up_rows = rows(up.output, 13), our_rows = rows(ours.output, 13);
+    const auto up_rows = rows(up.output, 13);
     ASSERT_GT(up_rows.size(), 20u);
     EXPECT_EQ(our_rows, up_rows);
     const auto up_layers = rows(up.output, 4), our_layers = rows(ours.output, 4);
