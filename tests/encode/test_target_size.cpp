@@ -164,10 +164,11 @@ TEST(TargetSize, InMemoryErrorsAreTheEncodersOwn) {
     const RunResult written = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model +
                                   " --imatrix cov.gguf --method hessian --tensor-type '.*=q3_K' -o q3.gguf Q8_0 -t 2 -v 2>&1");
     ASSERT_EQ(written.exit_code, 0) << tail(written.output);
-    std::map<std::string, double> reported;
-    const std::regex line(R"(\s+(blk\.\S+)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+\S+\s+->\s+(\S+))");
+    std::map<std::string, double> reported, reported_diag;
+    const std::regex line(R"(\s+(blk\.\S+)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+(\S+)\s+->\s+(\S+))");
     for (auto it = std::sregex_iterator(written.output.begin(), written.output.end(), line); it != std::sregex_iterator(); ++it) {
-        reported[(*it)[1]] = std::stod((*it)[2]);
+        reported_diag[(*it)[1]] = std::stod((*it)[2]);
+        reported[(*it)[1]] = std::stod((*it)[3]);
     }
     ASSERT_GE(reported.size(), 20u) << tail(written.output);
     auto search = [&](const std::string & rows) {
@@ -189,6 +190,10 @@ TEST(TargetSize, InMemoryErrorsAreTheEncodersOwn) {
     for (const auto & [name, loss] : reported) {
         const double e = all["tensors"][name]["errors"]["q3_K"]["hessian"].get<double>();
         EXPECT_NEAR(e, loss, 1e-3 * loss) << name;  // the report prints 4 digits
+        // what the probes are measured against: the same loss of llama-quantize's encoding
+        const double d = all["tensors"][name]["errors"]["q3_K"]["hessian_of_diag"].get<double>();
+        EXPECT_NEAR(d, reported_diag[name], 1e-3 * reported_diag[name]) << name;
+        EXPECT_GE(d, e) << name;  // the encoder keeps the better of the two per row
         sum_all += e;
         sum_sampled += sampled["tensors"][name]["errors"]["q3_K"]["hessian"].get<double>();
     }

@@ -59,14 +59,16 @@ public:
             std::vector<float> hess((size_t) (k_ * n_));
             rounder->round_rows(targets, k_, block_quantizer(type, refine_rescale), code.data(), hess.data(),
                                 after.data(), threads_);
-            double loss = 0;
+            double loss = 0, diag_loss = 0;
             for (int64_t r = 0; r < k_; ++r) {
                 if (after[r] < before[r]) {  // the row the encoder keeps
                     std::copy_n(hess.data() + r * n_, n_, dec.data() + r * n_);
                 }
                 loss += std::min(before[r], after[r]);
+                diag_loss += before[r];
             }
             e.hessian = std::max(e.hessian, 0.0) + loss * scale_;
+            e.hessian_of_diag = std::max(e.hessian_of_diag, 0.0) + diag_loss * scale_;
         }
         double sum = 0;
         for (int64_t i = 0; i < k_ * n_; ++i) {

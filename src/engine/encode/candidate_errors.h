@@ -6,7 +6,9 @@
 //   hessian: Σ over rows of (w − q)ᵀ H (w − q), where the Hessian encoder re-encodes t at T (per row the better
 //            of llama-quantize's diagonal encoding and the Hessian one, toward the shifted targets where the
 //            covariance has a cross term: exactly engine/encode/hessian_encoder.h's loss_final);
-//   diag:    Σ over rows of Σ_j imp_j (w_j − q_j)², imp the imatrix weights of the row's matrix (1 where none).
+//   diag:    Σ over rows of Σ_j imp_j (w_j − q_j)², imp the imatrix weights of the row's matrix (1 where none);
+//   hessian_of_diag: the hessian metric of llama-quantize's own encoding alone (what the search's probes write:
+//            they are encoded without the Hessian pass, engine/encode/type_search.cpp).
 // The diagonal encoding is llama_model_quantize's own (ggml's quantizer, the same imatrix weights, row by row),
 // so with every row sampled these are the errors of the candidate files the search wrote before.
 //
@@ -38,6 +40,7 @@ struct CandidateErrorOptions {
 struct CandidateError {
     double diag = 0;
     double hessian = -1;  // < 0: the Hessian encoder does not re-encode the tensor at this type
+    double hessian_of_diag = -1;  // with `hessian`: the same loss of the diagonal encoding
 };
 
 struct CandidateTensor {

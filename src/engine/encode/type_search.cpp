@@ -168,7 +168,9 @@ private:
     uint64_t fixed_file_bytes() const;
     void measure_sensitivities(const Evaluator & eval);
     std::string group_of(const Tensor & t) const;
+    bool hessian_metric(const Tensor & t) const;
     double error_of(const Tensor & t, ggml_type c) const;
+    double probe_error_of(const Tensor & t, ggml_type p) const;
     double damage(const Tensor & t, ggml_type c) const;
     std::vector<TensorTypeOptions> options(bool with_damage) const;
     void allocate();
@@ -188,12 +190,9 @@ private:
     }
     bool takes(const Tensor & t, ggml_type c) const { return can_take(t.name, t.n_per_row, c, o_.quantize.weights); }
     QuantizeOptions scratch_options() const;
-    HessianOptions hessian_options(const std::string & only = "") const {
+    HessianOptions hessian_options() const {
         HessianOptions h = o_.hessian_options;
         h.threads = threads_;
-        if (!only.empty()) {
-            h.tensors = only;
-        }
         return h;
     }
 
@@ -318,7 +317,7 @@ void TargetSearch::check_target() const {
 // The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
 // group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
 void TargetSearch::open_cache() {
-    std::string key = "v3|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+    std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
                       std::to_string(o_.chunks);
     if (o_.hessian) {
@@ -397,6 +396,7 @@ void TargetSearch::measure_errors() {
             j["diag"] = e.diag;
             if (e.hessian >= 0) {
                 j["hessian"] = e.hessian;
+                j["hessian_of_diag"] = e.hessian_of_diag;
             }
             cache_.tensor(name)["errors"][ggml_type_name(type)] = j;
         }
@@ -448,8 +448,8 @@ std::string TargetSearch::group_of(const Tensor & t) const {
     return dot == std::string::npos ? t.name : t.name.substr(dot + 1);
 }
 
-// 2. Each group (a tensor, or a role over all layers) alone at its probe types, everything else as in the
-// model: KLD on the calibration chunks.
+// 2. Each group (a tensor, or a role over all layers) alone at its probe types as llama-quantize encodes them,
+// everything else as in the model: KLD on the calibration chunks.
 void TargetSearch::measure_sensitivities(const Evaluator & eval) {
     std::set<ggml_type> sources;
     std::map<std::string, std::vector<const Tensor *>> groups;
@@ -466,7 +466,7 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
         double error = 0;
         for (const Tensor * t : members) {
             probes += std::string(probes.empty() ? "" : ",") + ggml_type_name(probe_of_[t->name]);
-            error += error_of(*t, probe_of_[t->name]);
+            error += probe_error_of(*t, probe_of_[t->name]);
         }
         group_probe_error_[group] = error;
         json & cached = cache_.j["groups"][group];
@@ -474,11 +474,8 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
             continue;
         }
         QuantizeOptions q = scratch_options();
-        std::string only;
         for (const Tensor * t : members) {
             q.tensor_types.push_back(exact_pattern(t->name) + "=" + ggml_type_name(probe_of_[t->name]));
-            only += only.empty() ? "" : "|";  // (one append at a time: GCC 12 warns falsely on "" + string&&)
-            only += exact_pattern(t->name);
         }
         if (sources.size() == 1) {
             q.tensor_types.push_back(std::string(".*=") + ggml_type_name(*sources.begin()));
@@ -486,11 +483,6 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
             for (const Tensor & other : tensors_) {
                 q.tensor_types.push_back(exact_pattern(other.name) + "=" + ggml_type_name(other.source));
             }
-        }
-        if (o_.hessian) {
-            q.finish = [&, h = hessian_options(only)](const std::string & written) {
-                hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
-            };
         }
         const TemporaryFile scratch_file(scratch_);
         quantize_model(q);
@@ -504,13 +496,23 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
 }
 
 // One metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one.
-double TargetSearch::error_of(const Tensor & t, ggml_type c) const {
-    const json & errors = cache_.j["tensors"][t.name]["errors"];
+bool TargetSearch::hessian_metric(const Tensor & t) const {
     bool hessian = true;
-    for (const auto & [type, e] : errors.items()) {
+    for (const auto & [type, e] : cache_.j["tensors"][t.name]["errors"].items()) {
         hessian = hessian && e.contains("hessian");
     }
-    return errors[ggml_type_name(c)][hessian ? "hessian" : "diag"].get<double>();
+    return hessian;
+}
+
+double TargetSearch::error_of(const Tensor & t, ggml_type c) const {
+    return cache_.j["tensors"][t.name]["errors"][ggml_type_name(c)][hessian_metric(t) ? "hessian" : "diag"].get<double>();
+}
+
+// The same metric of the probe's own encoding, llama-quantize's: the probes skip the Hessian pass, which would
+// cost one more Hessian encoding of the whole model over all groups (a third of the probes' time at the
+// Qwen3-1.7B shape), and KLD is taken as proportional to the output error whichever encoder made it.
+double TargetSearch::probe_error_of(const Tensor & t, ggml_type p) const {
+    return cache_.j["tensors"][t.name]["errors"][ggml_type_name(p)][hessian_metric(t) ? "hessian_of_diag" : "diag"].get<double>();
 }
 
 // damage_t(T) = KLD_g(P) · err_t(T) / Σ_{u in g} err_u(P), g the tensor's probe group (for one tensor:
