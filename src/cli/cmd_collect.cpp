@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -98,6 +99,15 @@ uint64_t available_memory() {
     }
     std::fclose(f);
     return (uint64_t) kb * 1024;
+}
+
+uint64_t whole_covariance_bytes(const Imatrix & im) {
+    uint64_t bytes = 0;
+    for (const Covariance & c : im.covariances) {
+        const int64_t mats = std::max<int64_t>(c.n_mat, im.tensors.at(c.readers[0]).n_mat());
+        bytes += covariance_bytes(c.n_cols, c.n_cols, mats) * (c.cross.empty() ? 1 : 2);
+    }
+    return bytes;
 }
 
 std::string covariance_summary(const Imatrix & im) {

@@ -145,12 +145,7 @@ Imatrix collect_for_target(QuantizeCommand & o) {
     std::fprintf(stderr, "imx quantize: collected %u chunks of %s%s in %s\n", r.imatrix.meta.chunk_count, o.text.c_str(),
                  c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
     if (c.covariance_budget > 0) {  // what the budget held, and what whole ones everywhere would have needed
-        uint64_t whole = 0;
-        for (const Covariance & cv : r.imatrix.covariances) {  // counted as covariance_summary counts what is held:
-            // per expert (not pooled), per head where the input has a matrix per head, cross terms twice
-            const int64_t mats = std::max<int64_t>(cv.n_mat, r.imatrix.tensors.at(cv.readers[0]).n_mat());
-            whole += covariance_bytes(cv.n_cols, cv.n_cols, mats) * (cv.cross.empty() ? 1 : 2);
-        }
+        const uint64_t whole = whole_covariance_bytes(r.imatrix);
         std::fprintf(stderr, "imx quantize: covariances: %s (budget %.0f MiB; whole for every input: %.0f MiB%s)\n",
                      covariance_summary(r.imatrix).c_str(), c.covariance_budget / 1048576.0, whole / 1048576.0,
                      whole > c.covariance_budget ? ", over the budget: --covariance-budget MiB on a machine that has it"
