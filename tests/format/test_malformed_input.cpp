@@ -77,8 +77,11 @@ protected:
 TEST_P(MalformedInput, OneLineErrorExit2NoOutput) {
     const std::string d = work_dir("malformed");
     const std::string in = d + "/" + GetParam().name;
+    // outputs in a folder of this case's own: ctest runs the cases as parallel processes, and one case's
+    // temporary output must not be taken for another's left-behind file
+    const std::string o = fresh_dir("malformed/out-" + fs::path(GetParam().name).filename().string());
     for (const char * out_name : {"out.gguf", "out.dat"}) {
-        const std::string out = d + "/" + out_name;
+        const std::string out = o + "/" + out_name;
         fs::remove(out);
         const RunResult r = run(imx_bin() + " convert " + in + " -o " + out);
         EXPECT_EQ(r.exit_code, 2) << r.output;
@@ -87,13 +90,13 @@ TEST_P(MalformedInput, OneLineErrorExit2NoOutput) {
         EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
         EXPECT_FALSE(fs::exists(out));
     }
-    for (const auto & e : fs::directory_iterator(d)) {
-        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
-    }
     // inspect and merge fail the same way
     EXPECT_EQ(run(imx_bin() + " inspect " + in).exit_code, 2);
-    EXPECT_EQ(run(imx_bin() + " merge " + d + "/good.gguf " + in + " -o " + d + "/m.gguf").exit_code, 2);
-    EXPECT_FALSE(fs::exists(d + "/m.gguf"));
+    EXPECT_EQ(run(imx_bin() + " merge " + d + "/good.gguf " + in + " -o " + o + "/m.gguf").exit_code, 2);
+    EXPECT_FALSE(fs::exists(o + "/m.gguf"));
+    for (const auto & e : fs::directory_iterator(o)) {
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(
