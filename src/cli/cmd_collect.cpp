@@ -110,7 +110,7 @@ uint64_t whole_covariance_bytes(const Imatrix & im) {
     return bytes;
 }
 
-std::string covariance_summary(const Imatrix & im) {
+std::string covariance_summary(const Imatrix & im, const char * held) {
     int64_t whole = 0, blocks = 0, readers = 0, pooled = 0, cross = 0;
     uint64_t bytes = 0;
     for (const Covariance & c : im.covariances) {
@@ -122,8 +122,8 @@ std::string covariance_summary(const Imatrix & im) {
     }
     char s[200];
     std::snprintf(s, sizeof s, "%zu inputs of %lld weights (%lld whole, %lld in blocks of 256; %lld pooled over "
-                  "experts), %.0f MiB in memory", im.covariances.size(), (long long) readers, (long long) whole,
-                  (long long) blocks, (long long) pooled, bytes / 1048576.0);
+                  "experts), %.0f MiB %s", im.covariances.size(), (long long) readers, (long long) whole,
+                  (long long) blocks, (long long) pooled, bytes / 1048576.0, held);
     std::string out = s;
     if (cross > 0) {
         out += "; cross terms against the target model for " + std::to_string(cross) + " (whole, not pooled)";

@@ -234,8 +234,9 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--save-imatrix", o->save_imatrix, "block by block: also write the collected imatrix (GGUF)");
     app.add_option("--covariance-budget", o->block_budget_mib,
                    "block by block, --method hessian: MiB for one block's covariances (and cross terms with "
-                   "--sequential); inputs beyond it keep the diagonal encoding. With --target-size and -f: for "
-                   "every block's at once, which the search holds (default there: the memory available less 4 GiB)")
+                   "--sequential); inputs beyond it keep the diagonal encoding. With --target-size and -f: the "
+                   "same where the search runs block by block (--method hessian), else for every block's at once, "
+                   "which the search holds (default there: the memory available less 4 GiB)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber)
         ->each([o](const std::string &) { o->block_budget_given = true; });
@@ -338,20 +339,42 @@ Run add_quantize(CLI::App & app) {
             return;
         }
         const bool collect_here = target && o->imatrix.empty();  // one command: the statistics collected first
+        // the search block by block: one block's covariances at a time, the output by quantize_by_blocks
+        const bool searched_by_blocks = collect_here && search_by_blocks(*o);
+        if (target && (o->save_every > 0 || o->resume)) {
+            throw Error(std::string(o->save_every > 0 ? "--save-every" : "--resume") +
+                        " does not go with --target-size: the search keeps its measurements in --cache-dir as it "
+                        "goes, and the same command run again resumes from them");
+        }
         for (const auto & [given, flag] : {std::pair{o->collect_chunks > 0 && !collect_here, "--chunks"},
                                            {o->save_every > 0, "--save-every"}, {o->resume, "--resume"},
-                                           {o->refit_norms, "--refit-norms"},
+                                           {o->refit_norms && !searched_by_blocks, "--refit-norms"},
                                            {!o->save_imatrix.empty() && !collect_here, "--save-imatrix"}}) {
             if (given) {
-                throw Error(std::string(flag) + " goes with a block-by-block run (-f TEXT without --imatrix)");
+                throw Error(std::string(flag) + " goes with a block-by-block run (-f TEXT without --imatrix" +
+                            (target ? ", --method hessian)" : ")"));
             }
+        }
+        if (searched_by_blocks && o->sequential_chunks > 0) {
+            throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's "
+                        "chunks");
+        }
+        if (searched_by_blocks && o->hessian.row_scales) {
+            throw Error("--output-scales goes with --imatrix (the two-step path)");
+        }
+        if (searched_by_blocks) {
+            engine::refuse_for_blocks(stream_options(*o));  // what its block-by-block output cannot write, now
         }
         if (collect_here && auto_prior) {
             throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
                         "number with --target-size and no --imatrix, or collect the parts first");
         }
+        std::unique_ptr<engine::BlockErrors> block_errors;
         if (collect_here) {
-            im = collect_for_target(*o);
+            if (searched_by_blocks) {
+                block_errors = std::make_unique<engine::BlockErrors>(target_options(*o, im));
+            }
+            im = collect_for_target(*o, block_errors.get());
         } else if (o->method == "hessian" && o->imatrix.empty()) {
             throw Error("--method hessian needs an --imatrix with covariances (imx collect --covariance), or -f TEXT "
                         "to collect them block by block in the same run");
@@ -367,7 +390,7 @@ Run add_quantize(CLI::App & app) {
             if (prior.target == PriorTarget::all_experts && im.all_experts.empty()) {
                 throw Error(o->imatrix + ": holds no all-experts statistics; collect them with imx collect --all-experts");
             }
-            if (o->method == "hessian" && im.covariances.empty()) {
+            if (o->method == "hessian" && im.covariances.empty() && !searched_by_blocks) {
                 throw Error(o->imatrix + ": holds no covariance; collect one with imx collect --covariance");
             }
             weights = quant_weights(im, prior, engine::model_tensor_shapes(q.model),
@@ -383,7 +406,7 @@ Run add_quantize(CLI::App & app) {
             q.imatrix_chunks = im.meta.chunk_count;
         }
         if (target) {
-            run_target(*o, im);
+            run_target(*o, im, block_errors.get());
             return;
         }
         Progress bar("imx quantize");

@@ -9,6 +9,7 @@
 #include "engine/collect/collect.h"
 #include "engine/collect/stream_collect.h"
 #include "engine/encode/stream_quantize.h"
+#include "engine/encode/type_search.h"
 #include "engine/model/tensor_file.h"
 #include "engine/stream/block_model.h"
 
@@ -21,17 +22,7 @@
 
 namespace imx::cli {
 
-void run_by_blocks(QuantizeCommand & o) {
-    if (o.prior_weight_text == "auto" || o.prior_target == "auto") {
-        throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
-                    "number with -f TEXT, or collect the parts first");
-    }
-    if (o.hessian.row_scales) {
-        throw Error("--output-scales goes with --imatrix (the two-step path)");
-    }
-    if (o.sequential_chunks > 0) {
-        throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's chunks");
-    }
+engine::StreamQuantizeOptions stream_options(const QuantizeCommand & o) {
     engine::StreamQuantizeOptions s;
     s.quantize = o.q;
     s.prior = Prior{o.prior_weight, parse_prior_target(o.prior_target)};
@@ -43,11 +34,31 @@ void run_by_blocks(QuantizeCommand & o) {
     s.sequential = o.sequential;
     s.hessian_options = o.hessian;
     s.covariance_budget = (uint64_t) (o.block_budget_mib * 1048576.0);
+    s.verbose = o.verbose;
+    s.refit_norms = o.refit_norms;
+    return s;
+}
+
+bool search_by_blocks(const QuantizeCommand & o) {
+    return o.imatrix.empty() && o.method == "hessian" &&
+           engine::block_streaming_supported(engine::TensorTable(o.q.model));
+}
+
+void run_by_blocks(QuantizeCommand & o) {
+    if (o.prior_weight_text == "auto" || o.prior_target == "auto") {
+        throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
+                    "number with -f TEXT, or collect the parts first");
+    }
+    if (o.hessian.row_scales) {
+        throw Error("--output-scales goes with --imatrix (the two-step path)");
+    }
+    if (o.sequential_chunks > 0) {
+        throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's chunks");
+    }
+    engine::StreamQuantizeOptions s = stream_options(o);
     s.save_every_block = o.save_every > 0;
     s.resume = o.resume;
-    s.verbose = o.verbose;
     s.imatrix_output = o.save_imatrix;
-    s.refit_norms = o.refit_norms;
     if (!s.imatrix_output.empty()) {
         prepare_outputs({s.imatrix_output});
     }
@@ -108,7 +119,7 @@ void run_by_blocks(QuantizeCommand & o) {
     }
 }
 
-Imatrix collect_for_target(QuantizeCommand & o) {
+Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_errors) {
     engine::CollectOptions c;
     c.model = o.q.model;
     c.text_file = o.text;
@@ -123,10 +134,31 @@ Imatrix collect_for_target(QuantizeCommand & o) {
     // budget is for all of them: by default the memory this machine has free, less 4 GiB for the rest of the run
     c.by_blocks = engine::block_streaming_supported(engine::TensorTable(o.q.model));
     const uint64_t gib = 1ull << 30, free_memory = available_memory();
-    const uint64_t budget = o.block_budget_given || free_memory == 0
+    const uint64_t budget = o.block_budget_given || free_memory == 0 || block_errors
                                 ? (uint64_t) (o.block_budget_mib * 1048576.0)
                                 : std::max(gib, free_memory - std::min(free_memory, 4 * gib));
     c.covariance_budget = o.method == "hessian" ? budget : 0;
+    // with block_errors each block's covariances go into its errors and are freed (one block's held at a time);
+    // their shapes are kept for the summary
+    Imatrix shapes;
+    uint64_t most_held = 0;
+    if (block_errors) {
+        c.on_block = [&](int b, Imatrix & block) {
+            uint64_t held = 0;
+            for (Covariance & cv : block.covariances) {
+                std::vector<double> values = std::move(cv.values), cross = std::move(cv.cross);
+                held += covariance_bytes(cv.n_cols, cv.block, cv.n_mat) * (cross.empty() ? 1 : 2);
+                shapes.covariances.push_back(cv);
+                cv.values = std::move(values);
+                cv.cross = std::move(cross);
+            }
+            for (const auto & [name, t] : block.tensors) {
+                shapes.tensors[name] = t;
+            }
+            most_held = std::max(most_held, held);
+            (*block_errors)(b, block);
+        };
+    }
     if (!o.save_imatrix.empty()) {
         prepare_outputs({o.save_imatrix});
     }
@@ -143,8 +175,14 @@ Imatrix collect_for_target(QuantizeCommand & o) {
         save_imatrix(r.imatrix, o.save_imatrix, ImatrixFormat::gguf);
     }
     std::fprintf(stderr, "imx quantize: collected %u chunks of %s%s in %s\n", r.imatrix.meta.chunk_count, o.text.c_str(),
-                 c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
-    if (c.covariance_budget > 0) {  // what the budget held, and what whole ones everywhere would have needed
+                 block_errors ? " with covariances, each block's candidate errors measured as it was done"
+                 : c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
+    if (block_errors) {
+        std::fprintf(stderr, "imx quantize: covariances, block by block: %s; at most %.0f MiB held at once (budget for "
+                             "a block %.0f MiB); errors of %d tensors in %.1f s\n",
+                     covariance_summary(shapes, "over all blocks").c_str(), most_held / 1048576.0,
+                     c.covariance_budget / 1048576.0, block_errors->tensors(), block_errors->seconds());
+    } else if (c.covariance_budget > 0) {  // what the budget held, and what whole ones everywhere would have needed
         const uint64_t whole = whole_covariance_bytes(r.imatrix);
         std::fprintf(stderr, "imx quantize: covariances: %s (budget %.0f MiB; whole for every input: %.0f MiB%s)\n",
                      covariance_summary(r.imatrix).c_str(), c.covariance_budget / 1048576.0, whole / 1048576.0,

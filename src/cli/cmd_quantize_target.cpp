@@ -24,7 +24,7 @@ std::string target_text(const QuantizeCommand & o) {
 
 }  // namespace
 
-void run_target(QuantizeCommand & o, const Imatrix & im) {
+engine::TargetOptions target_options(const QuantizeCommand & o, const Imatrix & im) {
     engine::TargetOptions t;
     t.quantize = o.q;
     t.target_bytes = o.target_mib * 1048576.0;
@@ -38,7 +38,13 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     t.chunks = o.chunks;
     t.cache_dir = o.cache_dir;
     t.cache_key = "prior " + o.prior_target + " " + o.prior_weight_text;
-    if (o.imatrix.empty()) {  // collected in this run: the measurements depend on its numbers, not on a file
+    const bool by_blocks = search_by_blocks(o);
+    if (by_blocks) {
+        // collected here block by block, each block's errors measured before the run's numbers exist: the key
+        // names what the collection depends on instead (the model and text are in the key already)
+        t.cache_key += " collected by blocks: chunks " + std::to_string(o.collect_chunks) + " ctx " +
+                       std::to_string(o.ctx) + " budget " + std::to_string((uint64_t) (o.block_budget_mib * 1048576.0));
+    } else if (o.imatrix.empty()) {  // collected in this run: the measurements depend on its numbers, not on a file
         uint64_t h = kFnv1aOffset;
         for (const auto & [name, ts] : im.tensors) {
             h = fnv1a(h, name.data(), name.size());
@@ -50,10 +56,21 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
     if (o.method == "hessian") {
         t.hessian = &im;
         t.hessian_options = o.hessian;
-        if (o.sequential) {
+        if (by_blocks) {
+            t.by_blocks = stream_options(o);
+        } else if (o.sequential) {
             t.sequential = engine::SequentialOptions{o.text, o.ctx, o.sequential_chunks,
                                                      (uint64_t) (o.sequential_budget_mib * 1048576.0)};
         }
+    }
+    return t;
+}
+
+void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErrors * block_errors) {
+    engine::TargetOptions t = target_options(o, im);
+    if (block_errors) {
+        t.block_error_seconds = block_errors->seconds();
+        t.block_error_tensors = block_errors->tensors();
     }
     std::unique_ptr<Progress> bar;  // one per stage: candidate types, then tensors
     std::string stage_shown;
@@ -62,7 +79,8 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
             bar = std::make_unique<Progress>("imx quantize: " + stage);
             stage_shown = stage;
         }
-        bar->update((uint64_t) done, (uint64_t) total, stage == "sequential" ? "layers" : "tensors");
+        bar->update((uint64_t) done, (uint64_t) total,
+                    stage == "sequential" ? "layers" : stage == "quantize" && t.by_blocks ? "passes" : "tensors");
     };
     const engine::TargetResult r = engine::quantize_to_target(t);
     bar.reset();
@@ -88,6 +106,9 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
                  o.error_rows > 0 ? (std::to_string(o.error_rows) + " rows a matrix").c_str() : "every row",
                  r.seconds_sensitivity,
                  r.probes, r.seconds_solve, r.cache_file.empty() ? "nothing" : r.cache_file.c_str());
+    if (t.by_blocks && t.by_blocks->refit_norms) {
+        std::fprintf(stderr, "imx quantize: %d norms re-fitted to their quantized readers\n", r.norms_refit);
+    }
     std::string recipe;
     for (const std::string & a : r.recipe) {
         recipe += a + "\n";
@@ -134,6 +155,8 @@ void run_target(QuantizeCommand & o, const Imatrix & im) {
         j["recipe"] = r.recipe;
         j["recipe_reproduces"] = o.method == "hessian" ? "types" : "types and bytes";
         j["sequential_layers"] = r.sequential_reports.size();
+        j["by_blocks"] = t.by_blocks.has_value();
+        j["norms_refit"] = r.norms_refit;
         j["stock"] = nlohmann::ordered_json::array();
         for (const auto & s : r.stock) {
             j["stock"].push_back({{"type", s.name}, {"bytes", s.file_bytes}, {"predicted_kld", s.damage}});

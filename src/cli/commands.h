@@ -42,7 +42,7 @@ void show_statistics(const std::string & file);
 // MemAvailable of /proc/meminfo in bytes; 0 where unknown.
 uint64_t available_memory();
 // "12 inputs of 20 weights (8 whole, 4 in blocks of 256; 0 pooled over experts), 176 MiB in memory"
-std::string covariance_summary(const Imatrix & im);
+std::string covariance_summary(const Imatrix & im, const char * held = "in memory");
 // The bytes im's covariances would take all whole, counted as covariance_summary counts what is held: per expert
 // (not pooled), per head where the input has a matrix per head, cross terms twice.
 uint64_t whole_covariance_bytes(const Imatrix & im);

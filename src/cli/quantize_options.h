@@ -7,6 +7,7 @@
 #include "core/math/quant_weights.h"
 #include "engine/encode/hessian_encoder.h"
 #include "engine/encode/quantize.h"
+#include "engine/encode/stream_quantize.h"
 #include "engine/encode/type_search.h"
 
 #include <nlohmann/json.hpp>
@@ -58,8 +59,10 @@ struct QuantizeCommand {
     std::string              html;
 };
 
-// --target-size / --target-bpw: the search, the output, and the recipe that makes the same file upstream.
-void run_target(QuantizeCommand & o, const Imatrix & im);
+// --target-size / --target-bpw: the search's options (`im`: the imatrix its weights and covariances come from,
+// collected or read), and the search, the output and the recipe that makes the same file upstream.
+engine::TargetOptions target_options(const QuantizeCommand & o, const Imatrix & im);
+void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErrors * block_errors);
 
 // The Hessian pass's totals over its tensors, and those totals as --json fields.
 struct HessianSummary {
@@ -74,8 +77,15 @@ void print_hessian_reports(const std::vector<engine::HessianTensorReport> & repo
 
 // -f TEXT without --imatrix: collection and quantization in one run, block by block.
 void run_by_blocks(QuantizeCommand & o);
+// The block-by-block quantization's options from the command's (no progress, checkpoints or --save-imatrix).
+engine::StreamQuantizeOptions stream_options(const QuantizeCommand & o);
+// --target-size without --imatrix and --method hessian, an architecture the block runner takes: the search
+// block by block (engine/encode/type_search.h), one block's covariances held at a time.
+bool search_by_blocks(const QuantizeCommand & o);
 // --target-size without --imatrix: the statistics (with covariances for --method hessian) collected from -f's
-// text first, block by block where the architecture allows; --chunks and --save-imatrix apply.
-Imatrix collect_for_target(QuantizeCommand & o);
+// text first, block by block where the architecture allows; --chunks and --save-imatrix apply. With
+// block_errors (search_by_blocks), each block's candidate errors are measured as the block is done and its
+// covariances freed: the result holds none.
+Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_errors);
 
 }  // namespace imx::cli

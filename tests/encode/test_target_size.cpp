@@ -122,32 +122,65 @@ TEST(TargetSize, ImpossibleTargetsAndBadInputsFailBeforeAnyWork) {
 }
 
 // The levers compose, in one command: no --imatrix, so the statistics and covariances are collected from -f's
-// text first; the type search measures with the Hessian encoder, the chosen mix is encoded again layer by layer
-// (--sequential); the recipe says it makes the types, not the bytes.
+// text first, block by block — each block's candidate errors measured with its whole covariances as the
+// collection finishes it, then freed — the type search measures with the Hessian encoder, and the chosen mix is
+// written block by block with the sequential passes and the norms re-fitted; the recipe says it makes the
+// types, not the bytes.
 TEST(TargetSize, OneCommandWithSequentialPasses) {
     const std::string dir = fresh_dir("target-size-sequential");
     const std::string base = "cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) + " -f " +
                              shared("data/calibration.txt") +
                              " --chunks 4 --candidates q2_K,q3_K,q4_K,q6_K --sensitivity-chunks 2 -t 2 --cache-dir cache "
                              "--json --target-size 16 --method hessian ";
-    const RunResult r = run(base + "-o seq.gguf --sequential --sequential-chunks 2 --save-imatrix im.gguf");
+    const RunResult r = run(base + "-o seq.gguf --sequential --refit-norms --save-imatrix im.gguf");
     ASSERT_EQ(r.exit_code, 0) << tail(r.output);
-    // the search holds every covariance at once: by default the budget is the free memory's, all whole here
-    EXPECT_NE(r.output.find(" whole, 0 in blocks of 256; 0 pooled over experts), "), std::string::npos) << tail(r.output);
+    // one block's covariances at a time (qwen3moe-tiny: 4 blocks of 46 MiB), every one whole
+    const std::smatch m = [&] {
+        std::smatch found;
+        std::regex_search(r.output, found, std::regex(R"(\((\d+) whole, 0 in blocks of 256; 0 pooled over experts\), (\d+) MiB over all blocks; at most (\d+) MiB held at once)"));
+        return found;
+    }();
+    ASSERT_EQ(m.size(), 4u) << tail(r.output);
+    EXPECT_GT(std::stoi(m[1]), 0);
+    EXPECT_LT(std::stoi(m[3]) * 3, std::stoi(m[2])) << "held: one block's, not all of them";
     const nlohmann::json j = json_of(r);
+    EXPECT_TRUE(j["by_blocks"].get<bool>());
     EXPECT_EQ(j["sequential_layers"].get<int>(), 4);
+    EXPECT_GT(j["norms_refit"].get<int>(), 0);
     EXPECT_EQ(j["recipe_reproduces"], "types");  // the Hessian bytes are imx's own
     EXPECT_LE(fs::file_size(dir + "/seq.gguf"), 16.0 * 1048576.0);
     EXPECT_TRUE(fs::exists(dir + "/im.gguf"));
+    // every block tensor's errors were measured with its covariance (the Hessian metric), during the collection
+    nlohmann::json cache;
+    for (const auto & e : fs::directory_iterator(dir + "/cache")) {
+        if (e.path().filename().string().rfind("types-", 0) == 0) {
+            cache = nlohmann::json::parse(bytes_of(e.path().string()));
+        }
+    }
+    int with_hessian = 0;
+    for (const auto & [name, t] : cache["tensors"].items()) {
+        if (name.rfind("blk.", 0) == 0) {
+            EXPECT_TRUE(t["errors"]["q3_K"].contains("hessian")) << name;
+            with_hessian += 1;
+        }
+    }
+    EXPECT_EQ(with_hessian, 28);
     // what cannot go together is refused with one line
     const std::vector<std::pair<std::string, std::string>> refused = {
         {"-o bad.gguf --prior-weight auto", "--prior-weight auto cross-fits parts of an imatrix"},
-        {"-o bad.gguf --save-every 1", "--save-every goes with a block-by-block run"},
+        {"-o bad.gguf --save-every 1", "--save-every does not go with --target-size"},
+        {"-o bad.gguf --sequential --sequential-chunks 2", "--sequential-chunks goes with --imatrix"},
+        {"-o bad.gguf --keep-split", "--keep-split is not written for a block-by-block quantization"},
+        {"-o bad.gguf --refit-norms", "--refit-norms goes with a block-by-block run"},  // with the diagonal method
     };
     for (const auto & [args, message] : refused) {
-        const RunResult bad = run(base + args + " 2>&1");
+        const std::string cmd = args.find("--refit-norms") != std::string::npos
+                                    ? std::regex_replace(base, std::regex("--method hessian"), "--method diagonal")
+                                    : base;
+        const RunResult bad = run(cmd + args + " 2>&1");
         EXPECT_EQ(bad.exit_code, 2) << args;
         EXPECT_NE(bad.output.find(message), std::string::npos) << bad.output;
+        EXPECT_FALSE(fs::exists(dir + "/bad.gguf")) << args;
     }
 }
 
@@ -199,4 +232,36 @@ TEST(TargetSize, InMemoryErrorsAreTheEncodersOwn) {
     }
     EXPECT_NEAR(sum_sampled, sum_all, 0.15 * sum_all) << "32 rows a matrix, scaled to all rows";
     EXPECT_NE(sum_sampled, sum_all) << "fewer rows were encoded";
+}
+
+// Block by block (-f without --imatrix), each block's errors are measured during the collection with that
+// block's covariances: with every row they are what the block-by-block Hessian encoder reports when it writes
+// the file at that type from the same text.
+TEST(TargetSize, ByBlocksErrorsAreTheBlockEncodersOwn) {
+    const std::string dir = fresh_dir("target-size-by-blocks");
+    const std::string model = shared("models/" + kModel), text = shared("data/calibration.txt");
+    const std::string same_text = " -f " + text + " --chunks 6 -c 128 -t 2 --method hessian ";
+    const RunResult written = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text +
+                                  "--tensor-type '.*=q3_K' -o q3.gguf Q8_0 -v 2>&1");
+    ASSERT_EQ(written.exit_code, 0) << tail(written.output);
+    std::map<std::string, double> reported;
+    const std::regex line(R"(\s+(blk\.\S+)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+(\S+)\s+->\s+(\S+))");
+    for (auto it = std::sregex_iterator(written.output.begin(), written.output.end(), line); it != std::sregex_iterator(); ++it) {
+        reported[(*it)[1]] = std::stod((*it)[3]);
+    }
+    ASSERT_GE(reported.size(), 20u) << tail(written.output);
+    const RunResult r = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text +
+                            "--candidates q3_K,q4_K --probe-groups role --sensitivity-chunks 1 --target-bpw 4 "
+                            "--error-rows 0 -o mix.gguf --cache-dir cache 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    EXPECT_NE(r.output.find("each block's candidate errors measured as it was done"), std::string::npos) << tail(r.output);
+    nlohmann::json cache;
+    for (const auto & e : fs::directory_iterator(dir + "/cache")) {
+        if (e.path().filename().string().rfind("types-", 0) == 0) {
+            cache = nlohmann::json::parse(bytes_of(e.path().string()));
+        }
+    }
+    for (const auto & [name, loss] : reported) {
+        EXPECT_NEAR(cache["tensors"][name]["errors"]["q3_K"]["hessian"].get<double>(), loss, 1e-3 * loss) << name;
+    }
 }

@@ -53,6 +53,10 @@ struct CollectOptions {
     std::string only_tensors;  // collect only weights matching this regex (sums too); the pass ends after them
     // block by block (engine/collect/stream_collect.h) instead of the whole model per chunk
     bool        by_blocks = false;
+    // block by block: called with each block's statistics once every chunk has passed it, before they join the
+    // run's; it may take the covariances (the type search measures the block's errors with them and frees them,
+    // so that one block's are held at a time). Not given to checkpoints' callers: internal.
+    std::function<void(int block, Imatrix & stats)> on_block;
 };
 
 struct CollectProgress {

@@ -128,11 +128,15 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
             const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             progress({(uint32_t) (b * n_chunks + c + 1), (uint32_t) (blocks * n_chunks), secs, run, b, blocks});
         }
-        Imatrix block = std::move(collector.data());
+        Imatrix block;
+        add_block(block, std::move(collector.data()), b);  // blk.0 of the one-block model is block b
+        if (o.on_block) {
+            o.on_block(b, block);
+        }
         for (const Covariance & c : block.covariances) {
             budget_left -= std::min(budget_left, covariance_bytes(c.n_cols, c.block, c.n_mat));
         }
-        add_block(total, std::move(block), b);
+        add_block(total, std::move(block), 0);  // named already: the renaming of blk.0 is the identity
         if (keep) {
             hidden.keep_output();
             Checkpoint c{fp, (uint32_t) (b + 1), total};

@@ -72,7 +72,9 @@ std::string fingerprint(const StreamQuantizeOptions & o, const std::vector<Chunk
            (o.refit_norms ? " refit-norms" : "");
 }
 
-void refuse(const StreamQuantizeOptions & o) {
+}  // namespace
+
+void refuse_for_blocks(const StreamQuantizeOptions & o) {
     if (o.quantize.keep_split) {
         throw Error("--keep-split is not written for a block-by-block quantization: write one file, then split it "
                     "with llama-gguf-split --split");
@@ -88,6 +90,8 @@ void refuse(const StreamQuantizeOptions & o) {
         throw Error("--refit-norms goes with --method hessian (it fits against the covariances that collects)");
     }
 }
+
+namespace {
 
 // One run's state, block after block.
 class BlockQuantizer {
@@ -531,7 +535,7 @@ StreamQuantizeResult BlockQuantizer::run() {
 }  // namespace
 
 StreamQuantizeResult quantize_by_blocks(const StreamQuantizeOptions & o) {
-    refuse(o);
+    refuse_for_blocks(o);
     init_llama(o.verbose);
     return BlockQuantizer(o).run();
 }

@@ -77,4 +77,8 @@ struct StreamQuantizeResult {
 // take.
 StreamQuantizeResult quantize_by_blocks(const StreamQuantizeOptions & o);
 
+// The options this path does not take, refused with one line (imx::Error) — quantize_by_blocks does it first;
+// the type search, whose output it writes, before its hours of work.
+void refuse_for_blocks(const StreamQuantizeOptions & o);
+
 }  // namespace imx::engine

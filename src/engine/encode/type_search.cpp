@@ -2,6 +2,9 @@
 
 #include "engine/encode/candidate_errors.h"
 #include "engine/encode/model_writer.h"
+#include "engine/encode/stream_quantize.h"
+#include "engine/stream/block_model.h"
+#include "core/math/quant_weights.h"
 #include "engine/evaluate/evaluate.h"
 #include "engine/model/tensor_file.h"
 #include "core/format/atomic_file.h"
@@ -158,9 +161,12 @@ public:
           by_bpw_(o.target_bpw > 0), align_(src_.alignment()), cache_("", "") {}
 
     TargetResult run();
+    // step 1 for the tensors of one block collected by blocks (BlockErrors); the number measured
+    int measure_block(Imatrix & stats);
 
 private:
     void select_tensors();
+    void store_errors(const std::string & name, const std::map<ggml_type, CandidateError> & errors);
     void check_target() const;
     void open_cache();
     void choose_probes();
@@ -176,6 +182,7 @@ private:
     void allocate();
     void add_stock_mixes();
     void write_output(const Evaluator & eval);
+    void write_by_blocks();
 
     uint64_t stored(uint64_t bytes) const { return by_bpw_ ? bytes : (uint64_t) GGML_PAD(bytes, align_); }
     double target_bytes() const { return by_bpw_ ? o_.target_bpw * (double) n_elements_ / 8.0 : o_.target_bytes; }
@@ -213,6 +220,8 @@ private:
     std::vector<TensorTypeOptions>   items_;
     std::map<std::string, double>    group_probe_error_;  // Σ of the group's errors at their probe types
     TargetResult                     res_;
+    bool                             collecting_ = false;  // in BlockErrors: no imatrix weights yet
+    ModelShapes                      shapes_;
 };
 
 TargetResult TargetSearch::run() {
@@ -225,7 +234,7 @@ TargetResult TargetSearch::run() {
 
     const auto t_errors = std::chrono::steady_clock::now();
     measure_errors();
-    res_.seconds_errors = seconds_since(t_errors);
+    res_.seconds_errors = seconds_since(t_errors) + o_.block_error_seconds;
 
     EvalOptions eo;
     eo.text_file = o_.text_file;
@@ -287,7 +296,7 @@ void TargetSearch::select_tensors() {
                 t.valid.push_back(c);
             }
         }
-        if (t.valid.empty()) {
+        if (t.valid.empty() && !collecting_) {
             throw Error(model_ + ": tensor " + t.name + " (rows of " + std::to_string(t.n_per_row) +
                         ") takes none of the candidate types as it is");
         }
@@ -317,7 +326,9 @@ void TargetSearch::check_target() const {
 // The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
 // group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
 void TargetSearch::open_cache() {
-    std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" + file_stamp(o_.quantize.imatrix_file) + "|" + o_.cache_key +
+    // by blocks the imatrix is collected here and named by cache_key (its file, if saved, is written after)
+    std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" +
+                      (o_.by_blocks ? std::string("collected") : file_stamp(o_.quantize.imatrix_file)) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
                       std::to_string(o_.chunks);
     if (o_.hessian) {
@@ -391,26 +402,75 @@ void TargetSearch::measure_errors() {
         o_.progress("errors", 0, (int) todo.size());
     }
     measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
-        for (const auto & [type, e] : errors) {
-            json j;
-            j["diag"] = e.diag;
-            if (e.hessian >= 0) {
-                j["hessian"] = e.hessian;
-                j["hessian_of_diag"] = e.hessian_of_diag;
-            }
-            cache_.tensor(name)["errors"][ggml_type_name(type)] = j;
-        }
-        cache_.save();
+        store_errors(name, errors);
         if (o_.progress) {
             o_.progress("errors", ++done, (int) todo.size());
         }
     });
     res_.error_types = (int) types.size();
-    res_.error_tensors = (int) todo.size();
+    res_.error_tensors = (int) todo.size() + o_.block_error_tensors;
     if (!cache_.j.contains("fixed_bytes")) {
         cache_.j["fixed_bytes"] = fixed_file_bytes();
         cache_.save();
     }
+}
+
+void TargetSearch::store_errors(const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
+    for (const auto & [type, e] : errors) {
+        json j;
+        j["diag"] = e.diag;
+        if (e.hessian >= 0) {
+            j["hessian"] = e.hessian;
+            j["hessian_of_diag"] = e.hessian_of_diag;
+        }
+        cache_.tensor(name)["errors"][ggml_type_name(type)] = j;
+    }
+    cache_.save();
+}
+
+// Step 1 for one collected block: its tensors at the candidates and the probe type, with the block's covariances
+// and the imatrix weights of its own sums (the prior's targets are per tensor, so they are the whole run's); the
+// covariances are freed after.
+int TargetSearch::measure_block(Imatrix & stats) {
+    if (!collecting_) {
+        collecting_ = true;
+        select_tensors();
+        open_cache();
+        shapes_ = model_tensor_shapes(model_);
+    }
+    const QuantWeights weights = quant_weights(stats, o_.by_blocks->prior, shapes_);
+    std::vector<ggml_type> wanted = candidates_;
+    const ggml_type probe = parse_ggml_type(o_.probe_type, "--probe-type");
+    if (std::find(wanted.begin(), wanted.end(), probe) == wanted.end()) {
+        wanted.push_back(probe);
+    }
+    std::vector<CandidateTensor> todo;
+    for (const Tensor & t : tensors_) {
+        if (!stats.tensors.count(t.name)) {
+            continue;
+        }
+        CandidateTensor c{t.name, {}};
+        for (ggml_type m : wanted) {
+            if (can_take(t.name, t.n_per_row, m, &weights) && !cache_.has_error(t.name, m)) {
+                c.types.push_back(m);
+            }
+        }
+        if (!c.types.empty()) {
+            todo.push_back(std::move(c));
+        }
+    }
+    CandidateErrorOptions eo;
+    eo.weights = &weights;
+    eo.hessian = &stats;
+    eo.hessian_options = hessian_options();
+    eo.sample_rows = o_.error_rows;
+    eo.threads = threads_;
+    measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
+        store_errors(name, errors);
+    });
+    stats.covariances.clear();
+    stats.covariances.shrink_to_fit();
+    return (int) todo.size();
 }
 
 // The output's header and the tensors it keeps as they are, exactly: a sparse scratch file laid out as
@@ -613,7 +673,9 @@ void TargetSearch::write_output(const Evaluator & eval) {
     QuantizeOptions q = o_.quantize;
     q.type = res_.base_type;
     q.tensor_types = res_.recipe;
-    if (o_.hessian) {
+    if (o_.by_blocks) {
+        write_by_blocks();
+    } else if (o_.hessian) {
         q.finish = [&, h = hessian_options()](const std::string & written) {
             res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
             if (o_.sequential) {
@@ -628,7 +690,9 @@ void TargetSearch::write_output(const Evaluator & eval) {
             }
         };
     }
-    quantize_model(q);
+    if (!o_.by_blocks) {
+        quantize_model(q);
+    }
     const TensorTable out(quantized_paths(q)[0]);
     res_.file_bytes = out.file_bytes();
     uint64_t data = 0;
@@ -642,8 +706,57 @@ void TargetSearch::write_output(const Evaluator & eval) {
     res_.measured_kld = summarize(eval.score(out.path())).kld_mean.value;
 }
 
+// Step 4 block by block: the chosen types through quantize_by_blocks, which collects each block's covariances
+// again on its own pass (none was kept) and with --sequential runs its O(L) passes.
+void TargetSearch::write_by_blocks() {
+    StreamQuantizeOptions s = *o_.by_blocks;
+    s.quantize = o_.quantize;
+    s.quantize.type = res_.base_type;
+    s.quantize.tensor_types = res_.recipe;
+    s.quantize.weights = nullptr;  // its own pass collects them again, the same numbers
+    s.hessian = true;
+    s.progress = [&](int, int, uint64_t done, uint64_t total) {
+        if (o_.progress) {
+            o_.progress("quantize", (int) done, (int) total);
+        }
+    };
+    const StreamQuantizeResult r = quantize_by_blocks(s);
+    res_.hessian_reports = r.reports;
+    res_.norms_refit = r.norms_refit;
+    for (const HessianTensorReport & t : r.sequential_reports) {  // as the two-step pass reports them: per layer
+        const int b = block_of(t.name);
+        if (res_.sequential_reports.empty() || res_.sequential_reports.back().layer != b) {
+            res_.sequential_reports.push_back({b, 0, {}});
+        }
+        res_.sequential_reports.back().tensors.push_back(t);
+    }
+}
+
 }  // namespace
 
 TargetResult quantize_to_target(const TargetOptions & o) { return TargetSearch(o).run(); }
+
+class BlockErrors::Search {
+public:
+    explicit Search(const TargetOptions & o) : search(o) {}
+    TargetSearch search;
+};
+
+BlockErrors::BlockErrors(const TargetOptions & o) : o_(o) {
+    if (!o_.by_blocks) {
+        throw Error("BlockErrors: for a block-by-block search");
+    }
+}
+
+BlockErrors::~BlockErrors() = default;
+
+void BlockErrors::operator()(int, Imatrix & stats) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!search_) {
+        search_ = std::make_unique<Search>(o_);
+    }
+    tensors_ += search_->search.measure_block(stats);
+    seconds_ += seconds_since(t0);
+}
 
 }  // namespace imx::engine

@@ -14,6 +14,11 @@
 // 4. The output is written by llama_model_quantize with the choice as --tensor-type overrides (plus the
 //    Hessian pass, and with --sequential the layer-by-layer pass), so llama-quantize given the printed recipe
 //    makes the same types (not the Hessian bytes); its KLD is measured on the same calibration chunks.
+// Block by block (`by_blocks`: the statistics collected here by engine/collect/stream_collect.h): no covariance
+// is held past its block — step 1 runs for each block's tensors as the collection finishes the block
+// (BlockErrors), and step 4 is quantize_by_blocks with the choice (its own pass over the text; --sequential in
+// O(L) block passes) — so a whole model's search needs one block's covariances, not all of them (an 8B model's
+// are 61 GiB).
 // Steps 1 and 2 are cached per model, imatrix, encoder settings and text: a second target size costs one
 // quantization.
 #pragma once
@@ -23,8 +28,10 @@
 #include "engine/encode/hessian_encoder.h"
 #include "engine/encode/quantize.h"
 #include "engine/encode/sequential_encoder.h"
+#include "engine/encode/stream_quantize.h"
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,6 +58,10 @@ struct TargetOptions {
     // engine/encode/sequential_encoder.h). The measurements stay the Hessian encoder's: the sequential pass is
     // applied to the chosen mix only.
     std::optional<SequentialOptions> sequential;
+    // set (with hessian): block by block, as above; `hessian` then holds no covariance (BlockErrors measured the
+    // blocks' tensors with theirs) and the output is quantize_by_blocks(*by_blocks) with the chosen types, whose
+    // `sequential` replaces the field above
+    std::optional<StreamQuantizeOptions> by_blocks;
     std::string     text_file;  // calibration text for the sensitivities
     uint32_t        ctx = 512;
     int             chunks = 8;
@@ -58,6 +69,9 @@ struct TargetOptions {
     std::string     cache_key;  // what else the measurements depend on (the prior's settings)
     // stage ("errors", "sensitivity", "quantize", "measure"), done, total
     std::function<void(const std::string &, int, int)> progress;
+    // what BlockErrors measured during the collection, added to the result's figures
+    double          block_error_seconds = 0;
+    int             block_error_tensors = 0;
 };
 
 struct TensorChoice {
@@ -89,10 +103,32 @@ struct TargetResult {
     std::vector<StockMix>      stock;
     std::vector<HessianTensorReport> hessian_reports;
     std::vector<SequentialLayerReport> sequential_reports;
+    int         norms_refit = 0;  // by blocks with --refit-norms
 };
 
 // Checks the target against the candidates' smallest and largest sizes before any work (imx::Error, one line),
 // then measures, allocates and writes o.quantize.output.
 TargetResult quantize_to_target(const TargetOptions & o);
+
+// Step 1 for one block during a block-by-block collection (CollectOptions::on_block): the candidate errors of the
+// block's tensors, with the block's whole covariances and the imatrix weights of its own sums (the prior's targets
+// are per tensor), into the search's cache — which quantize_to_target then reads (its cache key must not depend on
+// the collected numbers: TargetOptions::cache_key names the collection's settings instead); then the covariances
+// are freed.
+class BlockErrors {
+public:
+    explicit BlockErrors(const TargetOptions & o);
+    ~BlockErrors();
+    void operator()(int block, Imatrix & stats);
+    double seconds() const { return seconds_; }
+    int    tensors() const { return tensors_; }
+
+private:
+    class Search;
+    TargetOptions           o_;
+    std::unique_ptr<Search> search_;
+    double                  seconds_ = 0;
+    int                     tensors_ = 0;
+};
 
 }  // namespace imx::engine
