@@ -71,6 +71,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErro
     if (block_errors) {
         t.block_error_seconds = block_errors->seconds();
         t.block_error_tensors = block_errors->tensors();
+        t.block_error_types = block_errors->types();
     }
     std::unique_ptr<Progress> bar;  // one per stage: candidate types, then tensors
     std::string stage_shown;

@@ -161,8 +161,9 @@ public:
           by_bpw_(o.target_bpw > 0), align_(src_.alignment()), cache_("", "") {}
 
     TargetResult run();
-    // step 1 for the tensors of one block collected by blocks (BlockErrors); the number measured
-    int measure_block(Imatrix & stats);
+    // step 1 for the tensors of one block collected by blocks (BlockErrors); the number measured, and the
+    // distinct types measured in all blocks so far into `types`
+    int measure_block(Imatrix & stats, std::set<ggml_type> & types);
 
 private:
     void select_tensors();
@@ -407,7 +408,7 @@ void TargetSearch::measure_errors() {
             o_.progress("errors", ++done, (int) todo.size());
         }
     });
-    res_.error_types = (int) types.size();
+    res_.error_types = (int) std::max(types.size(), (size_t) o_.block_error_types);  // the blocks' hold the rest's
     res_.error_tensors = (int) todo.size() + o_.block_error_tensors;
     if (!cache_.j.contains("fixed_bytes")) {
         cache_.j["fixed_bytes"] = fixed_file_bytes();
@@ -431,7 +432,7 @@ void TargetSearch::store_errors(const std::string & name, const std::map<ggml_ty
 // Step 1 for one collected block: its tensors at the candidates and the probe type, with the block's covariances
 // and the imatrix weights of its own sums (the prior's targets are per tensor, so they are the whole run's); the
 // covariances are freed after.
-int TargetSearch::measure_block(Imatrix & stats) {
+int TargetSearch::measure_block(Imatrix & stats, std::set<ggml_type> & types) {
     if (!collecting_) {
         collecting_ = true;
         select_tensors();
@@ -453,6 +454,7 @@ int TargetSearch::measure_block(Imatrix & stats) {
         for (ggml_type m : wanted) {
             if (can_take(t.name, t.n_per_row, m, &weights) && !cache_.has_error(t.name, m)) {
                 c.types.push_back(m);
+                types.insert(m);
             }
         }
         if (!c.types.empty()) {
@@ -739,7 +741,8 @@ TargetResult quantize_to_target(const TargetOptions & o) { return TargetSearch(o
 class BlockErrors::Search {
 public:
     explicit Search(const TargetOptions & o) : search(o) {}
-    TargetSearch search;
+    TargetSearch        search;
+    std::set<ggml_type> types;
 };
 
 BlockErrors::BlockErrors(const TargetOptions & o) : o_(o) {
@@ -755,7 +758,8 @@ void BlockErrors::operator()(int, Imatrix & stats) {
     if (!search_) {
         search_ = std::make_unique<Search>(o_);
     }
-    tensors_ += search_->search.measure_block(stats);
+    tensors_ += search_->search.measure_block(stats, search_->types);
+    types_ = (int) search_->types.size();
     seconds_ += seconds_since(t0);
 }
 

@@ -71,7 +71,7 @@ struct TargetOptions {
     std::function<void(const std::string &, int, int)> progress;
     // what BlockErrors measured during the collection, added to the result's figures
     double          block_error_seconds = 0;
-    int             block_error_tensors = 0;
+    int             block_error_tensors = 0, block_error_types = 0;
 };
 
 struct TensorChoice {
@@ -122,13 +122,14 @@ public:
     void operator()(int block, Imatrix & stats);
     double seconds() const { return seconds_; }
     int    tensors() const { return tensors_; }
+    int    types() const { return types_; }
 
 private:
     class Search;
     TargetOptions           o_;
     std::unique_ptr<Search> search_;
     double                  seconds_ = 0;
-    int                     tensors_ = 0;
+    int                     tensors_ = 0, types_ = 0;
 };
 
 }  // namespace imx::engine
