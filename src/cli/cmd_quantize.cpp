@@ -355,15 +355,8 @@ Run add_quantize(CLI::App & app) {
                             (target ? ", --method hessian)" : ")"));
             }
         }
-        if (searched_by_blocks && o->sequential_chunks > 0) {
-            throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's "
-                        "chunks");
-        }
-        if (searched_by_blocks && o->hessian.row_scales) {
-            throw Error("--output-scales goes with --imatrix (the two-step path)");
-        }
         if (searched_by_blocks) {
-            engine::refuse_for_blocks(stream_options(*o));  // what its block-by-block output cannot write, now
+            refuse_for_blocks(*o);  // what its block-by-block output cannot write, now
         }
         if (collect_here && auto_prior) {
             throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "

@@ -39,6 +39,16 @@ engine::StreamQuantizeOptions stream_options(const QuantizeCommand & o) {
     return s;
 }
 
+void refuse_for_blocks(const QuantizeCommand & o) {
+    if (o.hessian.row_scales) {
+        throw Error("--output-scales goes with --imatrix (the two-step path)");
+    }
+    if (o.sequential_chunks > 0) {
+        throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's chunks");
+    }
+    engine::refuse_for_blocks(stream_options(o));
+}
+
 bool search_by_blocks(const QuantizeCommand & o) {
     return o.imatrix.empty() && o.method == "hessian" &&
            engine::block_streaming_supported(engine::TensorTable(o.q.model));
@@ -49,12 +59,7 @@ void run_by_blocks(QuantizeCommand & o) {
         throw Error("--prior-weight auto cross-fits parts of an imatrix (--imatrix part1 --imatrix part2): give a "
                     "number with -f TEXT, or collect the parts first");
     }
-    if (o.hessian.row_scales) {
-        throw Error("--output-scales goes with --imatrix (the two-step path)");
-    }
-    if (o.sequential_chunks > 0) {
-        throw Error("--sequential-chunks goes with --imatrix (the two-step path); here --chunks sets the text's chunks");
-    }
+    refuse_for_blocks(o);
     engine::StreamQuantizeOptions s = stream_options(o);
     s.save_every_block = o.save_every > 0;
     s.resume = o.resume;

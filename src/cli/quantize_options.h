@@ -79,6 +79,9 @@ void print_hessian_reports(const std::vector<engine::HessianTensorReport> & repo
 void run_by_blocks(QuantizeCommand & o);
 // The block-by-block quantization's options from the command's (no progress, checkpoints or --save-imatrix).
 engine::StreamQuantizeOptions stream_options(const QuantizeCommand & o);
+// What the block-by-block quantization does not take (alone, or as the type search's output), one line each,
+// before any work.
+void refuse_for_blocks(const QuantizeCommand & o);
 // --target-size without --imatrix and --method hessian, an architecture the block runner takes: the search
 // block by block (engine/encode/type_search.h), one block's covariances held at a time.
 bool search_by_blocks(const QuantizeCommand & o);

@@ -667,7 +667,8 @@ void TargetSearch::add_stock_mixes() {
     }
 }
 
-// 4. The output: llama_model_quantize with the choice as overrides, then the Hessian pass; its KLD measured.
+// 4. The output: llama_model_quantize with the choice as overrides, then the Hessian pass (block by block:
+// write_by_blocks); its KLD measured.
 void TargetSearch::write_output(const Evaluator & eval) {
     if (o_.progress) {
         o_.progress("quantize", 0, 1);
@@ -677,22 +678,22 @@ void TargetSearch::write_output(const Evaluator & eval) {
     q.tensor_types = res_.recipe;
     if (o_.by_blocks) {
         write_by_blocks();
-    } else if (o_.hessian) {
-        q.finish = [&, h = hessian_options()](const std::string & written) {
-            res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
-            if (o_.sequential) {
-                if (o_.progress) {
-                    o_.progress("sequential", 0, 1);
-                }
-                res_.sequential_reports = sequential_reencode(model_, written, h, *o_.sequential, [&](int done, int total) {
+    } else {
+        if (o_.hessian) {
+            q.finish = [&, h = hessian_options()](const std::string & written) {
+                res_.hessian_reports = hessian_reencode(model_, written, *o_.hessian, h, [](int, int) {});
+                if (o_.sequential) {
                     if (o_.progress) {
-                        o_.progress("sequential", done, total);
+                        o_.progress("sequential", 0, 1);
                     }
-                });
-            }
-        };
-    }
-    if (!o_.by_blocks) {
+                    res_.sequential_reports = sequential_reencode(model_, written, h, *o_.sequential, [&](int done, int total) {
+                        if (o_.progress) {
+                            o_.progress("sequential", done, total);
+                        }
+                    });
+                }
+            };
+        }
         quantize_model(q);
     }
     const TensorTable out(quantized_paths(q)[0]);
