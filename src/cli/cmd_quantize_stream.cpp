@@ -184,9 +184,10 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
                  : c.covariance_budget > 0 ? " with covariances" : "", clock_str(bar.seconds()).c_str());
     if (block_errors) {
         std::fprintf(stderr, "imx quantize: covariances, block by block: %s; at most %.0f MiB held at once (budget for "
-                             "a block %.0f MiB); errors of %d tensors in %.1f s\n",
+                             "a block %.0f MiB); errors of %d tensors in %.1f s; %s\n",
                      covariance_summary(shapes, "over all blocks").c_str(), most_held / 1048576.0,
-                     c.covariance_budget / 1048576.0, block_errors->tensors(), block_errors->seconds());
+                     c.covariance_budget / 1048576.0, block_errors->tensors(), block_errors->seconds(),
+                     block_errors->spill_note().c_str());
     } else if (c.covariance_budget > 0) {  // what the budget held, and what whole ones everywhere would have needed
         const uint64_t whole = whole_covariance_bytes(r.imatrix);
         std::fprintf(stderr, "imx quantize: covariances: %s (budget %.0f MiB; whole for every input: %.0f MiB%s)\n",

@@ -72,6 +72,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErro
         t.block_error_seconds = block_errors->seconds();
         t.block_error_tensors = block_errors->tensors();
         t.block_error_types = block_errors->types();
+        t.spill = block_errors->spill();
     }
     std::unique_ptr<Progress> bar;  // one per stage: candidate types, then tensors
     std::string stage_shown;
@@ -81,7 +82,10 @@ void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErro
             stage_shown = stage;
         }
         bar->update((uint64_t) done, (uint64_t) total,
-                    stage == "sequential" ? "layers" : stage == "quantize" && t.by_blocks ? "passes" : "tensors");
+                    stage == "sequential" ? "layers"
+                    : stage == "encode"   ? "blocks"
+                    : stage == "quantize" && t.by_blocks ? "passes"
+                                                         : "tensors");
     };
     const engine::TargetResult r = engine::quantize_to_target(t);
     bar.reset();

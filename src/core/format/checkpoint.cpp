@@ -63,7 +63,7 @@ struct In {
 
 }  // namespace
 
-void save_checkpoint(const Checkpoint & c, const std::string & path) {
+std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
     Out o;
     o.b.insert(o.b.end(), kMagic, kMagic + 8);
     o.str(c.fingerprint);
@@ -117,11 +117,14 @@ void save_checkpoint(const Checkpoint & c, const std::string & path) {
         o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.cross.data()),
                    reinterpret_cast<const uint8_t *>(cov.cross.data() + cov.cross.size()));
     }
-    write_file_atomic(path, o.b);
+    return std::move(o.b);
 }
 
-Checkpoint load_checkpoint(const std::string & path) {
-    const std::vector<uint8_t> bytes = read_file(path);
+void save_checkpoint(const Checkpoint & c, const std::string & path) { write_file_atomic(path, checkpoint_bytes(c)); }
+
+Checkpoint load_checkpoint(const std::string & path) { return parse_checkpoint(read_file(path), path); }
+
+Checkpoint parse_checkpoint(const std::vector<uint8_t> & bytes, const std::string & path) {
     In in{bytes, path};
     in.need(8);
     const bool v1 = std::memcmp(bytes.data(), kMagicV1, 8) == 0;

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace imx {
 
@@ -26,5 +27,9 @@ struct Checkpoint {
 
 void save_checkpoint(const Checkpoint & c, const std::string & path);
 Checkpoint load_checkpoint(const std::string & path);
+// The same format in memory (core/format/block_spill.h keeps blocks' statistics in one file); `path` names the
+// source in errors.
+std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c);
+Checkpoint parse_checkpoint(const std::vector<uint8_t> & bytes, const std::string & path);
 
 }  // namespace imx

@@ -434,8 +434,11 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
 StreamQuantizeResult BlockQuantizer::run() {
     const bool keep = o_.save_every_block || o_.resume;
     const std::string fp = fingerprint(o_, chunks_);
+    if (o_.collected && (o_.sequential || keep)) {
+        throw Error("statistics collected before go with neither --sequential nor checkpoints");
+    }
     const int passes = o_.sequential ? 3 : 1;  // chunk passes counted: step 1, step 2 (both models), step 3
-    passes_total_ = (uint64_t) passes * chunks_.size() * (uint64_t) blocks_;
+    passes_total_ = o_.collected ? (uint64_t) blocks_ : (uint64_t) passes * chunks_.size() * (uint64_t) blocks_;
     QuantizedHeader header{o_.quantize.type,
                            o_.imatrix_output.empty() ? "imx quantize: collected block by block" : o_.imatrix_output,
                            o_.text_file, (uint32_t) chunks_.size()};
@@ -469,7 +472,9 @@ StreamQuantizeResult BlockQuantizer::run() {
                 write_tensor(p.name, nullptr);
             }
         }
-        embed_chunks(table_, io_, chunks_, nullptr, h.begin());
+        if (!o_.collected) {
+            embed_chunks(table_, io_, chunks_, nullptr, h.begin());
+        }
         if (o_.sequential) {
             const ggml_type embd_type = writer_->type_of("token_embd.weight");
             const TensorBytes quantized{embd_type, writer_->read("token_embd.weight")};
@@ -484,7 +489,13 @@ StreamQuantizeResult BlockQuantizer::run() {
         } else {
             const auto t0 = std::chrono::steady_clock::now();
             Imatrix block;
-            pass_plain(b, h.input(), &h.output(), block);
+            if (o_.collected) {
+                check_interrupt(b);
+                block = o_.collected(b);
+                progress(b);
+            } else {
+                pass_plain(b, h.input(), &h.output(), block);
+            }
             res_.seconds_passes += seconds_since(t0);
             Imatrix block_sums;
             block_sums.tensors = block.tensors;
@@ -505,7 +516,9 @@ StreamQuantizeResult BlockQuantizer::run() {
                 out_scratch->keep();  // the checkpoint's output so far
             }
         }
-        h.advance();
+        if (!o_.collected) {
+            h.advance();
+        }
         if (o_.sequential) {
             hq.advance();
         }

@@ -57,7 +57,12 @@ struct StreamQuantizeOptions {
     // inverse scales, so their outputs stay exact.
     bool            refit_norms = false;
     std::string     imatrix_output;  // also write the collected imatrix (sums of the unquantized stream) here
-    // after each chunk pass: block, blocks, passes done, passes in all (chunks × passes per block × blocks)
+    // set: block b's statistics (sums and covariances, as this run's own pass would collect them from the same
+    // text and settings) come from here instead of a pass over the text — the type search kept them on disk
+    // (core/format/block_spill.h); no hidden state is computed. Not with sequential or checkpoints.
+    std::function<Imatrix(int block)> collected;
+    // after each chunk pass: block, blocks, passes done, passes in all (chunks × passes per block × blocks); with
+    // `collected`, after each block: passes are blocks
     std::function<void(int block, int blocks, uint64_t done, uint64_t total)> progress;
 };
 

@@ -709,18 +709,23 @@ void TargetSearch::write_output(const Evaluator & eval) {
     res_.measured_kld = summarize(eval.score(out.path())).kld_mean.value;
 }
 
-// Step 4 block by block: the chosen types through quantize_by_blocks, which collects each block's covariances
-// again on its own pass (none was kept) and with --sequential runs its O(L) passes.
+// Step 4 block by block: the chosen types through quantize_by_blocks, from the blocks' statistics the spill
+// kept, else (dropped, or --sequential) from its own pass over the text, which collects the same numbers again
+// (and with --sequential runs its O(L) passes).
 void TargetSearch::write_by_blocks() {
     StreamQuantizeOptions s = *o_.by_blocks;
     s.quantize = o_.quantize;
     s.quantize.type = res_.base_type;
     s.quantize.tensor_types = res_.recipe;
-    s.quantize.weights = nullptr;  // its own pass collects them again, the same numbers
+    s.quantize.weights = nullptr;  // from the block statistics, the same numbers the errors were measured with
     s.hessian = true;
+    const bool kept = o_.spill && !s.sequential && o_.spill->holds(block_count(src_));
+    if (kept) {
+        s.collected = [&](int b) { return o_.spill->get(b); };
+    }
     s.progress = [&](int, int, uint64_t done, uint64_t total) {
         if (o_.progress) {
-            o_.progress("quantize", (int) done, (int) total);
+            o_.progress(kept ? "encode" : "quantize", (int) done, (int) total);
         }
     };
     const StreamQuantizeResult r = quantize_by_blocks(s);
@@ -750,14 +755,32 @@ BlockErrors::BlockErrors(const TargetOptions & o) : o_(o) {
     if (!o_.by_blocks) {
         throw Error("BlockErrors: for a block-by-block search");
     }
+    if (!o_.by_blocks->sequential) {
+        spill_ = std::make_unique<BlockSpill>(temporary_path(o_.quantize.output) + ".covariances");
+    }
+}
+
+std::string BlockErrors::spill_note() const {
+    if (!spill_) {
+        return "not kept for the output: --sequential collects its own";
+    }
+    if (!spill_->why().empty()) {
+        return "not kept for the output (" + spill_->why() + "): it collects them again";
+    }
+    char s[64];
+    std::snprintf(s, sizeof s, "%.0f MiB", spill_->bytes() / 1048576.0);
+    return std::string("kept for the output on disk: ") + s + " in " + spill_->path();
 }
 
 BlockErrors::~BlockErrors() = default;
 
-void BlockErrors::operator()(int, Imatrix & stats) {
+void BlockErrors::operator()(int block, Imatrix & stats) {
     const auto t0 = std::chrono::steady_clock::now();
     if (!search_) {
         search_ = std::make_unique<Search>(o_);
+    }
+    if (spill_) {
+        spill_->put(block, stats);  // before measure_block frees the covariances
     }
     tensors_ += search_->search.measure_block(stats, search_->types);
     types_ = (int) search_->types.size();

@@ -16,13 +16,15 @@
 //    makes the same types (not the Hessian bytes); its KLD is measured on the same calibration chunks.
 // Block by block (`by_blocks`: the statistics collected here by engine/collect/stream_collect.h): no covariance
 // is held past its block — step 1 runs for each block's tensors as the collection finishes the block
-// (BlockErrors), and step 4 is quantize_by_blocks with the choice (its own pass over the text; --sequential in
-// O(L) block passes) — so a whole model's search needs one block's covariances, not all of them (an 8B model's
-// are 61 GiB).
+// (BlockErrors), and step 4 is quantize_by_blocks with the choice — from each block's statistics kept on disk
+// meanwhile (core/format/block_spill.h: 10.5 GiB at the Qwen3-1.7B shape), or where the disk cannot take them
+// and with --sequential from its own pass over the text (--sequential in O(L) block passes) — so a whole
+// model's search needs one block's covariances in memory, not all of them (an 8B model's are 61 GiB).
 // Steps 1 and 2 are cached per model, imatrix, encoder settings and text: a second target size costs one
 // quantization.
 #pragma once
 
+#include "core/format/block_spill.h"
 #include "core/imatrix.h"
 #include "core/math/type_allocation.h"
 #include "engine/encode/hessian_encoder.h"
@@ -69,6 +71,9 @@ struct TargetOptions {
     std::string     cache_key;  // what else the measurements depend on (the prior's settings)
     // stage ("errors", "sensitivity", "quantize", "measure"), done, total
     std::function<void(const std::string &, int, int)> progress;
+    // set (by blocks, without sequential): every block's statistics as the collection left them
+    // (BlockErrors::spill), which the output reads instead of collecting them again
+    const BlockSpill * spill = nullptr;
     // what BlockErrors measured during the collection, added to the result's figures
     double          block_error_seconds = 0;
     int             block_error_tensors = 0, block_error_types = 0;
@@ -120,6 +125,10 @@ public:
     explicit BlockErrors(const TargetOptions & o);
     ~BlockErrors();
     void operator()(int block, Imatrix & stats);
+    // the blocks' statistics kept on disk for the output (without --sequential, whose passes collect anew); null
+    // where not kept, or dropped: spill_note() says why
+    const BlockSpill * spill() const { return spill_ && spill_->why().empty() ? spill_.get() : nullptr; }
+    std::string spill_note() const;
     double seconds() const { return seconds_; }
     int    tensors() const { return tensors_; }
     int    types() const { return types_; }
@@ -128,6 +137,7 @@ private:
     class Search;
     TargetOptions           o_;
     std::unique_ptr<Search> search_;
+    std::unique_ptr<BlockSpill> spill_;
     double                  seconds_ = 0;
     int                     tensors_ = 0, types_ = 0;
 };
