@@ -44,27 +44,44 @@ bool BlockSpill::put(int block, const Imatrix & stats) {
     if (fd_ < 0) {
         return false;
     }
-    const std::vector<uint8_t> b = checkpoint_bytes({"block " + std::to_string(block), 0, stats});
+    uint64_t size = 1ull << 20;  // the names and counts: well under this
+    for (const auto & [name, ts] : stats.tensors) {
+        size += (ts.sums.size() + ts.counts.size()) * 8;
+    }
+    for (const Covariance & c : stats.covariances) {
+        size += (c.values.size() + c.cross.size()) * sizeof(double);
+    }
+    const fs::path dir = fs::path(path_).parent_path().empty() ? fs::path(".") : fs::path(path_).parent_path();
     std::error_code ec;
-    const fs::space_info space = fs::space(fs::path(path_).parent_path().empty() ? fs::path(".") : fs::path(path_).parent_path(), ec);
-    if (!ec && space.available < b.size() + (1ull << 30)) {
-        drop("block " + std::to_string(block) + "'s " + std::to_string(b.size() >> 20) + " MiB would leave under 1 GiB free in " +
-             fs::path(path_).parent_path().string());
+    const fs::space_info space = fs::space(dir, ec);
+    if (!ec && space.available < size + (1ull << 30)) {
+        drop("block " + std::to_string(block) + "'s " + std::to_string(size >> 20) + " MiB would leave under 1 GiB free in " +
+             dir.string());
         return false;
     }
-    for (size_t done = 0; done < b.size();) {
-        const ssize_t n = ::pwrite(fd_, b.data() + done, b.size() - done, (off_t) (end_ + done));
-        if (n < 0 && errno == EINTR) {
-            continue;
+    // written from where the numbers lie (write_checkpoint hands the covariances over as they are)
+    uint64_t at = end_;
+    std::string failed;
+    write_checkpoint({"block " + std::to_string(block), 0, stats}, [&](const uint8_t * p, size_t n) {
+        for (size_t done = 0; done < n && failed.empty();) {
+            const ssize_t w = ::pwrite(fd_, p + done, n - done, (off_t) (at + done));
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w <= 0) {
+                failed = w < 0 ? std::strerror(errno) : "nothing written";
+                break;
+            }
+            done += (size_t) w;
         }
-        if (n <= 0) {
-            drop(path_ + ": " + (n < 0 ? std::strerror(errno) : "nothing written") + " at block " + std::to_string(block));
-            return false;
-        }
-        done += (size_t) n;
+        at += n;
+    });
+    if (!failed.empty()) {
+        drop(path_ + ": " + failed + " at block " + std::to_string(block));
+        return false;
     }
-    where_[block] = {end_, b.size()};
-    end_ += b.size();
+    where_[block] = {end_, at - end_};
+    end_ = at;
     return true;
 }
 
@@ -82,19 +99,21 @@ Imatrix BlockSpill::get(int block) const {
     if (fd_ < 0 || it == where_.end()) {
         throw Error(path_ + ": holds no statistics of block " + std::to_string(block));
     }
-    std::vector<uint8_t> b(it->second.second);
-    for (size_t done = 0; done < b.size();) {
-        const ssize_t n = ::pread(fd_, b.data() + done, b.size() - done, (off_t) (it->second.first + done));
-        if (n < 0 && errno == EINTR) {
-            continue;
+    uint64_t at = it->second.first;
+    return read_checkpoint(it->second.second, [&](uint8_t * to, size_t n) {
+        for (size_t done = 0; done < n;) {
+            const ssize_t r = ::pread(fd_, to + done, n - done, (off_t) (at + done));
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r <= 0) {
+                throw Error(path_ + ": " + (r < 0 ? std::strerror(errno) : "shorter than written") + " reading block " +
+                            std::to_string(block));
+            }
+            done += (size_t) r;
         }
-        if (n <= 0) {
-            throw Error(path_ + ": " + (n < 0 ? std::strerror(errno) : "shorter than written") + " reading block " +
-                        std::to_string(block));
-        }
-        done += (size_t) n;
-    }
-    return parse_checkpoint(b, path_).data;
+        at += n;
+    }, path_).data;
 }
 
 }  // namespace imx

@@ -14,8 +14,11 @@ const char kMagicV2[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '2'};  // v1 + cova
 const char kMagicV3[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '3'};  // v2 + all-experts statistics
 const char kMagic[8] = {'I', 'M', 'X', 'C', 'K', 'P', 'T', '4'};  // v3 + cross covariances (--target-model)
 
+// Small fields gathered in a buffer; a large array (a covariance: 300 MB at n = 6144) handed to the sink from
+// where it lies, not copied first (fresh pages are what a copy costs most on a virtual machine).
 struct Out {
-    std::vector<uint8_t> b;
+    const CheckpointSink & sink;
+    std::vector<uint8_t>   b;
     template <typename T> void put(T v) {
         const auto * p = reinterpret_cast<const uint8_t *>(&v);
         b.insert(b.end(), p, p + sizeof v);
@@ -24,47 +27,68 @@ struct Out {
         put<uint64_t>(s.size());
         b.insert(b.end(), s.begin(), s.end());
     }
+    template <typename T> void array(const std::vector<T> & v) {
+        put<uint64_t>(v.size());
+        const auto * p = reinterpret_cast<const uint8_t *>(v.data());
+        const size_t n = v.size() * sizeof(T);
+        if (n < (64u << 10)) {
+            b.insert(b.end(), p, p + n);
+            return;
+        }
+        flush();
+        sink(p, n);
+    }
+    void flush() {
+        if (!b.empty()) {
+            sink(b.data(), b.size());
+            b.clear();
+        }
+    }
 };
 
+// Reads through a source that knows how many bytes are left; arrays straight into their vectors.
 struct In {
-    const std::vector<uint8_t> & b;
-    const std::string &          path;
-    size_t                       pos = 0;
+    const CheckpointSource & source;
+    uint64_t                 left;
+    const std::string &      path;
 
     void need(uint64_t n) const {
-        if (n > b.size() - pos) {
+        if (n > left) {
             throw Error(path + ": truncated checkpoint");
         }
     }
+    void read(void * to, uint64_t n) {
+        need(n);
+        if (n == 0) {
+            return;
+        }
+        source(static_cast<uint8_t *>(to), n);
+        left -= n;
+    }
     template <typename T> T get() {
-        need(sizeof(T));
         T v;
-        std::memcpy(&v, b.data() + pos, sizeof v);
-        pos += sizeof v;
+        read(&v, sizeof v);
         return v;
     }
     std::string str() {
         const uint64_t n = get<uint64_t>();
         need(n);
-        std::string s(reinterpret_cast<const char *>(b.data() + pos), n);
-        pos += n;
+        std::string s(n, '\0');
+        read(s.data(), n);
         return s;
     }
     template <typename T> void array(std::vector<T> & v) {
         const uint64_t n = get<uint64_t>();
-        need(n > (b.size() - pos) / sizeof(T) ? b.size() : n * sizeof(T));
+        need(n > left / sizeof(T) ? left + 1 : n * sizeof(T));
         v.resize(n);
-        if (n) {
-            std::memcpy(v.data(), b.data() + pos, n * sizeof(T));
-        }
-        pos += n * sizeof(T);
+        read(v.data(), n * sizeof(T));
     }
 };
 
 }  // namespace
 
-std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
-    Out o;
+void write_checkpoint(const Checkpoint & c, const CheckpointSink & sink) {
+    Out o{sink, {}};
     o.b.insert(o.b.end(), kMagic, kMagic + 8);
     o.str(c.fingerprint);
     o.put<uint32_t>(c.next_chunk);
@@ -76,14 +100,8 @@ std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
     o.put<uint32_t>((uint32_t) c.data.tensors.size());
     for (const auto & [name, ts] : c.data.tensors) {
         o.str(name);
-        o.put<uint64_t>(ts.counts.size());
-        for (int64_t x : ts.counts) {
-            o.put<int64_t>(x);
-        }
-        o.put<uint64_t>(ts.sums.size());
-        for (double x : ts.sums) {
-            o.put<double>(x);
-        }
+        o.array(ts.counts);
+        o.array(ts.sums);
     }
     o.put<uint32_t>((uint32_t) c.data.covariances.size());
     for (const Covariance & cov : c.data.covariances) {
@@ -94,30 +112,26 @@ std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
         o.put<int64_t>(cov.n_cols);
         o.put<int64_t>(cov.block);
         o.put<int64_t>(cov.n_mat);
-        o.put<uint64_t>(cov.counts.size());
-        for (int64_t x : cov.counts) {
-            o.put<int64_t>(x);
-        }
-        o.put<uint64_t>(cov.values.size());
-        o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.values.data()),
-                   reinterpret_cast<const uint8_t *>(cov.values.data() + cov.values.size()));
+        o.array(cov.counts);
+        o.array(cov.values);
     }
     o.put<uint32_t>((uint32_t) c.data.all_experts.size());
     for (const auto & [name, a] : c.data.all_experts) {
         o.str(name);
         o.put<int64_t>(a.n_rows);
         o.put<int64_t>(a.tokens);
-        o.put<uint64_t>(a.sums.size());
-        for (double x : a.sums) {
-            o.put<double>(x);
-        }
+        o.array(a.sums);
     }
     for (const Covariance & cov : c.data.covariances) {
-        o.put<uint64_t>(cov.cross.size());
-        o.b.insert(o.b.end(), reinterpret_cast<const uint8_t *>(cov.cross.data()),
-                   reinterpret_cast<const uint8_t *>(cov.cross.data() + cov.cross.size()));
+        o.array(cov.cross);
     }
-    return std::move(o.b);
+    o.flush();
+}
+
+std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
+    std::vector<uint8_t> out;
+    write_checkpoint(c, [&](const uint8_t * p, size_t n) { out.insert(out.end(), p, p + n); });
+    return out;
 }
 
 void save_checkpoint(const Checkpoint & c, const std::string & path) { write_file_atomic(path, checkpoint_bytes(c)); }
@@ -125,15 +139,23 @@ void save_checkpoint(const Checkpoint & c, const std::string & path) { write_fil
 Checkpoint load_checkpoint(const std::string & path) { return parse_checkpoint(read_file(path), path); }
 
 Checkpoint parse_checkpoint(const std::vector<uint8_t> & bytes, const std::string & path) {
-    In in{bytes, path};
-    in.need(8);
-    const bool v1 = std::memcmp(bytes.data(), kMagicV1, 8) == 0;
-    const bool v2 = std::memcmp(bytes.data(), kMagicV2, 8) == 0;
-    const bool v3 = std::memcmp(bytes.data(), kMagicV3, 8) == 0;
-    if (!v1 && !v2 && !v3 && std::memcmp(bytes.data(), kMagic, 8) != 0) {
+    size_t at = 0;
+    return read_checkpoint(bytes.size(), [&](uint8_t * to, size_t n) {
+        std::memcpy(to, bytes.data() + at, n);
+        at += n;
+    }, path);
+}
+
+Checkpoint read_checkpoint(uint64_t size, const CheckpointSource & source, const std::string & path) {
+    In in{source, size, path};
+    char magic[8];
+    in.read(magic, 8);
+    const bool v1 = std::memcmp(magic, kMagicV1, 8) == 0;
+    const bool v2 = std::memcmp(magic, kMagicV2, 8) == 0;
+    const bool v3 = std::memcmp(magic, kMagicV3, 8) == 0;
+    if (!v1 && !v2 && !v3 && std::memcmp(magic, kMagic, 8) != 0) {
         throw Error(path + ": not an imx checkpoint");
     }
-    in.pos = 8;
     Checkpoint c;
     c.fingerprint = in.str();
     c.next_chunk = in.get<uint32_t>();
