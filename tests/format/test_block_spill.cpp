@@ -88,3 +88,16 @@ TEST(BlockSpill, AFolderThatCannotBeWrittenDropsItWithAReason) {
     EXPECT_FALSE(spill.holds(1));
     EXPECT_NE(spill.why().find("/proc/imx-no-such-folder/spill"), std::string::npos) << spill.why();
 }
+
+TEST(BlockSpill, AModelWhoseBlocksWouldNotFitIsDroppedAfterItsFirst) {
+    const std::string path = test::fresh_dir("block-spill-room") + "/spill";
+    BlockSpill spill(path);
+    ASSERT_TRUE(spill.put(0, block_stats(0, 4)));
+    EXPECT_TRUE(spill.room_for(3));  // a few KB more
+    EXPECT_TRUE(spill.holds(1));
+    EXPECT_FALSE(spill.room_for(2000000000));  // ~10 TB at this block's size
+    EXPECT_FALSE(spill.holds(1));
+    EXPECT_NE(spill.why().find("GiB free"), std::string::npos) << spill.why();
+    EXPECT_FALSE(test::file_exists(path));
+    EXPECT_FALSE(spill.put(1, block_stats(1, 5)));
+}

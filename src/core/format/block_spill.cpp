@@ -13,6 +13,21 @@ namespace imx {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+fs::path folder_of(const std::string & path) {
+    return fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
+}
+
+// Bytes free for this process in the file's folder; "unknown" (the most there is) where the system cannot say.
+uint64_t free_bytes(const fs::path & dir) {
+    std::error_code ec;
+    const fs::space_info space = fs::space(dir, ec);
+    return ec ? UINT64_MAX : (uint64_t) space.available;
+}
+
+}  // namespace
+
 BlockSpill::BlockSpill(std::string path) : path_(std::move(path)) {
     file_ = std::make_unique<ScratchFile>(path_);
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -51,10 +66,8 @@ bool BlockSpill::put(int block, const Imatrix & stats) {
     for (const Covariance & c : stats.covariances) {
         size += (c.values.size() + c.cross.size()) * sizeof(double);
     }
-    const fs::path dir = fs::path(path_).parent_path().empty() ? fs::path(".") : fs::path(path_).parent_path();
-    std::error_code ec;
-    const fs::space_info space = fs::space(dir, ec);
-    if (!ec && space.available < size + (1ull << 30)) {
+    const fs::path dir = folder_of(path_);
+    if (free_bytes(dir) < size + (1ull << 30)) {
         drop("block " + std::to_string(block) + "'s " + std::to_string(size >> 20) + " MiB would leave under 1 GiB free in " +
              dir.string());
         return false;
@@ -82,6 +95,21 @@ bool BlockSpill::put(int block, const Imatrix & stats) {
     }
     where_[block] = {end_, at - end_};
     end_ = at;
+    return true;
+}
+
+bool BlockSpill::room_for(int more) {
+    if (fd_ < 0 || where_.empty() || more <= 0) {
+        return fd_ >= 0;
+    }
+    const uint64_t need = end_ / where_.size() * (uint64_t) more;
+    const fs::path dir = folder_of(path_);
+    const uint64_t free = free_bytes(dir);
+    if (free < need + (1ull << 30)) {
+        drop("the other " + std::to_string(more) + " blocks need about " + std::to_string(need >> 30) + " GiB more; " +
+             dir.string() + " has " + std::to_string(free >> 30) + " GiB free");
+        return false;
+    }
     return true;
 }
 

@@ -5,7 +5,8 @@
 //
 // One scratch file (core/interrupt.h: removed with the spill or on a signal), each block appended in the
 // checkpoint format (core/format/checkpoint.h). Never at the price of the run: a block the disk cannot take
-// (less free space than the block and 1 GiB, or a failed write) drops the spill — its file removed, why() says
+// (less free space than the block and 1 GiB, or a failed write), or a whole model's that would not fit by the
+// first block's size (room_for), drops the spill — its file removed, why() says
 // so — and the caller collects again.
 #pragma once
 
@@ -28,6 +29,9 @@ public:
 
     // Appends block b's statistics; false once the spill is dropped (now or before).
     bool put(int block, const Imatrix & stats);
+    // After the first blocks: whether `more` blocks of the mean size so far still fit (leaving 1 GiB), else the
+    // spill is dropped now, before writes that could not all be kept (an 8B model's are 61 GiB).
+    bool room_for(int more);
     // Whether blocks 0 … blocks-1 are all held.
     bool holds(int blocks) const;
     // Block b's statistics as put (throws imx::Error naming the file where they cannot be read back).

@@ -779,8 +779,8 @@ void BlockErrors::operator()(int block, Imatrix & stats) {
     if (!search_) {
         search_ = std::make_unique<Search>(o_);
     }
-    if (spill_) {
-        spill_->put(block, stats);  // before measure_block frees the covariances
+    if (spill_ && spill_->put(block, stats) && block == 0) {  // before measure_block frees the covariances
+        spill_->room_for(block_count(TensorTable(o_.quantize.model)) - 1);  // the rest, at block 0's size
     }
     tensors_ += search_->search.measure_block(stats, search_->types);
     types_ = (int) search_->types.size();
