@@ -47,8 +47,10 @@ TEST_P(StatsVsUpstream, SameNumbersAsShowStatistics) {
     // one was there); run it until both tables have as many rows as ours, then compare them row by row (a table
     // cut after 20 rows passed the check of "> 20 rows" this had before, a likely cause of a failure in a full
     // parallel run of 2026-12-04 whose output was not kept)
+    // (and 2026-12-05: all 8 tries lost the per-layer table while a 2-core full suite ran — now 24 tries, each a
+    // fraction of a second)
     RunResult up;
-    for (int attempt = 0; attempt < 8; ++attempt) {
+    for (int attempt = 0; attempt < 24; ++attempt) {
         up = run(upstream("llama-imatrix") + " -m " + shared("models/" + model) + " --in-file " + file +
                  " --show-statistics");
         ASSERT_EQ(up.exit_code, 0) << up.output;
