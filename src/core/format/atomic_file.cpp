@@ -90,6 +90,48 @@ void AtomicFile::commit() {
     }
 }
 
+bool write_all_at(int fd, const void * bytes, size_t n, uint64_t at) {
+    const auto * p = static_cast<const uint8_t *>(bytes);
+    for (size_t done = 0; done < n;) {
+        const ssize_t w = ::pwrite(fd, p + done, n - done, (off_t) (at + done));
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            if (w == 0) {
+                errno = 0;
+            }
+            return false;
+        }
+        done += (size_t) w;
+    }
+    return true;
+}
+
+bool read_all_at(int fd, void * bytes, size_t n, uint64_t at) {
+    auto * p = static_cast<uint8_t *>(bytes);
+    for (size_t done = 0; done < n;) {
+        const ssize_t r = ::pread(fd, p + done, n - done, (off_t) (at + done));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            if (r == 0) {
+                errno = 0;
+            }
+            return false;
+        }
+        done += (size_t) r;
+    }
+    return true;
+}
+
+uint64_t free_bytes(const std::string & dir) {
+    std::error_code ec;
+    const std::filesystem::space_info s = std::filesystem::space(dir, ec);
+    return ec ? UINT64_MAX : (uint64_t) s.available;
+}
+
 void write_file_atomic(const std::string & path, std::span<const uint8_t> bytes) {
     AtomicFile f(path);
     f.write(bytes);

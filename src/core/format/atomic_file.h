@@ -47,6 +47,14 @@ std::string temporary_path(const std::string & path);
 // — and returns a line for each one removed.
 std::vector<std::string> prepare_output(const std::string & path);
 
+// All n bytes at offset `at` of an open file, however many calls it takes (EINTR retried); false with errno set
+// (0 where the file ended or nothing was written) otherwise.
+bool write_all_at(int fd, const void * bytes, size_t n, uint64_t at);
+bool read_all_at(int fd, void * bytes, size_t n, uint64_t at);
+
+// Bytes free to this process in the folder `dir`; UINT64_MAX (no limit known) where the system cannot say.
+uint64_t free_bytes(const std::string & dir);
+
 // Why writing `path` failed, for an error whose own text does not say (an iostream's "iostream error"):
 // "No space left on device" when its file system is full, else the given fallback.
 std::string write_failure_reason(const std::string & path, const std::string & fallback);

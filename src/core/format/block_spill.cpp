@@ -1,5 +1,6 @@
 #include "core/format/block_spill.h"
 
+#include "core/format/atomic_file.h"
 #include "core/format/checkpoint.h"
 #include "core/error.h"
 
@@ -15,15 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path folder_of(const std::string & path) {
-    return fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
-}
-
-// Bytes free for this process in the file's folder; "unknown" (the most there is) where the system cannot say.
-uint64_t free_bytes(const fs::path & dir) {
-    std::error_code ec;
-    const fs::space_info space = fs::space(dir, ec);
-    return ec ? UINT64_MAX : (uint64_t) space.available;
+std::string folder_of(const std::string & path) {
+    return fs::path(path).parent_path().empty() ? std::string(".") : fs::path(path).parent_path().string();
 }
 
 }  // namespace
@@ -66,26 +60,18 @@ bool BlockSpill::put(int block, const Imatrix & stats) {
     for (const Covariance & c : stats.covariances) {
         size += (c.values.size() + c.cross.size()) * sizeof(double);
     }
-    const fs::path dir = folder_of(path_);
+    const std::string dir = folder_of(path_);
     if (free_bytes(dir) < size + (1ull << 30)) {
         drop("block " + std::to_string(block) + "'s " + std::to_string(size >> 20) + " MiB would leave under 1 GiB free in " +
-             dir.string());
+             dir);
         return false;
     }
     // written from where the numbers lie (write_checkpoint hands the covariances over as they are)
     uint64_t at = end_;
     std::string failed;
     write_checkpoint({"block " + std::to_string(block), 0, stats}, [&](const uint8_t * p, size_t n) {
-        for (size_t done = 0; done < n && failed.empty();) {
-            const ssize_t w = ::pwrite(fd_, p + done, n - done, (off_t) (at + done));
-            if (w < 0 && errno == EINTR) {
-                continue;
-            }
-            if (w <= 0) {
-                failed = w < 0 ? std::strerror(errno) : "nothing written";
-                break;
-            }
-            done += (size_t) w;
+        if (failed.empty() && !write_all_at(fd_, p, n, at)) {
+            failed = errno ? std::strerror(errno) : "nothing written";
         }
         at += n;
     });
@@ -103,11 +89,11 @@ bool BlockSpill::room_for(int more) {
         return fd_ >= 0;
     }
     const uint64_t need = end_ / where_.size() * (uint64_t) more;
-    const fs::path dir = folder_of(path_);
+    const std::string dir = folder_of(path_);
     const uint64_t free = free_bytes(dir);
     if (free < need + (1ull << 30)) {
         drop("the other " + std::to_string(more) + " blocks need about " + std::to_string(need >> 30) + " GiB more; " +
-             dir.string() + " has " + std::to_string(free >> 30) + " GiB free");
+             dir + " has " + std::to_string(free >> 30) + " GiB free");
         return false;
     }
     return true;
@@ -129,16 +115,9 @@ Imatrix BlockSpill::get(int block) const {
     }
     uint64_t at = it->second.first;
     return read_checkpoint(it->second.second, [&](uint8_t * to, size_t n) {
-        for (size_t done = 0; done < n;) {
-            const ssize_t r = ::pread(fd_, to + done, n - done, (off_t) (at + done));
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r <= 0) {
-                throw Error(path_ + ": " + (r < 0 ? std::strerror(errno) : "shorter than written") + " reading block " +
-                            std::to_string(block));
-            }
-            done += (size_t) r;
+        if (!read_all_at(fd_, to, n, at)) {
+            throw Error(path_ + ": " + (errno ? std::strerror(errno) : "shorter than written") + " reading block " +
+                        std::to_string(block));
         }
         at += n;
     }, path_).data;

@@ -3,9 +3,14 @@
 #include "core/format/atomic_file.h"
 #include "core/error.h"
 
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 namespace imx {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -128,21 +133,25 @@ void write_checkpoint(const Checkpoint & c, const CheckpointSink & sink) {
     o.flush();
 }
 
-std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c) {
-    std::vector<uint8_t> out;
-    write_checkpoint(c, [&](const uint8_t * p, size_t n) { out.insert(out.end(), p, p + n); });
-    return out;
+// Streamed into the temporary file (a covariance checkpoint is ~2 GB per 8B layer: no copy of it in memory).
+void save_checkpoint(const Checkpoint & c, const std::string & path) {
+    AtomicFile file(path);
+    write_checkpoint(c, [&](const uint8_t * p, size_t n) { file.write({p, n}); });
+    file.commit();
 }
 
-void save_checkpoint(const Checkpoint & c, const std::string & path) { write_file_atomic(path, checkpoint_bytes(c)); }
-
-Checkpoint load_checkpoint(const std::string & path) { return parse_checkpoint(read_file(path), path); }
-
-Checkpoint parse_checkpoint(const std::vector<uint8_t> & bytes, const std::string & path) {
-    size_t at = 0;
-    return read_checkpoint(bytes.size(), [&](uint8_t * to, size_t n) {
-        std::memcpy(to, bytes.data() + at, n);
-        at += n;
+// Read straight into the vectors, as written.
+Checkpoint load_checkpoint(const std::string & path) {
+    std::ifstream f(path, std::ios::binary);
+    std::error_code ec;
+    const uint64_t size = f ? (uint64_t) fs::file_size(path, ec) : 0;
+    if (!f || ec) {
+        throw Error(path + ": cannot read (" + std::strerror(errno) + ")");
+    }
+    return read_checkpoint(size, [&](uint8_t * to, size_t n) {
+        if (!f.read(reinterpret_cast<char *>(to), (std::streamsize) n)) {
+            throw Error(path + ": cannot read (shorter than it says)");
+        }
     }, path);
 }
 

@@ -28,14 +28,12 @@ struct Checkpoint {
 
 void save_checkpoint(const Checkpoint & c, const std::string & path);
 Checkpoint load_checkpoint(const std::string & path);
-// The same format in memory, or piece by piece (core/format/block_spill.h keeps blocks' statistics in one file):
-// the sink receives the bytes in order, large arrays from where they lie; the source must fill exactly the bytes
-// asked (and throw where it cannot) out of `size` in all. `path` names the source in errors.
+// The same format piece by piece (save/load use them; core/format/block_spill.h keeps blocks' statistics in one
+// file): the sink receives the bytes in order, large arrays from where they lie; the source must fill exactly the
+// bytes asked (and throw where it cannot) out of `size` in all. `path` names the source in errors.
 using CheckpointSink = std::function<void(const uint8_t *, size_t)>;
 using CheckpointSource = std::function<void(uint8_t *, size_t)>;
-std::vector<uint8_t> checkpoint_bytes(const Checkpoint & c);
 void write_checkpoint(const Checkpoint & c, const CheckpointSink & sink);
-Checkpoint parse_checkpoint(const std::vector<uint8_t> & bytes, const std::string & path);
 Checkpoint read_checkpoint(uint64_t size, const CheckpointSource & source, const std::string & path);
 
 }  // namespace imx

@@ -1,6 +1,7 @@
 #include "engine/encode/model_writer.h"
 
 #include "core/error.h"
+#include "core/format/atomic_file.h"
 #include "core/math/parallel.h"
 
 #include "ggml.h"
@@ -113,13 +114,8 @@ void QuantizedModelWriter::write_at(const std::string & name, size_t offset, con
         throw Error(path_ + ": tensor " + name + (i < 0 ? " is not in the plan" : ": a write past its end"));
     }
     const off_t at = (off_t) (data_offset() + gguf_get_tensor_offset(ctx_.get(), i) + offset);
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t w = ::pwrite(fd_, bytes + done, n - done, at + (off_t) done);
-        if (w <= 0) {
-            throw Error(path_ + ": cannot write tensor " + name + " (" + std::strerror(errno) + ")");
-        }
-        done += (size_t) w;
+    if (!write_all_at(fd_, bytes, n, (uint64_t) at)) {
+        throw Error(path_ + ": cannot write tensor " + name + " (" + std::strerror(errno) + ")");
     }
 }
 
@@ -127,13 +123,8 @@ std::vector<uint8_t> QuantizedModelWriter::read(const std::string & name) const 
     const int64_t i = gguf_find_tensor(ctx_.get(), name.c_str());
     std::vector<uint8_t> bytes(gguf_get_tensor_size(ctx_.get(), i));
     const off_t at = (off_t) (data_offset() + gguf_get_tensor_offset(ctx_.get(), i));
-    size_t done = 0;
-    while (done < bytes.size()) {
-        const ssize_t r = ::pread(fd_, bytes.data() + done, bytes.size() - done, at + (off_t) done);
-        if (r <= 0) {
-            throw Error(path_ + ": cannot read tensor " + name);
-        }
-        done += (size_t) r;
+    if (!read_all_at(fd_, bytes.data(), bytes.size(), (uint64_t) at)) {
+        throw Error(path_ + ": cannot read tensor " + name);
     }
     return bytes;
 }

@@ -39,12 +39,6 @@ uint64_t cache_key(const std::string & base, const std::vector<std::vector<int32
     return h;
 }
 
-uint64_t free_bytes(const std::string & dir) {
-    std::error_code ec;
-    const fs::space_info s = fs::space(dir, ec);
-    return ec ? UINT64_MAX : s.available;
-}
-
 std::string gib(uint64_t bytes) {
     char b[32];
     std::snprintf(b, sizeof b, "%.2f GiB", bytes / 1073741824.0);

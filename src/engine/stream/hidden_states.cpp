@@ -1,6 +1,7 @@
 #include "engine/stream/hidden_states.h"
 
 #include "core/error.h"
+#include "core/format/atomic_file.h"
 
 #include <cerrno>
 #include <cstring>
@@ -64,15 +65,9 @@ HiddenStates & HiddenStates::operator=(HiddenStates && o) noexcept {
 void HiddenStates::write(size_t chunk, const float * data) {
     const size_t n = floats(chunk) * sizeof(float);
     const off_t at = (off_t) (offsets_[chunk] * n_embd_ * sizeof(float));
-    const auto * p = reinterpret_cast<const char *>(data);
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t w = ::pwrite(fd_, p + done, n - done, at + (off_t) done);
-        if (w <= 0) {
-            throw Error(path_ + ": cannot write the hidden states of chunk " + std::to_string(chunk) + " (" +
-                        std::strerror(errno) + ")");
-        }
-        done += (size_t) w;
+    if (!write_all_at(fd_, data, n, (uint64_t) at)) {
+        throw Error(path_ + ": cannot write the hidden states of chunk " + std::to_string(chunk) + " (" +
+                    std::strerror(errno) + ")");
     }
 }
 
@@ -80,14 +75,8 @@ void HiddenStates::read(size_t chunk, std::vector<float> & out) const {
     out.resize(floats(chunk));
     const size_t n = out.size() * sizeof(float);
     const off_t at = (off_t) (offsets_[chunk] * n_embd_ * sizeof(float));
-    auto * p = reinterpret_cast<char *>(out.data());
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t r = ::pread(fd_, p + done, n - done, at + (off_t) done);
-        if (r <= 0) {
-            throw Error(path_ + ": cannot read the hidden states of chunk " + std::to_string(chunk));
-        }
-        done += (size_t) r;
+    if (!read_all_at(fd_, out.data(), n, (uint64_t) at)) {
+        throw Error(path_ + ": cannot read the hidden states of chunk " + std::to_string(chunk));
     }
 }
 
