@@ -41,8 +41,11 @@ static void use_better_blas_kernels(char ** argv) {
         return;
     }
     const std::string better = imx::better_blas_kernels();
-    if (!better.empty() && setenv("OPENBLAS_CORETYPE", better.c_str(), 1) == 0) {
-        execv("/proc/self/exe", argv);  // returns only if it failed: go on with the kernels loaded
+    char self[PATH_MAX];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);  // the file itself: `ps` then says imx
+    if (!better.empty() && n > 0 && setenv("OPENBLAS_CORETYPE", better.c_str(), 1) == 0) {
+        self[n] = '\0';
+        execv(self, argv);  // returns only if it failed: go on with the kernels loaded
         unsetenv("OPENBLAS_CORETYPE");
     }
 }
