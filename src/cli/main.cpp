@@ -15,23 +15,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
-// Freed memory stays with the process for the next allocation. glibc maps every allocation above 32 MiB
-// afresh and unmaps it when freed, so each block of a whole model paid again for first touching its covariances
-// (400 MB a block at the Qwen3-1.7B shape, 2 GB at Llama-3-8B's) and its encoder's buffers: 427k page faults
-// for a 2-block Hessian quant, 201k with this, 15% less wall time there; on the whole 1.7B shape 2.87× → 2.83×
-// upstream (docs/scale.md). The peak grows a little (+97 MiB at 2 blocks: holes freed mid-heap are reused, not
-// returned); only more than 2 GiB free at the heap's top goes back before the process ends.
-static void keep_freed_memory() {
-#if defined(__GLIBC__)
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, INT_MAX);  // the largest an int allows
-#endif
-}
-
 // OpenBLAS chooses its kernels once, as it loads, by the CPU's model number; on a CPU newer than it knows it
 // takes SSE3 kernels (core/math/linear_algebra.h). imx then starts itself again with better ones named in
 // OPENBLAS_CORETYPE: on Emerald Rapids that halved a 2-block Qwen3-1.7B-shape Hessian quant (91.9 → 46.5 s).
@@ -52,7 +35,6 @@ static void use_better_blas_kernels(char ** argv) {
 
 int main(int argc, char ** argv) {
     use_better_blas_kernels(argv);
-    keep_freed_memory();
     CLI::App app{"imx: importance matrices (imatrix) for quantizing GGUF models"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "imx " IMX_VERSION " (llama.cpp " IMX_LLAMA_COMMIT ", backends: " IMX_BACKENDS
