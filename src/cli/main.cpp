@@ -10,10 +10,11 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
-#include <unistd.h>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 // OpenBLAS chooses its kernels once, as it loads, by the CPU's model number; on a CPU newer than it knows it
 // takes SSE3 kernels (core/math/linear_algebra.h). imx then starts itself again with better ones named in
@@ -24,9 +25,12 @@ static void use_better_blas_kernels(char ** argv) {
         return;
     }
     const std::string better = imx::better_blas_kernels();
+    if (better.empty()) {
+        return;
+    }
     char self[PATH_MAX];
     const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);  // the file itself: `ps` then says imx
-    if (!better.empty() && n > 0 && setenv("OPENBLAS_CORETYPE", better.c_str(), 1) == 0) {
+    if (n > 0 && setenv("OPENBLAS_CORETYPE", better.c_str(), 1) == 0) {
         self[n] = '\0';
         execv(self, argv);  // returns only if it failed: go on with the kernels loaded
         unsetenv("OPENBLAS_CORETYPE");
