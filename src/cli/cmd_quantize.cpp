@@ -89,6 +89,7 @@ HessianSummary summarize(const std::vector<engine::HessianTensorReport> & report
         s.pooled += r.pooled_matrices;
         s.loss_diagonal += r.loss_diagonal;
         s.loss_final += r.loss_final;
+        s.compared = s.compared && r.compared;
     }
     return s;
 }
@@ -97,20 +98,30 @@ void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs) {
     j["hessian_tensors"] = hs.tensors;
     j["hessian_rows_changed"] = hs.rows_improved;
     j["hessian_rows"] = hs.rows;
-    j["hessian_error_diagonal"] = hs.loss_diagonal;
+    if (hs.compared) {
+        j["hessian_error_diagonal"] = hs.loss_diagonal;
+    }
     j["hessian_error"] = hs.loss_final;
     j["hessian_pooled_experts"] = hs.pooled;
 }
 
 void print_hessian_reports(const std::vector<engine::HessianTensorReport> & reports, bool verbose, bool row_scales) {
     const HessianSummary hs = summarize(reports);
-    std::fprintf(stderr,
-                 "imx quantize: hessian: %lld tensors re-encoded (%lld of %lld rows changed), output error "
-                 "%.1f%% below the diagonal encoder's; %lld experts without tokens used the pooled covariance; "
-                 "other tensors keep the diagonal encoding\n",
-                 (long long) hs.tensors, (long long) hs.rows_improved, (long long) hs.rows,
-                 hs.loss_diagonal > 0 ? 100.0 * (1.0 - hs.loss_final / hs.loss_diagonal) : 0.0,
-                 (long long) hs.pooled);
+    if (hs.compared) {
+        std::fprintf(stderr,
+                     "imx quantize: hessian: %lld tensors re-encoded (%lld of %lld rows changed), output error "
+                     "%.1f%% below the diagonal encoder's; %lld experts without tokens used the pooled covariance; "
+                     "other tensors keep the diagonal encoding\n",
+                     (long long) hs.tensors, (long long) hs.rows_improved, (long long) hs.rows,
+                     hs.loss_diagonal > 0 ? 100.0 * (1.0 - hs.loss_final / hs.loss_diagonal) : 0.0,
+                     (long long) hs.pooled);
+    } else {
+        std::fprintf(stderr,
+                     "imx quantize: hessian: %lld tensors encoded with their covariances (%lld rows; no diagonal "
+                     "encoding first, --sequential encodes them again); %lld experts without tokens used the pooled "
+                     "covariance; other tensors take the diagonal encoding\n",
+                     (long long) hs.tensors, (long long) hs.rows, (long long) hs.pooled);
+    }
     if (verbose) {
         for (const auto & r : reports) {
             std::string scales;
@@ -122,11 +133,15 @@ void print_hessian_reports(const std::vector<engine::HessianTensorReport> & repo
                               r.ww > 0 ? r.wq_diagonal / r.ww : 0.0, r.ww > 0 ? r.wq_final / r.ww : 0.0);
                 scales = buf;
             }
-            std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  error %.4g -> %.4g (%.1f%%)  "
-                                 "%s%.1f s factor, %.1f s error, %.1f s encode\n",
-                         r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows,
-                         r.loss_diagonal, r.loss_final,
-                         r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0,
+            char error[96];
+            if (r.compared) {
+                std::snprintf(error, sizeof error, "error %.4g -> %.4g (%.1f%%)", r.loss_diagonal, r.loss_final,
+                              r.loss_diagonal > 0 ? 100.0 * (r.loss_final / r.loss_diagonal - 1.0) : 0.0);
+            } else {
+                std::snprintf(error, sizeof error, "error %.4g (no diagonal encoding)", r.loss_final);
+            }
+            std::fprintf(stderr, "  %-32s %-8s %6lld/%-6lld rows  %s  %s%.1f s factor, %.1f s error, %.1f s encode\n",
+                         r.name.c_str(), r.type.c_str(), (long long) r.rows_improved, (long long) r.rows, error,
                          scales.c_str(), r.seconds_factor, r.seconds_loss, r.seconds_round);
         }
     }

@@ -118,6 +118,12 @@ void run_by_blocks(QuantizeCommand & o) {
         j["seconds_passes"] = r.seconds_passes;
         j["seconds_encode"] = r.seconds_encode;
         add_hessian_json(j, summarize(r.reports));
+        if (s.sequential) {
+            const HessianSummary ss = summarize(r.sequential_reports);
+            j["sequential_rows_changed"] = ss.rows_improved;
+            j["sequential_error_first"] = ss.loss_diagonal;  // the first encoding's, under the shifted objective
+            j["sequential_error"] = ss.loss_final;
+        }
         j["norms_refit"] = r.norms_refit;
         j["norm_gain"] = r.norm_gain;
         std::printf("%s\n", j.dump(2).c_str());

@@ -68,6 +68,7 @@ void run_target(QuantizeCommand & o, const Imatrix & im, const engine::BlockErro
 struct HessianSummary {
     int64_t tensors = 0, rows = 0, rows_improved = 0, pooled = 0;
     double  loss_diagonal = 0, loss_final = 0;
+    bool    compared = true;  // every tensor against a diagonal encoding (not --sequential's first encoding)
 };
 HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports);
 void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs);

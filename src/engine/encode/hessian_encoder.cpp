@@ -14,6 +14,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <limits>
 #include <malloc.h>
 #include <memory>
 #include <thread>
@@ -64,6 +65,7 @@ std::vector<std::pair<const Covariance *, std::vector<Job>>> plan_jobs(const Ten
             j.report.name = r;
             j.report.type = ggml_type_name(t->type);
             j.report.rows = t->ne[1] * t->ne[2];
+            j.report.compared = !o.fresh;
             jobs.push_back(std::move(j));
         }
         if (!jobs.empty()) {
@@ -107,19 +109,24 @@ void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const s
     const int64_t n = rounder.n(), rows = job.dst->ne[1];
     const size_t row_bytes = ggml_row_size(type, n), src_row_bytes = ggml_row_size(job.src->type, n);
     const size_t dst_offset = (size_t) (m * rows) * row_bytes;  // matrix m's rows within the tensor
-    std::vector<uint8_t> q = out.read(job.name, dst_offset, row_bytes * rows);
+    std::vector<uint8_t> q = o.fresh ? std::vector<uint8_t>(row_bytes * rows) : out.read(job.name, dst_offset, row_bytes * rows);
     const std::vector<uint8_t> w_bytes = in.read(job.name, (size_t) (m * rows) * src_row_bytes, src_row_bytes * rows);
-    std::vector<float> w((size_t) (rows * n)), diag((size_t) (rows * n));
+    std::vector<float> w((size_t) (rows * n)), diag(o.fresh ? 0 : (size_t) (rows * n));
     for (int64_t r = 0; r < rows; ++r) {
         to_float(job.src->type, w_bytes.data() + r * src_row_bytes, w.data() + r * n, n);
-        to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
+        if (!o.fresh) {
+            to_float(type, q.data() + r * row_bytes, diag.data() + r * n, n);
+        }
     }
     if (!shift.empty()) {
         shift_targets(rounder, shift, w.data(), rows);  // the rows the output holds are judged by it too
     }
-    std::vector<double> before((size_t) rows), after((size_t) rows);
+    // with nothing to compare against, every row takes the Hessian encoding
+    std::vector<double> before((size_t) rows, std::numeric_limits<double>::infinity()), after((size_t) rows);
     const auto t1 = std::chrono::steady_clock::now();
-    rounder.losses(w.data(), diag.data(), rows, before.data(), threads);
+    if (!o.fresh) {
+        rounder.losses(w.data(), diag.data(), rows, before.data(), threads);
+    }
     job.report.seconds_loss += seconds_since(t1);
 
     const BlockQuantizer bq = block_quantizer(type, o.refine_rescale);
@@ -133,7 +140,7 @@ void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const s
             std::copy_n(code.data() + r * row_bytes, row_bytes, q.data() + r * row_bytes);
         }
         job.report.rows_improved += better ? 1 : 0;
-        job.report.loss_diagonal += before[r];
+        job.report.loss_diagonal += o.fresh ? 0.0 : before[r];
         job.report.loss_final += std::min(before[r], after[r]);
     }
     if (o.row_scales) {
@@ -147,6 +154,9 @@ void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const s
 std::vector<HessianTensorReport> hessian_reencode(const std::string & model, const std::string & quantized,
                                                   const Imatrix & im, const HessianOptions & o,
                                                   const std::function<void(int, int)> & progress) {
+    if (o.fresh && o.row_scales) {
+        throw Error("the output scales compare against the diagonal encoding, which a fresh encoding does not make");
+    }
     const TensorTable src(model), dst(quantized);
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
     set_linear_algebra_threads(threads);

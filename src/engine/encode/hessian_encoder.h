@@ -42,6 +42,10 @@ struct HessianOptions {
     double                 sequential_step = 0.3;
     // Also measure each encoding's output scale (below): three more triangular products per matrix.
     bool                   row_scales = false;
+    // The output holds no encoding of the tensors re-encoded yet (--sequential's first encoding, which its second
+    // replaces row by row): every row takes the Hessian encoding, nothing is read back or compared, and the
+    // reports' loss_diagonal stays 0. Not with row_scales (it needs the diagonal encoding).
+    bool                   fresh = false;
 };
 
 struct HessianTensorReport {
@@ -50,6 +54,7 @@ struct HessianTensorReport {
     int64_t     rows = 0;
     int64_t     rows_improved = 0;  // rows where the Hessian encoding won
     int64_t     pooled_matrices = 0;  // experts without tokens, encoded against C̄
+    bool        compared = true;    // false with HessianOptions::fresh: no diagonal encoding, loss_diagonal 0
     double      loss_diagonal = 0;  // Σ over rows of (w − q)ᵀ H (w − q), llama-quantize's encoding
     double      loss_final = 0;     // the same after re-encoding
     double      seconds_factor = 0;  // wall time: factorising H (shared by the input's readers: the first pays)
@@ -64,7 +69,8 @@ struct HessianTensorReport {
 
 // Re-encodes, in place, the tensors of `quantized` (just written by llama_model_quantize from `model` with
 // weights `w`) that `im` has a covariance for. `progress(done, total)` counts tensors. Throws imx::Error naming
-// the tensor on a shape mismatch.
+// the tensor on a shape mismatch. A report per tensor encoded: with `fresh`, the tensors not reported are the
+// caller's to write.
 std::vector<HessianTensorReport> hessian_reencode(const std::string & model, const std::string & quantized,
                                                   const Imatrix & im, const HessianOptions & o,
                                                   const std::function<void(int, int)> & progress);
