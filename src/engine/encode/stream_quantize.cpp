@@ -412,7 +412,8 @@ TensorReplacements BlockQuantizer::encoded_block(int b) const {
 //   3. the final block over h̃ → h̃_{b+1}.
 // (Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
 // the float block over h̃ (three passes instead of four), or from the diagonal encoding: 5-7% higher KLD than
-// the two-step path on both shared models; docs/streaming.md.)
+// the two-step path on both shared models; and step 3 dropped, h̃_{b+1} taken from step 2's run: 13% higher on
+// deepseek3-tiny; docs/streaming.md.)
 void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                      HiddenStates & next_q, Imatrix & sums) {
     const auto t0 = std::chrono::steady_clock::now();
