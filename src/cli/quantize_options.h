@@ -53,7 +53,7 @@ struct QuantizeCommand {
     int                      chunks = 8;
     std::string              probe_type = "q3_K";
     std::string              probe_groups = "auto";
-    int64_t                  error_rows = 256;
+    int64_t                  error_rows = 128;
     std::string              cache_dir = default_cache_dir();
     std::string              recipe_file;
     std::string              html;
