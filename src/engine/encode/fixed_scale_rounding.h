@@ -26,8 +26,10 @@ struct FixedScaleLayout {
 // The layout of `type`'s blocks, or null where rounds keep calling the quantizer: written for Q2_K, Q4_K,
 // Q5_K, Q6_K, Q4_0 and Q8_0. Not for q3_K: there, fixed scales cost KLD on both shared models (Q3_K_S, paired
 // against rounds that search the scales: +0.0020 and +0.0025), and so did letting each sub-block scale move
-// two steps either way on deepseek3-tiny (+0.0016; docs/hessian.md). The lattice types (IQ*) pick
-// whole codewords: engine/lattice_rounding.h.
+// two steps either way on deepseek3-tiny (+0.0016; docs/hessian.md). Not for IQ4_XS either: each value's
+// nearest of its 16 non-linear levels under the block's scales cost held-out KLD on deepseek3-tiny (IQ4_XS mix,
+// +0.00057 [+0.00018, +0.00096]; qwen3moe-tiny +0.00050, within noise). The lattice types (IQ1-IQ3) pick whole
+// codewords: engine/lattice_rounding.h.
 const FixedScaleLayout * fixed_scale_layout(ggml_type type);
 
 // The re-rounding of `type`'s blocks, or an empty function where there is no layout (then rounds call the
