@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <functional>
 #include <random>
 #include <regex>
 
@@ -386,21 +387,85 @@ TEST(FixedScaleRoundingTypes, Q3KAndLatticeTypesKeepCallingTheQuantizer) {
     EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_Q3_K));
     EXPECT_EQ(engine::fixed_scale_layout(GGML_TYPE_IQ3_XXS), nullptr);
     EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_Q3_K));
-    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_IQ2_XS));
+    EXPECT_FALSE(engine::lattice_reround(GGML_TYPE_IQ1_S));
+    EXPECT_FALSE(engine::fixed_scale_reround(GGML_TYPE_IQ2_S));
 }
 
-// IQ2_XXS and IQ3_XXS under their blocks' scales: each group of 8 takes the codeword (grid points and
-// even-parity signs) nearest the target under the importances — checked against every codeword, written into
-// the block and decoded by ggml (per sign pattern, each grid point's part of the group on its own) — for a
-// target near the block's decoding; scale bytes stay.
+// The lattice types under their blocks' scales: each group of 8 takes the codeword (grid points and signs — of
+// even parity where the type stores a parity index) nearest the target under the importances — checked against
+// every codeword, written into the block from the formats (ggml-common.h) and decoded by ggml (per sign
+// pattern, each grid point's part of the group on its own) — for a target near the block's decoding; scale bytes
+// stay. Every group for the 256-point grids, every fourth or eighth for the larger ones (brute force over 128-256 sign
+// patterns × 512-1024 points).
+struct LatticeFormat {
+    int dim, grid, sign_codes;
+    std::function<void(uint8_t *, int, int, int)> set_index;  // block, group, part, index
+    std::function<int(const uint8_t *, int, int)> index;
+    std::function<void(uint8_t *, int, int)> set_signs;       // block, group, code
+    std::vector<std::pair<int, uint8_t>> scale_bits;          // byte, mask: d and the scales
+};
+
+// d's two bytes, then `n` scale bytes from `at`, `stride` apart, under `mask`
+std::vector<std::pair<int, uint8_t>> scales_at(int at, int stride, uint8_t mask, int n = 8) {
+    std::vector<std::pair<int, uint8_t>> v = {{0, 0xFF}, {1, 0xFF}};
+    for (int i = 0; i < n; ++i) {
+        v.emplace_back(at + i * stride, mask);
+    }
+    return v;
+}
+
+LatticeFormat lattice_format(ggml_type type) {
+    const auto u16 = [](const uint8_t * b, int at) { return b[at] | (b[at + 1] << 8); };
+    const auto put16 = [](uint8_t * b, int at, int v) { b[at] = (uint8_t) v; b[at + 1] = (uint8_t) (v >> 8); };
+    const auto word_code = [](uint8_t * b, int at, int g, int code) {
+        uint32_t w;
+        std::memcpy(&w, b + at, 4);
+        w = (w & ~(0x7Fu << (7 * (g % 4)))) | ((uint32_t) code << (7 * (g % 4)));
+        std::memcpy(b + at, &w, 4);
+    };
+    switch (type) {
+        case GGML_TYPE_IQ2_XXS:
+            return {8, 256, 128, [](uint8_t * b, int g, int, int i) { b[2 + 8 * (g / 4) + g % 4] = (uint8_t) i; },
+                    [](const uint8_t * b, int g, int) { return (int) b[2 + 8 * (g / 4) + g % 4]; },
+                    [=](uint8_t * b, int g, int c) { word_code(b, 2 + 8 * (g / 4) + 4, g, c); },
+                    scales_at(9, 8, 0xF0)};
+        case GGML_TYPE_IQ3_XXS:
+            return {4, 256, 128, [](uint8_t * b, int g, int p, int i) { b[2 + 2 * g + p] = (uint8_t) i; },
+                    [](const uint8_t * b, int g, int p) { return (int) b[2 + 2 * g + p]; },
+                    [=](uint8_t * b, int g, int c) { word_code(b, 66 + 4 * (g / 4), g, c); },
+                    scales_at(69, 4, 0xF0)};
+        case GGML_TYPE_IQ2_XS:
+            return {8, 512, 128, [=](uint8_t * b, int g, int, int i) { put16(b, 2 + 2 * g, (u16(b, 2 + 2 * g) & ~511) | i); },
+                    [=](const uint8_t * b, int g, int) { return u16(b, 2 + 2 * g) & 511; },
+                    [=](uint8_t * b, int g, int c) { put16(b, 2 + 2 * g, (u16(b, 2 + 2 * g) & 511) | (c << 9)); },
+                    scales_at(66, 1, 0xFF, 8)};
+        case GGML_TYPE_IQ2_S:
+            return {8, 1024, 256,
+                    [](uint8_t * b, int g, int, int i) {
+                        b[2 + g] = (uint8_t) i;
+                        b[66 + g / 4] = (uint8_t) ((b[66 + g / 4] & ~(3 << (2 * (g % 4)))) | ((i >> 8) << (2 * (g % 4))));
+                    },
+                    [](const uint8_t * b, int g, int) { return b[2 + g] | (((b[66 + g / 4] >> (2 * (g % 4))) & 3) << 8); },
+                    [](uint8_t * b, int g, int c) { b[34 + g] = (uint8_t) c; },
+                    scales_at(74, 1, 0xFF, 8)};
+        default:  // IQ3_S
+            return {4, 512, 256,
+                    [](uint8_t * b, int g, int p, int i) {
+                        const int bit = 2 * (g % 4) + p;
+                        b[2 + 2 * g + p] = (uint8_t) i;
+                        b[66 + g / 4] = (uint8_t) ((b[66 + g / 4] & ~(1 << bit)) | ((i >> 8) << bit));
+                    },
+                    [](const uint8_t * b, int g, int p) { return b[2 + 2 * g + p] | (((b[66 + g / 4] >> (2 * (g % 4) + p)) & 1) << 8); },
+                    [](uint8_t * b, int g, int c) { b[74 + g] = (uint8_t) c; },
+                    scales_at(106, 1, 0xFF, 4)};
+    }
+}
+
 class LatticeRounding : public ::testing::TestWithParam<ggml_type> {};
 
 TEST_P(LatticeRounding, GroupsTakeTheNearestCodewordUnderTheBlocksScales) {
     const ggml_type type = GetParam();
-    const bool iq2 = type == GGML_TYPE_IQ2_XXS;
-    const int dim = iq2 ? 8 : 4;
-    const auto index_at = [&](int sub, int group, int part) { return iq2 ? 2 + 8 * sub + group : 2 + 8 * sub + 2 * group + part; };
-    const auto word_at = [&](int sub) { return iq2 ? 2 + 8 * sub + 4 : 2 + 64 + 4 * sub; };
+    const LatticeFormat f = lattice_format(type);
     const auto reround = engine::lattice_reround(type);
     ASSERT_TRUE(reround);
     const int64_t block = ggml_blck_size(type);
@@ -428,7 +493,9 @@ TEST_P(LatticeRounding, GroupsTakeTheNearestCodewordUnderTheBlocksScales) {
     reround(prev.data(), target.data(), imp.data(), bytes.data(), decoded.data());
     to_float(bytes.data(), check.data(), block);
     EXPECT_EQ(check, decoded);
-    EXPECT_EQ(std::vector<uint8_t>(bytes.begin(), bytes.begin() + 2), std::vector<uint8_t>(prev.begin(), prev.begin() + 2));
+    for (const auto & [at, mask] : f.scale_bits) {
+        EXPECT_EQ(bytes[at] & mask, prev[at] & mask) << "scale byte " << at;
+    }
     const auto cost = [&](const float * x, int64_t e, int n) {
         double c = 0;
         for (int j = 0; j < n; ++j) {
@@ -436,38 +503,46 @@ TEST_P(LatticeRounding, GroupsTakeTheNearestCodewordUnderTheBlocksScales) {
         }
         return c;
     };
-    int moved = 0;
-    for (int sub = 0; sub < 8; ++sub) {
-        EXPECT_EQ(bytes[word_at(sub) + 3] >> 4, prev[word_at(sub) + 3] >> 4) << "the scale of 32 values stays";
-        for (int group = 0; group < 4; ++group) {
-            const int64_t e = 32 * sub + 8 * group;
-            double best = std::numeric_limits<double>::infinity();
-            std::vector<uint8_t> b = bytes;
-            for (uint32_t signs = 0; signs < 128; ++signs) {
-                uint32_t word;
-                std::memcpy(&word, b.data() + word_at(sub), 4);
-                word = (word & ~(0x7Fu << (7 * group))) | (signs << (7 * group));
-                std::memcpy(b.data() + word_at(sub), &word, 4);
-                double total = 0;
-                for (int part = 0; part < 8 / dim; ++part) {
-                    double part_best = std::numeric_limits<double>::infinity();
-                    for (int index = 0; index < 256; ++index) {
-                        b[index_at(sub, group, part)] = (uint8_t) index;
-                        to_float(b.data(), cand.data(), block);
-                        part_best = std::min(part_best, cost(cand.data(), e + part * dim, dim));
-                    }
-                    total += part_best;
+    for (int group = 0; group < 32; group += f.grid > 512 ? 8 : f.grid > 256 ? 4 : 1) {
+        const int64_t e = 8 * group;
+        double best = std::numeric_limits<double>::infinity();
+        std::vector<uint8_t> b = bytes;
+        for (int code = 0; code < f.sign_codes; ++code) {
+            f.set_signs(b.data(), group, code);
+            double total = 0;
+            for (int part = 0; part < 8 / f.dim; ++part) {
+                double part_best = std::numeric_limits<double>::infinity();
+                for (int index = 0; index < f.grid; ++index) {
+                    f.set_index(b.data(), group, part, index);
+                    to_float(b.data(), cand.data(), block);
+                    part_best = std::min(part_best, cost(cand.data(), e + part * f.dim, f.dim));
                 }
-                best = std::min(best, total);
+                total += part_best;
             }
-            EXPECT_NEAR(cost(decoded.data(), e, 8), best, 1e-6 * best) << "group " << sub * 4 + group;
-            for (int part = 0; part < 8 / dim; ++part) {
-                moved += bytes[index_at(sub, group, part)] != prev[index_at(sub, group, part)];
-            }
+            best = std::min(best, total);
+        }
+        EXPECT_NEAR(cost(decoded.data(), e, 8), best, 1e-6 * best) << "group " << group;
+    }
+
+    // a larger move: the nearest codeword may lie beyond the current point's neighbours, but no group is worse
+    // than its current codeword, and some codewords move
+    std::vector<float> before((size_t) block);
+    to_float(prev.data(), before.data(), block);
+    for (int64_t i = 0; i < block; ++i) {
+        target[i] = before[i] + 0.5f * std::fabs(before[i]) * g(rng);
+    }
+    reround(prev.data(), target.data(), imp.data(), bytes.data(), decoded.data());
+    int moved = 0;
+    for (int group = 0; group < 32; ++group) {
+        EXPECT_LE(cost(decoded.data(), 8 * group, 8), cost(before.data(), 8 * group, 8) * (1 + 1e-6)) << "group " << group;
+        for (int part = 0; part < 8 / f.dim; ++part) {
+            moved += f.index(bytes.data(), group, part) != f.index(prev.data(), group, part);
         }
     }
     EXPECT_GT(moved, 0) << "the shifted target moves some codewords";
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, LatticeRounding, ::testing::Values(GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ3_XXS),
+INSTANTIATE_TEST_SUITE_P(Types, LatticeRounding,
+                         ::testing::Values(GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ2_XS, GGML_TYPE_IQ2_S, GGML_TYPE_IQ3_XXS,
+                                           GGML_TYPE_IQ3_S),
                          [](const auto & info) { return std::string(ggml_type_name(info.param)); });
