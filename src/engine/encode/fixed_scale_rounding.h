@@ -28,7 +28,7 @@ struct FixedScaleLayout {
 // against rounds that search the scales: +0.0020 and +0.0025), and so did letting each sub-block scale move
 // two steps either way on deepseek3-tiny (+0.0016; docs/hessian.md). Not for IQ4_XS either: each value's
 // nearest of its 16 non-linear levels under the block's scales cost held-out KLD on deepseek3-tiny (IQ4_XS mix,
-// +0.00057 [+0.00018, +0.00096]; qwen3moe-tiny +0.00050, within noise). The lattice types (IQ1-IQ3) pick whole
+// +0.00057 [+0.00018, +0.00096]; qwen3moe-tiny +0.00050, within noise). The lattice types (IQ2, IQ3) pick whole
 // codewords: engine/lattice_rounding.h.
 const FixedScaleLayout * fixed_scale_layout(ggml_type type);
 
