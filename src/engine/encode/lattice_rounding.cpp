@@ -37,7 +37,18 @@ uint32_t word32(const uint8_t * p) {
     std::memcpy(&w, p, 4);
     return w;
 }
-void put_word32(uint8_t * p, uint32_t w) { std::memcpy(p, &w, 4); }
+// the 7-bit sign index of group g (of the four that share the uint32 at `word`), the XXS types'
+void put_sign_index(uint8_t * word, int g, int code) {
+    uint32_t w = word32(word);
+    w = (w & ~(0x7Fu << (7 * (g % 4)))) | ((uint32_t) code << (7 * (g % 4)));
+    std::memcpy(word, &w, 4);
+}
+// IQ2_XS's little-endian uint16 of group g: a 9-bit index, then a 7-bit sign index
+int iq2xs_word(const uint8_t * b, int g) { return b[2 + 2 * g] | (b[3 + 2 * g] << 8); }
+void put_iq2xs_word(uint8_t * b, int g, int v) {
+    b[2 + 2 * g] = (uint8_t) v;
+    b[3 + 2 * g] = (uint8_t) (v >> 8);
+}
 // ggml's 4-bit scales of the IQ2 types: d·(0.5 + s)/4
 float iq2_scale(const uint8_t * b, int s) { return half_at(b) * (0.5f + (float) s) * 0.25f; }
 
@@ -48,11 +59,7 @@ const Layout kIQ2XXS = {
     [](const uint8_t * b, int g) { return iq2_scale(b, (int) (word32(b + 2 + 8 * (g / 4) + 4) >> 28)); },
     [](const uint8_t * b, int g, int) { return (int) b[2 + 8 * (g / 4) + g % 4]; },
     [](uint8_t * b, int g, int, int i) { b[2 + 8 * (g / 4) + g % 4] = (uint8_t) i; },
-    [](uint8_t * b, int g, int code) {
-        uint8_t * at = b + 2 + 8 * (g / 4) + 4;
-        const int shift = 7 * (g % 4);
-        put_word32(at, (word32(at) & ~(0x7Fu << shift)) | ((uint32_t) code << shift));
-    },
+    [](uint8_t * b, int g, int code) { put_sign_index(b + 2 + 8 * (g / 4) + 4, g, code); },
 };
 
 // IQ3_XXS: d, qs[64] (two index bytes per group), then per 32 values a uint32 at 66 + 4·sub as IQ2_XXS's; the
@@ -62,11 +69,7 @@ const Layout kIQ3XXS = {
     [](const uint8_t * b, int g) { return half_at(b) * (0.5f + (float) (word32(b + 66 + 4 * (g / 4)) >> 28)) * 0.5f; },
     [](const uint8_t * b, int g, int part) { return (int) b[2 + 2 * g + part]; },
     [](uint8_t * b, int g, int part, int i) { b[2 + 2 * g + part] = (uint8_t) i; },
-    [](uint8_t * b, int g, int code) {
-        uint8_t * at = b + 66 + 4 * (g / 4);
-        const int shift = 7 * (g % 4);
-        put_word32(at, (word32(at) & ~(0x7Fu << shift)) | ((uint32_t) code << shift));
-    },
+    [](uint8_t * b, int g, int code) { put_sign_index(b + 66 + 4 * (g / 4), g, code); },
 };
 
 // IQ2_XS: d, qs as 32 little-endian uint16 (a 9-bit index, then a 7-bit sign index), scales[8] at 66: per 32
@@ -74,17 +77,9 @@ const Layout kIQ3XXS = {
 const Layout kIQ2XS = {
     8, 512, true,
     [](const uint8_t * b, int g) { return iq2_scale(b, (b[66 + g / 4] >> (4 * ((g % 4) / 2))) & 0xF); },
-    [](const uint8_t * b, int g, int) { return (b[2 + 2 * g] | (b[3 + 2 * g] << 8)) & 511; },
-    [](uint8_t * b, int g, int, int i) {
-        const int v = ((b[2 + 2 * g] | (b[3 + 2 * g] << 8)) & ~511) | i;
-        b[2 + 2 * g] = (uint8_t) v;
-        b[3 + 2 * g] = (uint8_t) (v >> 8);
-    },
-    [](uint8_t * b, int g, int code) {
-        const int v = ((b[2 + 2 * g] | (b[3 + 2 * g] << 8)) & 511) | (code << 9);
-        b[2 + 2 * g] = (uint8_t) v;
-        b[3 + 2 * g] = (uint8_t) (v >> 8);
-    },
+    [](const uint8_t * b, int g, int) { return iq2xs_word(b, g) & 511; },
+    [](uint8_t * b, int g, int, int i) { put_iq2xs_word(b, g, (iq2xs_word(b, g) & ~511) | i); },
+    [](uint8_t * b, int g, int code) { put_iq2xs_word(b, g, (iq2xs_word(b, g) & 511) | (code << 9)); },
 };
 
 // IQ2_S: d, qs[32] (an index's low 8 bits per group), signs[32] (the mask per group), qh[8] at 66 (per 32 values
