@@ -5,17 +5,19 @@
 # calibration.txt, S llama-quantize's Q2_K size, a fresh cache each) with both settings at once on one thread
 # each, then imx eval of both files against the F16 base on held-out text (the last third of calibration.txt, and
 # WikiText-2): paired ΔKLD (halved − defaults, 95% interval), and the searches' own times. --variant FLAGS
-# measures other settings against the defaults instead (e.g. "--error-rows 64" alone).
-#   bench/search_samples.sh [--chunks N] [--type Q2_K] [--variant FLAGS] [MODEL ...]
+# measures other settings against the defaults instead (e.g. "--error-rows 64" alone); --reference FLAGS adds
+# flags to both sides (e.g. "--probe-groups role": probes by role, 8 chunks against 4).
+#   bench/search_samples.sh [--chunks N] [--type Q2_K] [--variant FLAGS] [--reference FLAGS] [MODEL ...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${IMX_BUILD:-$root/build}
-chunks=40; type=Q2_K; variant="--error-rows 64 --sensitivity-chunks 4"; models=()
+chunks=40; type=Q2_K; variant="--error-rows 64 --sensitivity-chunks 4"; reference=""; models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --chunks) chunks=$2; shift ;;
     --type) type=$2; shift ;;
     --variant) variant=$2; shift ;;
+    --reference) reference=$2; shift ;;
     *) models+=("$(realpath "$1")") ;;
   esac
   shift
@@ -23,7 +25,7 @@ done
 tmp=${IMX_BENCH_DIR:-$(mktemp -d)}; mkdir -p "$tmp"
 . "$root/bench/lib.sh"
 
-echo "# type search sample sizes: defaults against $variant, fitted on 2/3 of calibration.txt, target llama-quantize's $type size, $chunks eval chunks, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '(not a checkout)')"
+echo "# type search sample sizes: defaults${reference:+ with $reference} against $variant${reference:+ $reference}, fitted on 2/3 of calibration.txt, target llama-quantize's $type size, $chunks eval chunks, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '(not a checkout)')"
 echo
 echo "| model | search wall s defaults / halved (errors, sensitivity) | eval text | KLD defaults | KLD halved | ΔKLD halved − defaults [95%] |"
 echo "| --- | --- | --- | ---: | ---: | --- |"
@@ -33,7 +35,7 @@ for model in "${models[@]}"; do
   size=$(awk -v b="$(stat -c %s "$tmp/$name-up.gguf")" 'BEGIN {printf "%.4f", b / 1048576}')
   pids=()
   for v in defaults halved; do
-    extra=""; [ $v = halved ] && extra=$variant
+    extra=$reference; [ $v = halved ] && extra="$variant $reference"
     rm -rf "$tmp/$name-$v-cache"
     /usr/bin/time -f %e -o "$tmp/$name-$v.time" "$build/imx" quantize -m "$model" -f "$tmp/fit.txt" -o "$tmp/$name-$v.gguf" --target-size "$size" --method hessian \
       -t 1 --cache-dir "$tmp/$name-$v-cache" --json $extra >"$tmp/$name-$v.log" 2>&1 &

@@ -258,8 +258,10 @@ Run add_quantize(CLI::App & app) {
     app.add_option("--n-gpu-layers", o->n_gpu_layers, "block by block: offload the block to the GPU (99: yes)")
         ->capture_default_str();
     app.add_option("-c,--ctx-size", o->ctx, "target: tokens per chunk of that text")->capture_default_str();
-    target_only.push_back(app.add_option("--sensitivity-chunks", o->chunks, "target: chunks of the text per measurement")
-        ->capture_default_str()
+    target_only.push_back(app.add_option("--sensitivity-chunks", o->chunks,
+                   "target: chunks of the text per probe and for the output's measured KLD (default: " +
+                       std::to_string(engine::kProbeChunksByTensor) + " with a probe per tensor, " +
+                       std::to_string(engine::kProbeChunksByRole) + " with probes by role)")
         ->check(CLI::PositiveNumber));
     target_only.push_back(app.add_option("--probe-groups", o->probe_groups,
                    "target: tensor (one probe each), role (one per role over all layers: a few probes for a "

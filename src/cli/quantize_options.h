@@ -50,7 +50,7 @@ struct QuantizeCommand {
     std::vector<std::string> candidates = engine::default_candidate_types();
     std::string              text;
     uint32_t                 ctx = 512;
-    int                      chunks = 8;
+    int                      chunks = 0;  // --sensitivity-chunks; 0: by the probe groups (type_search.h)
     std::string              probe_type = "q3_K";
     std::string              probe_groups = "auto";
     int64_t                  error_rows = 128;

@@ -82,6 +82,14 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     EXPECT_EQ(r8["error_types"].get<int>(), 0);
     EXPECT_EQ(r8["probes"].get<int>(), 7) << "8 roles, token_embd's probe already measured";
     EXPECT_LE(fs::file_size(dir + "/role.gguf"), target_mib * 1048576.0);
+    EXPECT_EQ(r8["measured_chunks"].get<int>(), 2) << "--sensitivity-chunks as given";
+    // not given: probes by role run 4 chunks each, and the output is measured on the same 4
+    std::string unsized = target_cmd(dir, "--target-size 16 --probe-groups role -o role4.gguf");
+    unsized.replace(unsized.find(" --sensitivity-chunks 2"), std::string(" --sensitivity-chunks 2").size(), "");
+    const RunResult role4 = run(unsized);
+    ASSERT_EQ(role4.exit_code, 0) << tail(role4.output);
+    EXPECT_EQ(json_of(role4)["measured_chunks"].get<int>(), 4);
+    EXPECT_EQ(json_of(role4)["probes"].get<int>(), 8) << "measured again: the chunks are part of the cache's key";
     // no scratch file is left beside the outputs
     for (const auto & e : fs::directory_iterator(dir)) {
         EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();

@@ -178,6 +178,8 @@ private:
     bool hessian_metric(const Tensor & t) const;
     double error_of(const Tensor & t, ggml_type c) const;
     double probe_error_of(const Tensor & t, ggml_type p) const;
+    bool by_role() const;
+    int probe_chunks() const;
     double damage(const Tensor & t, ggml_type c) const;
     std::vector<TensorTypeOptions> options(bool with_damage) const;
     void allocate();
@@ -240,7 +242,7 @@ TargetResult TargetSearch::run() {
     EvalOptions eo;
     eo.text_file = o_.text_file;
     eo.ctx = o_.ctx;
-    eo.max_chunks = o_.chunks;
+    eo.max_chunks = probe_chunks();
     eo.threads = threads_;
     eo.cache_dir = o_.cache_dir;
     const Evaluator eval(model_, eo);
@@ -331,7 +333,7 @@ void TargetSearch::open_cache() {
     std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" +
                       (o_.by_blocks ? std::string("collected") : file_stamp(o_.quantize.imatrix_file)) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
-                      std::to_string(o_.chunks);
+                      std::to_string(probe_chunks());
     if (o_.hessian) {
         const auto & h = o_.hessian_options;
         key += "|hessian damp " + std::to_string(h.rounding.damp) + " prior " + std::to_string(h.prior_weight) +
@@ -499,11 +501,18 @@ uint64_t TargetSearch::fixed_file_bytes() const {
     return fixed;
 }
 
+bool TargetSearch::by_role() const {
+    return o_.probe_groups == "role" || (o_.probe_groups == "auto" && tensors_.size() > kMostTensorProbes);
+}
+
+int TargetSearch::probe_chunks() const {
+    return o_.chunks > 0 ? o_.chunks : by_role() ? kProbeChunksByRole : kProbeChunksByTensor;
+}
+
 // A tensor's probe group: itself, or its role (the name without "blk.N."); auto: by role past 64 tensors, where
 // a probe per tensor would be hours of forward passes (a 28-layer dense model has ~200 tensors).
 std::string TargetSearch::group_of(const Tensor & t) const {
-    const bool by_role = o_.probe_groups == "role" || (o_.probe_groups == "auto" && tensors_.size() > kMostTensorProbes);
-    if (!by_role || t.name.rfind("blk.", 0) != 0) {
+    if (!by_role() || t.name.rfind("blk.", 0) != 0) {
         return t.name;
     }
     const size_t dot = t.name.find('.', 4);
