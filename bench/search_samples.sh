@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The type search's two sample sizes — rows a matrix for the candidate errors (--error-rows, default 128) and
-# calibration chunks a probe (--sensitivity-chunks, default 8) — against half of each, side by side: the
+# calibration chunks a probe (--sensitivity-chunks, default 8 with a probe per tensor as on the shared models, 4
+# with probes by role) — against half of each, side by side: the
 # one-command search (imx quantize -m MODEL -f FIT --target-size S --method hessian, FIT the first 2/3 of
 # calibration.txt, S llama-quantize's Q2_K size, a fresh cache each) with both settings at once on one thread
 # each, then imx eval of both files against the F16 base on held-out text (the last third of calibration.txt, and

@@ -19,12 +19,15 @@ namespace {
 const std::string kModel = "qwen3moe-tiny.gguf";
 
 
-// few candidates and chunks: the mechanics, not the quality (bench/target_size.sh measures that)
-std::string target_cmd(const std::string & dir, const std::string & target, const std::string & extra = "") {
+// few candidates and chunks: the mechanics, not the quality (bench/target_size.sh measures that);
+// sensitivity_chunks 0: the flag not given
+std::string target_cmd(const std::string & dir, const std::string & target, const std::string & extra = "",
+                       int sensitivity_chunks = 2) {
+    const std::string chunks =
+        sensitivity_chunks > 0 ? " --sensitivity-chunks " + std::to_string(sensitivity_chunks) : "";
     return "cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
            " --imatrix im.gguf -f " + shared("data/calibration.txt") +
-           " --candidates q2_K,q3_K,q4_K,q6_K --sensitivity-chunks 2 -t 2 --cache-dir cache --json " + target +
-           " " + extra;
+           " --candidates q2_K,q3_K,q4_K,q6_K" + chunks + " -t 2 --cache-dir cache --json " + target + " " + extra;
 }
 
 nlohmann::json json_of(const RunResult & r) {
@@ -84,12 +87,11 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     EXPECT_LE(fs::file_size(dir + "/role.gguf"), target_mib * 1048576.0);
     EXPECT_EQ(r8["measured_chunks"].get<int>(), 2) << "--sensitivity-chunks as given";
     // not given: probes by role run 4 chunks each, and the output is measured on the same 4
-    std::string unsized = target_cmd(dir, "--target-size 16 --probe-groups role -o role4.gguf");
-    unsized.replace(unsized.find(" --sensitivity-chunks 2"), std::string(" --sensitivity-chunks 2").size(), "");
-    const RunResult role4 = run(unsized);
+    const RunResult role4 = run(target_cmd(dir, "--target-size 16 --probe-groups role -o role4.gguf", "", 0));
     ASSERT_EQ(role4.exit_code, 0) << tail(role4.output);
-    EXPECT_EQ(json_of(role4)["measured_chunks"].get<int>(), 4);
-    EXPECT_EQ(json_of(role4)["probes"].get<int>(), 8) << "measured again: the chunks are part of the cache's key";
+    const nlohmann::json r4 = json_of(role4);
+    EXPECT_EQ(r4["measured_chunks"].get<int>(), 4);
+    EXPECT_EQ(r4["probes"].get<int>(), 8) << "measured again: the chunks are part of the cache's key";
     // no scratch file is left beside the outputs
     for (const auto & e : fs::directory_iterator(dir)) {
         EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
