@@ -91,7 +91,8 @@ TEST(TargetSize, FitsAndUpstreamMakesTheSameFileFromTheRecipe) {
     ASSERT_EQ(role4.exit_code, 0) << tail(role4.output);
     const nlohmann::json r4 = json_of(role4);
     EXPECT_EQ(r4["measured_chunks"].get<int>(), 4);
-    EXPECT_EQ(r4["probes"].get<int>(), 8) << "measured again: the chunks are part of the cache's key";
+    EXPECT_EQ(r4["probes"].get<int>(), 8) << "measured again: each probe's entry names its chunks";
+    EXPECT_EQ(r4["error_types"].get<int>(), 0) << "the errors do not depend on the probes' chunks: from the cache";
     // no scratch file is left beside the outputs
     for (const auto & e : fs::directory_iterator(dir)) {
         EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();

@@ -326,14 +326,15 @@ void TargetSearch::check_target() const {
     }
 }
 
-// The measurements depend on the model, the imatrix, the encoder's settings and the calibration chunks (a probe
-// group's name says what it holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache).
+// The measurements depend on the model, the imatrix and the encoder's settings (a probe group's name says what it
+// holds: a tensor's name, or a role without "blk.N.", so both kinds share one cache). The probes' chunk count is
+// not in the key but in each probe's entry, beside its probe types: the errors do not depend on it, and on a
+// large model they are the longest step to measure again.
 void TargetSearch::open_cache() {
     // by blocks the imatrix is collected here and named by cache_key (its file, if saved, is written after)
     std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" +
                       (o_.by_blocks ? std::string("collected") : file_stamp(o_.quantize.imatrix_file)) + "|" + o_.cache_key +
-                      "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx) + "|chunks " +
-                      std::to_string(probe_chunks());
+                      "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx);
     if (o_.hessian) {
         const auto & h = o_.hessian_options;
         key += "|hessian damp " + std::to_string(h.rounding.damp) + " prior " + std::to_string(h.prior_weight) +
@@ -541,7 +542,7 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
         }
         group_probe_error_[group] = error;
         json & cached = cache_.j["groups"][group];
-        if (cached.is_object() && cached.value("probes", "") == probes) {
+        if (cached.is_object() && cached.value("probes", "") == probes && cached.value("chunks", -1) == probe_chunks()) {
             continue;
         }
         QuantizeOptions q = scratch_options();
@@ -561,7 +562,7 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
         std::error_code ec;
         fs::remove(scratch_, ec);
         res_.probes += 1;
-        cached = {{"probes", probes}, {"kld", s.kld_mean.value}};
+        cached = {{"probes", probes}, {"chunks", probe_chunks()}, {"kld", s.kld_mean.value}};
         cache_.save();
     }
 }
