@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The type search's two sample sizes — rows a matrix for the candidate errors (--error-rows, default 128) and
+# The type search's two sample sizes — rows a matrix for the candidate errors (--error-rows, default 64) and
 # calibration chunks a probe (--sensitivity-chunks, default 8 with a probe per tensor as on the shared models, 4
 # with probes by role) — against half of each, side by side: the
 # one-command search (imx quantize -m MODEL -f FIT --target-size S --method hessian, FIT the first 2/3 of
 # calibration.txt, S llama-quantize's Q2_K size, a fresh cache each) with both settings at once on one thread
 # each, then imx eval of both files against the F16 base on held-out text (the last third of calibration.txt, and
 # WikiText-2): paired ΔKLD (halved − defaults, 95% interval), and the searches' own times. --variant FLAGS
-# measures other settings against the defaults instead (e.g. "--error-rows 64" alone); --reference FLAGS adds
+# measures other settings against the defaults instead (e.g. "--error-rows 32" alone); --reference FLAGS adds
 # flags to both sides (e.g. "--probe-groups role": probes by role, 8 chunks against 4).
 #   bench/search_samples.sh [--chunks N] [--type Q2_K] [--variant FLAGS] [--reference FLAGS] [MODEL ...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${IMX_BUILD:-$root/build}
-chunks=40; type=Q2_K; variant="--error-rows 64 --sensitivity-chunks 4"; reference=""; models=()
+chunks=40; type=Q2_K; variant="--error-rows 32 --sensitivity-chunks 4"; reference=""; models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --chunks) chunks=$2; shift ;;

@@ -59,7 +59,7 @@ struct TargetOptions {
     // once), its KLD shared among the role's tensors in proportion to their errors at the probe type — a few
     // probes instead of hundreds for a real model; "auto": "tensor" up to 64 tensors, else "role".
     std::string     probe_groups = "auto";
-    int64_t         error_rows = 128;  // rows of each matrix encoded for the errors (0: all)
+    int64_t         error_rows = 64;  // rows of each matrix encoded for the errors (0: all)
     const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
     HessianOptions  hessian_options;
     // set (with hessian): the output, once written, is encoded again layer by layer (--sequential,
