@@ -53,7 +53,7 @@ struct QuantizeCommand {
     int                      chunks = 0;  // --sensitivity-chunks; 0: by the probe groups (type_search.h)
     std::string              probe_type = "q3_K";
     std::string              probe_groups = "auto";
-    int64_t                  error_rows = 64;
+    int64_t                  error_rows = engine::kErrorRows;
     std::string              cache_dir = default_cache_dir();
     std::string              recipe_file;
     std::string              html;
