@@ -14,7 +14,7 @@
 //
 // Rows: `sample_rows` of each matrix (expert, head), evenly spaced, the same rows for every type (types are
 // compared on the same rows); the sums are scaled by rows/sampled. A whole-model search at the Qwen3-1.7B shape
-// encodes ~2.2% of the rows per candidate with the search's 64 (kErrorRows, type_search.h; docs/allocation.md).
+// encodes ~2.2% of the rows per candidate with the default 64 (docs/allocation.md).
 #pragma once
 
 #include "core/imatrix.h"
@@ -29,11 +29,15 @@
 
 namespace imx::engine {
 
+// Rows of each matrix encoded for a candidate's error where --error-rows is not given: 64 was level with 128 on
+// both shared models (qwen3moe-tiny the same file), and 128 with 256 (docs/allocation.md).
+constexpr int64_t kErrorRows = 64;
+
 struct CandidateErrorOptions {
     const QuantWeights * weights = nullptr;  // llama-quantize's imatrix weights per tensor (null: none)
     const Imatrix *      hessian = nullptr;  // covariances: the Hessian encoder's errors too (null: diagonal only)
     HessianOptions       hessian_options;
-    int64_t              sample_rows = 64;  // per matrix; 0: every row
+    int64_t              sample_rows = kErrorRows;  // per matrix; 0: every row
     int                  threads = 1;
 };
 

@@ -27,6 +27,7 @@
 #include "core/format/block_spill.h"
 #include "core/imatrix.h"
 #include "core/math/type_allocation.h"
+#include "engine/encode/candidate_errors.h"
 #include "engine/encode/hessian_encoder.h"
 #include "engine/encode/quantize.h"
 #include "engine/encode/sequential_encoder.h"
@@ -45,9 +46,6 @@ namespace imx::engine {
 // held-out text, docs/allocation.md).
 constexpr int kProbeChunksByTensor = 8;
 constexpr int kProbeChunksByRole = 4;
-// Rows of each matrix encoded for a candidate's error where --error-rows is not given: 64 was level with 128 on
-// both shared models (qwen3moe-tiny the same file), and 128 with 256 (docs/allocation.md).
-constexpr int64_t kErrorRows = 64;
 
 // The candidate set when none is given: k-quants and IQ types from 1.56 to 8.5 bits per weight.
 std::vector<std::string> default_candidate_types();
@@ -62,7 +60,7 @@ struct TargetOptions {
     // once), its KLD shared among the role's tensors in proportion to their errors at the probe type — a few
     // probes instead of hundreds for a real model; "auto": "tensor" up to 64 tensors, else "role".
     std::string     probe_groups = "auto";
-    int64_t         error_rows = kErrorRows;  // rows of each matrix encoded for the errors (0: all)
+    int64_t         error_rows = kErrorRows;  // rows of each matrix encoded for the errors (0: all; candidate_errors.h)
     const Imatrix * hessian = nullptr;    // set: --method hessian with this imatrix's covariances
     HessianOptions  hessian_options;
     // set (with hessian): the output, once written, is encoded again layer by layer (--sequential,
