@@ -74,14 +74,14 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded) {
     const ScratchFile quant_file(s.scratch + ".qblock.gguf");
-    write_block_model(model, io, b, quantized, quant_file.path());
+    write_block_model(model, io, b, quantized, quant_file.path(), s.weights);
     TargetInputs float_inputs;
     float_inputs.stop_after_last_input(false);
     std::unique_ptr<ScratchFile> float_file;
     std::unique_ptr<BlockRunner> float_runner;
     if (!recorded) {
         float_file = std::make_unique<ScratchFile>(s.scratch + ".block.gguf");
-        write_block_model(model, io, b, {}, float_file->path());
+        write_block_model(model, io, b, {}, float_file->path(), s.weights);
         float_runner = std::make_unique<BlockRunner>(float_file->path(), s.chunk_size, s.threads, s.n_gpu_layers,
                                                      TargetInputs::eval_callback, &float_inputs);
     }
@@ -121,7 +121,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
                const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s) {
     const ScratchFile file(s.scratch + ".qblock.gguf");
-    write_block_model(model, io, b, tensors, file.path());
+    write_block_model(model, io, b, tensors, file.path(), s.weights);
     BlockRunner runner(file.path(), s.chunk_size, s.threads, s.n_gpu_layers);
     std::vector<float> x, y;
     for (size_t c = 0; c < in.chunks(); ++c) {
@@ -173,7 +173,7 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
         const TensorBytes embd{e->type, qio.read("token_embd.weight", 0, ggml_nbytes(e))};
         embed_chunks(table, io, chunks, &embd, hq.begin());
     }
-    BlockPassSettings bp{base, s.chunk_size, o.threads, 0, s.covariance_budget, nullptr, nullptr};
+    BlockPassSettings bp{base, s.chunk_size, o.threads, 0, fastest_block_weights(0), s.covariance_budget, nullptr, nullptr};
     int layer = 0;
     bp.before_chunk = [&](size_t c) {
         if (const int sig = interrupted()) {

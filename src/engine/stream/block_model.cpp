@@ -136,7 +136,7 @@ int64_t embedding_length(const TensorTable & model) {
 }
 
 void write_block_model(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
-                       const std::string & path) {
+                       const std::string & path, BlockWeights weights) {
     const std::string arch = check_block_streaming(model);
     const int n_layer = block_count(model);
     const int64_t n_embd = embedding_length(model);
@@ -160,15 +160,29 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     const int64_t embd_ne[2] = {n_embd, 1};
     add("", "token_embd.weight", GGML_TYPE_F32, embd_ne, 2);
     const std::string prefix = "blk." + std::to_string(block) + ".";
+    const auto type_of = [&](const std::string & name) {
+        const auto r = replace.find(name);
+        return r == replace.end() ? model.find(name)->type : r->second.type;
+    };
+    const auto decodable = [&](const std::string & name) {  // a matrix of the block, not yet F32
+        return block_of(name) == block && ggml_n_dims(model.find(name)) == 2 && type_of(name) != GGML_TYPE_F32;
+    };
+    bool decode = weights == BlockWeights::f32;
+    uint64_t f32_bytes = 0;
+    for (const std::string & name : model.names()) {
+        if (decode && decodable(name)) {
+            f32_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(float);
+        }
+    }
+    decode = decode && f32_bytes <= kF32BlockLimit;
     for (const std::string & name : model.names()) {
         const int b = block_of(name);
         if (b < 0 ? (name == "token_embd.weight" || name == "output.weight") : b != block) {
             continue;
         }
         const ggml_tensor * t = model.find(name);
-        const auto r = replace.find(name);
         const std::string renamed = b < 0 ? name : "blk.0." + name.substr(prefix.size());
-        add(name, renamed, r == replace.end() ? t->type : r->second.type, t->ne, ggml_n_dims(t));
+        add(name, renamed, decode && decodable(name) ? GGML_TYPE_F32 : type_of(name), t->ne, ggml_n_dims(t));
     }
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -181,14 +195,22 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
         std::vector<uint8_t> bytes;
         if (e.source.empty()) {
             bytes.assign(n, 0);
-        } else if (const auto r = replace.find(e.source); r != replace.end()) {
-            if (r->second.bytes.size() != n) {
-                throw Error("block " + std::to_string(block) + ": " + e.source + " has " +
-                            std::to_string(r->second.bytes.size()) + " bytes for " + std::to_string(n));
-            }
-            out.write(reinterpret_cast<const char *>(r->second.bytes.data()), (std::streamsize) n);
         } else {
-            bytes = io.read(e.source, 0, n);
+            const ggml_type type = type_of(e.source);
+            const size_t stored = ggml_row_size(type, e.t->ne[0]) * (size_t) (ggml_nelements(e.t) / e.t->ne[0]);
+            const auto r = replace.find(e.source);
+            if (r != replace.end() && r->second.bytes.size() != stored) {
+                throw Error("block " + std::to_string(block) + ": " + e.source + " has " +
+                            std::to_string(r->second.bytes.size()) + " bytes for " + std::to_string(stored));
+            }
+            std::vector<uint8_t> read;
+            const std::vector<uint8_t> & given = r != replace.end() ? r->second.bytes : (read = io.read(e.source, 0, stored));
+            if (e.t->type == type) {
+                out.write(reinterpret_cast<const char *>(given.data()), (std::streamsize) n);
+            } else {  // decoded to F32
+                bytes.resize(n);
+                to_float(type, given.data(), reinterpret_cast<float *>(bytes.data()), ggml_nelements(e.t));
+            }
         }
         if (!bytes.empty()) {
             out.write(reinterpret_cast<const char *>(bytes.data()), (std::streamsize) n);

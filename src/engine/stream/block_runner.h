@@ -8,6 +8,7 @@
 #pragma once
 
 #include "engine/model/llama_model.h"
+#include "engine/stream/block_model.h"
 
 #include "ggml-backend.h"
 
@@ -51,6 +52,10 @@ private:
     bool                             got_out_ = false;
     bool                             inner_stopped_ = false;
 };
+
+// The block weights a runner with this offload is fastest on: F32 where the block stays on the CPU (no GPU
+// device, or n_gpu_layers 0; block_model.h says why), else the types as given.
+BlockWeights fastest_block_weights(int n_gpu_layers);
 
 // Several eval callbacks on one graph (the float stream's imatrix sums and its inputs for the cross terms): each
 // is called for the nodes it asked for, and the graph stops where one of them stops it.
