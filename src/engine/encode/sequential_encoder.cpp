@@ -81,7 +81,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     std::unique_ptr<BlockRunner> float_runner;
     if (!recorded) {
         float_file = std::make_unique<ScratchFile>(s.scratch + ".block.gguf");
-        write_block_model(model, io, b, {}, float_file->path(), s.weights);
+        write_block_model(model, io, b, {}, float_file->path());
         float_runner = std::make_unique<BlockRunner>(float_file->path(), s.chunk_size, s.threads, s.n_gpu_layers,
                                                      TargetInputs::eval_callback, &float_inputs);
     }

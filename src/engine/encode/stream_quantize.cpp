@@ -361,9 +361,8 @@ void BlockQuantizer::progress(int b) {
 // matmul inputs too, chunk by chunk (--sequential reads them back instead of running the block again).
 void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record) {
     const ScratchFile block_file(scratch_base_ + ".block.gguf");
-    // the diagonal path's sums stay `collect`'s (and so llama-imatrix's): F32 weights only for the Hessian's
-    write_block_model(table_, io_, b, {}, block_file.path(),
-                      o_.hessian ? fastest_block_weights(o_.n_gpu_layers) : BlockWeights::as_given);
+    // as given: the type search collects its blocks with `collect`'s runner and expects these sums to the byte
+    write_block_model(table_, io_, b, {}, block_file.path());
     ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
     col.stop_after_last_weight(false);
     TargetInputs inputs;
