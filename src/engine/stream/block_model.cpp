@@ -167,14 +167,13 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     const auto decodable = [&](const std::string & name) {  // a matrix of the block, not yet F32
         return block_of(name) == block && ggml_n_dims(model.find(name)) == 2 && type_of(name) != GGML_TYPE_F32;
     };
-    bool decode = weights == BlockWeights::f32;
     uint64_t f32_bytes = 0;
     for (const std::string & name : model.names()) {
-        if (decode && decodable(name)) {
+        if (weights == BlockWeights::f32 && decodable(name)) {
             f32_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(float);
         }
     }
-    decode = decode && f32_bytes <= kF32BlockLimit;
+    const bool decode = weights == BlockWeights::f32 && f32_bytes <= kF32BlockLimit;
     for (const std::string & name : model.names()) {
         const int b = block_of(name);
         if (b < 0 ? (name == "token_embd.weight" || name == "output.weight") : b != block) {

@@ -43,13 +43,13 @@ int64_t embedding_length(const TensorTable & model);
 //   as_given: in the model's type, or the replacement's — what the file to be written will hold; what every
 //     float block runs on (`collect`, quantize's collection), so that the sums are llama-imatrix's.
 //   f32: decoded to F32 (exactly: the values ggml multiplies with), for --sequential's quantized stream on the
-//     CPU, whose numbers nothing else must reproduce. This build's ggml multiplies a 512-token chunk with F32 weights in
-//     less time than with F16 (both operands converted) or k-quant weights (the activations quantized to Q8_K,
-//     then integer dot products): a --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 20% less time
-//     in its block passes (docs/streaming.md; 10-20% with the quantized stream alone). Expert tensors (3-D) keep their type (a DeepSeek-V3 block's
-//     experts would take 45 GB in F32), and so does a block whose matrices would take more than
-//     kF32BlockLimit in F32 (beyond one 8B block's 0.9 GB; the extra memory stays within issue 25's bound of
-//     a block's weights, its covariances, the hidden states and 2 GB).
+//     CPU, whose numbers nothing else must reproduce. This build's ggml multiplies a 512-token chunk with F32
+//     weights in less time than with k-quant weights (the activations quantized to Q8_K, then integer dot
+//     products): a --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 10-20% less time in its block
+//     passes (docs/streaming.md). Expert tensors (3-D) keep their type (a DeepSeek-V3 block's experts would
+//     take 45 GB in F32), and so does a block whose matrices would take more than kF32BlockLimit in F32 (beyond
+//     one 8B block's 0.9 GB; the extra memory stays within issue 25's bound of a block's weights, its
+//     covariances, the hidden states and 2 GB).
 enum class BlockWeights { as_given, f32 };
 constexpr uint64_t kF32BlockLimit = 2ull << 30;
 
