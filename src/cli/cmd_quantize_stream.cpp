@@ -82,11 +82,13 @@ void run_by_blocks(QuantizeCommand & o) {
         print_hessian_reports(r.reports, o.verbose, false);
     }
     if (s.sequential) {
-        const HessianSummary ss = summarize(r.sequential_reports);
+        const SequentialSummary ss = summarize_sequential(r.sequential_reports);
         std::fprintf(stderr, "imx quantize: sequential: %lld tensors encoded again toward their shifted targets (%lld of "
-                             "%lld rows changed, error %.1f%% below the first encoding's)\n",
-                     (long long) ss.tensors, (long long) ss.rows_improved, (long long) ss.rows,
-                     ss.loss_diagonal > 0 ? 100.0 * (1.0 - ss.loss_final / ss.loss_diagonal) : 0.0);
+                             "%lld rows changed, error %.1f%% below the first encoding's), %lld encoded there only "
+                             "(the blocks' last matrices, whose first encoding step 1 skips)\n",
+                     (long long) ss.again.tensors, (long long) ss.again.rows_improved, (long long) ss.again.rows,
+                     ss.again.loss_diagonal > 0 ? 100.0 * (1.0 - ss.again.loss_final / ss.again.loss_diagonal) : 0.0,
+                     (long long) ss.only.tensors);
     }
     if (s.refit_norms) {
         std::fprintf(stderr, "imx quantize: %d norms re-fitted to their quantized readers (output error %.4g lower)\n",
@@ -119,10 +121,13 @@ void run_by_blocks(QuantizeCommand & o) {
         j["seconds_encode"] = r.seconds_encode;
         add_hessian_json(j, summarize(r.reports));
         if (s.sequential) {
-            const HessianSummary ss = summarize(r.sequential_reports);
-            j["sequential_rows_changed"] = ss.rows_improved;
-            j["sequential_error_first"] = ss.loss_diagonal;  // the first encoding's, under the shifted objective
-            j["sequential_error"] = ss.loss_final;
+            const SequentialSummary ss = summarize_sequential(r.sequential_reports);
+            j["sequential_tensors"] = ss.again.tensors + ss.only.tensors;
+            j["sequential_rows_changed"] = ss.again.rows_improved;  // of the tensors step 1 encoded
+            // the tensors step 1 encoded: their first encoding's error and their final one, under the shifted objective
+            j["sequential_error_first"] = ss.again.loss_diagonal;
+            j["sequential_error_again"] = ss.again.loss_final;
+            j["sequential_error"] = ss.again.loss_final + ss.only.loss_final;  // every tensor step 2 encoded
         }
         j["norms_refit"] = r.norms_refit;
         j["norm_gain"] = r.norm_gain;

@@ -89,7 +89,10 @@ TEST(StreamQuantizeRuns, SequentialResumesAfterKillNine) {
     EXPECT_FALSE(j.contains("hessian_error_diagonal"));
     EXPECT_GT(j["hessian_error"].get<double>(), 0);
     EXPECT_GT(j["sequential_rows_changed"].get<int64_t>(), 0);
-    EXPECT_LT(j["sequential_error"].get<double>(), j["sequential_error_first"].get<double>());
+    EXPECT_LT(j["sequential_error_again"].get<double>(), j["sequential_error_first"].get<double>());
+    // step 1 leaves the blocks' last matrices (ffn_down, _exps, _shexp) to step 2, which encodes them whole
+    EXPECT_GT(j["sequential_tensors"].get<int64_t>(), j["hessian_tensors"].get<int64_t>());
+    EXPECT_GT(j["sequential_error"].get<double>(), j["sequential_error_again"].get<double>());
     const std::string out = dir + "/r.gguf";
     ASSERT_TRUE(kill_after_checkpoint(imx_bin() + " quantize -m " + model + " -f " + shared("data/calibration.txt") +
                                           " -o " + out + " -t 2 " + args + " --save-every 1",
@@ -110,6 +113,19 @@ TEST(StreamQuantizeRuns, SequentialResumesAfterKillNine) {
     for (const std::string & name : file_names(dir)) {
         EXPECT_TRUE(name.ends_with(".gguf") || name.ends_with(".log")) << name << " left behind";
     }
+}
+
+// Where step 2 has no covariance for a block's last matrices either (none fits the budget), they still get
+// the diagonal encoding step 1 left to step 2: the file is the diagonal quantization's, byte for byte.
+TEST(StreamQuantizeRuns, SequentialWithoutCovariancesIsTheDiagonalFile) {
+    const std::string dir = fresh_dir("stream-sequential-nocov");
+    const std::string model = shared("models/deepseek3-tiny.gguf");
+    const RunResult seq = run(quantize_cmd(model, dir + "/seq.gguf",
+                                           "Q2_K --method hessian --sequential --covariance-budget 0.01 --chunks 3"));
+    ASSERT_EQ(seq.exit_code, 0) << tail(seq.output);
+    const RunResult diag = run(quantize_cmd(model, dir + "/diag.gguf", "Q2_K --method diagonal --chunks 3"));
+    ASSERT_EQ(diag.exit_code, 0) << tail(diag.output);
+    EXPECT_TRUE(bytes_of(dir + "/seq.gguf") == bytes_of(dir + "/diag.gguf"));
 }
 
 // SIGTERM mid-run leaves nothing (hidden states of both streams, block models, the output so far).

@@ -21,6 +21,7 @@
 #include "engine/stream/input_tape.h"
 #include "engine/stream/token_embeddings.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -32,6 +33,10 @@ namespace imx::engine {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The matrices of a block whose outputs no other matrix of the block reads (they end its FFN: dense, experts,
+// shared experts) — in every architecture the block runner takes (block_model.h).
+constexpr const char * kBlockOutputMatrices = "ffn_down";
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -102,10 +107,10 @@ public:
 
 private:
     void write_tensor(const std::string & name, const QuantWeights * weights);
-    void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
+    void encode_block(int b, const Imatrix & sums, const Imatrix * covariances, const std::set<std::string> & later = {});
     void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr);
     TensorReplacements encoded_block(int b) const;
-    void encode_again(const Imatrix & shifted);
+    void encode_again(const Imatrix & shifted, bool fresh);
     void refit_norms(int b, const Imatrix & stats);
     void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
                          HiddenStates & next_q, Imatrix & sums);
@@ -196,8 +201,9 @@ void BlockQuantizer::write_tensor(const std::string & name, const QuantWeights *
 // rows where they are better (with a cross term in `covariances`: toward the shifted targets).
 // With --sequential, the tensors the Hessian encoder takes skip the diagonal encoding: step 2 compares its rows
 // with this encoding's anyway, and the diagonal one almost never won here (5 of 573,440 rows at a Qwen3-1.7B
-// shape) — llama-quantize's encoding time a block, saved.
-void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * covariances) {
+// shape) — llama-quantize's encoding time a block, saved. `later`: tensors --sequential leaves to its step 2.
+void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * covariances,
+                                  const std::set<std::string> & later) {
     const auto t0 = std::chrono::steady_clock::now();
     const QuantWeights qw = quant_weights(sums, o_.prior, shapes_);
     const bool hessian = covariances && !covariances->covariances.empty();
@@ -223,6 +229,7 @@ void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * c
             for (const HessianTensorReport & t : r) {
                 encoded.insert(t.name);
             }
+            encoded.insert(later.begin(), later.end());
             write_diagonal(encoded);
         }
         res_.reports.insert(res_.reports.end(), r.begin(), r.end());
@@ -330,11 +337,13 @@ void BlockQuantizer::refit_norms(int b, const Imatrix & stats) {
 }
 
 // Step 2 of --sequential: the block encoded again toward its shifted targets, row by row the better of that and
-// what the output holds (step 1's encoding) under the shifted objective.
-void BlockQuantizer::encode_again(const Imatrix & shifted) {
+// what the output holds (step 1's encoding) under the shifted objective; `fresh`: tensors step 1 left alone,
+// which take step 2's encoding whole.
+void BlockQuantizer::encode_again(const Imatrix & shifted, bool fresh) {
     const auto t0 = std::chrono::steady_clock::now();
     HessianOptions h = o_.hessian_options;
     h.threads = threads_;
+    h.fresh = fresh;
     std::vector<HessianTensorReport> r = hessian_reencode(o_.quantize.model, writer_->path(), shifted, h, [](int, int) {});
     res_.sequential_reports.insert(res_.sequential_reports.end(), r.begin(), r.end());
     res_.seconds_encode += seconds_since(t0);
@@ -365,6 +374,9 @@ void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * ne
     write_block_model(table_, io_, b, {}, block_file.path());
     ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
     col.stop_after_last_weight(false);
+    if (record) {  // --sequential's step 1 encodes none of the block's last matrices: no covariance for them
+        col.covariance_tensors(std::string("^(?!.*") + kBlockOutputMatrices + ")");
+    }
     TargetInputs inputs;
     inputs.stop_after_last_input(false);
     EvalChain both;
@@ -407,7 +419,10 @@ TensorReplacements BlockQuantizer::encoded_block(int b) const {
 
 // --sequential, the two-step path's algorithm one block at a time:
 //   1. the float block over h: sums and whole covariances, h_{b+1}, and its matmul inputs X recorded chunk by
-//      chunk (engine/stream/input_tape.h) → the block encoded (Hessian; diagonal only where it does not encode);
+//      chunk (engine/stream/input_tape.h) → the block encoded (Hessian; diagonal only where it does not encode),
+//      except its last matrices (ffn_down*): their outputs feed no matrix of the block, so step 2's inputs do
+//      not depend on them, and their step-1 encoding would only have been a candidate that step 2's rows beat
+//      (a Q3_K search per row and round, the block's widest covariance: ~a third of step 1's encoding, saved);
 //   2. chunk by chunk, the block as step 1 encoded it over h̃ beside step 1's X (X̃ᵀX̃ and X̃ᵀX) → encoded again
 //      toward the shifted targets, each row the better of that and step 1's under the shifted objective;
 //   3. the final block over h̃ → h̃_{b+1}.
@@ -427,7 +442,13 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
         sums.tensors[name] = ts;
     }
     res_.seconds_passes += seconds_since(t0);
-    encode_block(b, block_sums, &first);
+    std::set<std::string> later;
+    for (const PlannedTensor & p : plan_) {
+        if (block_of(p.name) == b && p.name.find(kBlockOutputMatrices) != std::string::npos) {
+            later.insert(p.name);
+        }
+    }
+    encode_block(b, block_sums, &first, later);
     first = Imatrix{};  // its memory back before the next covariances
 
     const BlockPassSettings bp{scratch_base_,
@@ -442,11 +463,37 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     float_inputs.rewind();
     Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp, &float_inputs);
     res_.seconds_passes += seconds_since(t1);
-    encode_again(shifted);
+    Imatrix last;  // the covariances of the last matrices' inputs, which step 1 did not encode
+    last.tensors = shifted.tensors;
+    for (auto it = shifted.covariances.begin(); it != shifted.covariances.end();) {
+        const bool step2_only = std::all_of(it->readers.begin(), it->readers.end(),
+                                            [&](const std::string & r) { return later.contains(r); });
+        if (step2_only) {
+            last.covariances.push_back(std::move(*it));
+            it = shifted.covariances.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    encode_again(shifted, false);
+    encode_again(last, true);
     if (o_.refit_norms) {
         refit_norms(b, shifted);
     }
     shifted = Imatrix{};
+    last = Imatrix{};
+    // a last matrix step 2 did not encode either (no covariance: budget, or kept in its type) takes the diagonal
+    // encoding now, as step 1 would have given it
+    const QuantWeights qw = quant_weights(block_sums, o_.prior, shapes_);
+    std::set<std::string> encoded;
+    for (const HessianTensorReport & t : res_.sequential_reports) {
+        encoded.insert(t.name);
+    }
+    for (const std::string & name : later) {
+        if (!encoded.contains(name)) {
+            write_tensor(name, &qw);
+        }
+    }
 
     const auto t2 = std::chrono::steady_clock::now();
     run_block(table_, io_, b, encoded_block(b), hq, next_q, bp);
