@@ -475,6 +475,7 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             ++it;
         }
     }
+    const size_t block_reports = res_.sequential_reports.size();  // this block's step-2 reports start here
     encode_again(shifted, false);
     encode_again(last, true);
     if (o_.refit_norms) {
@@ -484,13 +485,13 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     last = Imatrix{};
     // a last matrix step 2 did not encode either (no covariance: budget, or kept in its type) takes the diagonal
     // encoding now, as step 1 would have given it
-    const QuantWeights qw = quant_weights(block_sums, o_.prior, shapes_);
-    std::set<std::string> encoded;
-    for (const HessianTensorReport & t : res_.sequential_reports) {
-        encoded.insert(t.name);
+    std::set<std::string> unencoded = later;
+    for (size_t i = block_reports; i < res_.sequential_reports.size(); ++i) {
+        unencoded.erase(res_.sequential_reports[i].name);
     }
-    for (const std::string & name : later) {
-        if (!encoded.contains(name)) {
+    if (!unencoded.empty()) {
+        const QuantWeights qw = quant_weights(block_sums, o_.prior, shapes_);
+        for (const std::string & name : unencoded) {
             write_tensor(name, &qw);
         }
     }
