@@ -54,7 +54,7 @@ struct BlockPassSettings {
     uint32_t    chunk_size = 512;
     int         threads = 1;
     int         n_gpu_layers = 0;
-    BlockWeights weights = BlockWeights::as_given;  // the quantized stream's block models (f32 on the CPU: faster)
+    BlockWeights weights = BlockWeights::as_given;  // the quantized stream's block models (f16 on the CPU: faster)
     uint64_t    covariance_budget = 0;
     std::function<void(size_t chunk)> before_chunk;  // may throw (interrupts)
     std::function<void(size_t chunk)> after_chunk;   // progress

@@ -6,6 +6,7 @@
 #include "gguf.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -164,16 +165,46 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
         const auto r = replace.find(name);
         return r == replace.end() ? model.find(name)->type : r->second.type;
     };
-    const auto decodable = [&](const std::string & name) {  // a matrix of the block, not yet F32
-        return block_of(name) == block && ggml_n_dims(model.find(name)) == 2 && type_of(name) != GGML_TYPE_F32;
+    // a tensor's bytes in the type it is given in: the replacement's, or read from the model
+    std::vector<uint8_t> read;
+    const auto bytes_of = [&](const std::string & name) -> const std::vector<uint8_t> & {
+        const ggml_tensor * t = model.find(name);
+        const size_t stored = ggml_row_size(type_of(name), t->ne[0]) * (size_t) (ggml_nelements(t) / t->ne[0]);
+        const auto r = replace.find(name);
+        if (r == replace.end()) {
+            return read = io.read(name, 0, stored);
+        }
+        if (r->second.bytes.size() != stored) {
+            throw Error("block " + std::to_string(block) + ": " + name + " has " +
+                        std::to_string(r->second.bytes.size()) + " bytes for " + std::to_string(stored));
+        }
+        return r->second.bytes;
     };
-    uint64_t f32_bytes = 0;
-    for (const std::string & name : model.names()) {
-        if (weights == BlockWeights::f32 && decodable(name)) {
-            f32_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(float);
+    // --sequential's quantized stream on the CPU: the quantized matrices decoded to F16 up front (BlockWeights),
+    // each kept in its type where F16 cannot hold its values
+    std::map<std::string, std::vector<uint8_t>> decoded;
+    if (weights == BlockWeights::f16) {
+        uint64_t f16_bytes = 0;
+        for (const std::string & name : model.names()) {
+            if (block_of(name) == block && ggml_n_dims(model.find(name)) == 2 && ggml_is_quantized(type_of(name))) {
+                f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
+            }
+        }
+        for (const std::string & name : model.names()) {
+            if (f16_bytes > kDecodedBlockLimit || block_of(name) != block || ggml_n_dims(model.find(name)) != 2 ||
+                !ggml_is_quantized(type_of(name))) {
+                continue;
+            }
+            const int64_t n = ggml_nelements(model.find(name));
+            std::vector<float> values((size_t) n);
+            to_float(type_of(name), bytes_of(name).data(), values.data(), n);
+            if (std::all_of(values.begin(), values.end(), [](float v) { return std::fabs(v) <= 65504.0f; })) {
+                std::vector<uint8_t> & half = decoded[name];
+                half.resize((size_t) n * sizeof(ggml_fp16_t));
+                ggml_fp32_to_fp16_row(values.data(), reinterpret_cast<ggml_fp16_t *>(half.data()), n);
+            }
         }
     }
-    const bool decode = weights == BlockWeights::f32 && f32_bytes <= kF32BlockLimit;
     for (const std::string & name : model.names()) {
         const int b = block_of(name);
         if (b < 0 ? (name == "token_embd.weight" || name == "output.weight") : b != block) {
@@ -181,7 +212,7 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
         }
         const ggml_tensor * t = model.find(name);
         const std::string renamed = b < 0 ? name : "blk.0." + name.substr(prefix.size());
-        add(name, renamed, decode && decodable(name) ? GGML_TYPE_F32 : type_of(name), t->ne, ggml_n_dims(t));
+        add(name, renamed, decoded.contains(name) ? GGML_TYPE_F16 : type_of(name), t->ne, ggml_n_dims(t));
     }
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -191,29 +222,10 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     const size_t align = gguf_get_alignment(dst.get());
     for (const Entry & e : entries) {
         const size_t n = ggml_nbytes(e.t);
-        std::vector<uint8_t> bytes;
-        if (e.source.empty()) {
-            bytes.assign(n, 0);
-        } else {
-            const ggml_type type = type_of(e.source);
-            const size_t stored = ggml_row_size(type, e.t->ne[0]) * (size_t) (ggml_nelements(e.t) / e.t->ne[0]);
-            const auto r = replace.find(e.source);
-            if (r != replace.end() && r->second.bytes.size() != stored) {
-                throw Error("block " + std::to_string(block) + ": " + e.source + " has " +
-                            std::to_string(r->second.bytes.size()) + " bytes for " + std::to_string(stored));
-            }
-            std::vector<uint8_t> read;
-            const std::vector<uint8_t> & given = r != replace.end() ? r->second.bytes : (read = io.read(e.source, 0, stored));
-            if (e.t->type == type) {
-                out.write(reinterpret_cast<const char *>(given.data()), (std::streamsize) n);
-            } else {  // decoded to F32
-                bytes.resize(n);
-                to_float(type, given.data(), reinterpret_cast<float *>(bytes.data()), ggml_nelements(e.t));
-            }
-        }
-        if (!bytes.empty()) {
-            out.write(reinterpret_cast<const char *>(bytes.data()), (std::streamsize) n);
-        }
+        const auto half = decoded.find(e.source);
+        const std::vector<uint8_t> zeros(e.source.empty() ? n : 0, 0);
+        const std::vector<uint8_t> & data = e.source.empty() ? zeros : half != decoded.end() ? half->second : bytes_of(e.source);
+        out.write(reinterpret_cast<const char *>(data.data()), (std::streamsize) n);
         const std::vector<char> pad(GGML_PAD(n, align) - n, 0);
         out.write(pad.data(), (std::streamsize) pad.size());
     }

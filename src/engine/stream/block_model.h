@@ -42,16 +42,19 @@ int64_t embedding_length(const TensorTable & model);
 // How a block model stores the block's matrices (2-D weights).
 //   as_given: in the model's type, or the replacement's — what the file to be written will hold; what every
 //     float block runs on (`collect`, quantize's collection), so that the sums are llama-imatrix's.
-//   f32: decoded to F32 (exactly: the values ggml multiplies with), for --sequential's quantized stream on the
-//     CPU, whose numbers nothing else must reproduce. This build's ggml multiplies a 512-token chunk with F32
-//     weights in less time than with k-quant weights (the activations quantized to Q8_K, then integer dot
-//     products): a --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 10-20% less time in its block
-//     passes (docs/streaming.md). Expert tensors (3-D) keep their type (a DeepSeek-V3 block's experts would
-//     take 45 GB in F32), and so does a block whose matrices would take more than kF32BlockLimit in F32 (beyond
-//     one 8B block's 0.9 GB; the extra memory stays within issue 25's bound of a block's weights, its
-//     covariances, the hidden states and 2 GB).
-enum class BlockWeights { as_given, f32 };
-constexpr uint64_t kF32BlockLimit = 2ull << 30;
+//   f16: the quantized ones decoded to F16, for --sequential's quantized stream on the CPU, whose numbers nothing
+//     else must reproduce. This build's ggml multiplies a 512-token chunk with F16 weights (the float model's own
+//     route) in less time than with F32 weights or k-quant weights (the activations quantized to Q8_K, then
+//     integer dot products): a --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 9-14% less time in
+//     its block passes than with F32, itself 10-20% less than with the k-quants (docs/streaming.md). The decoded
+//     values are rounded to F16 (a k-quant value needs up to ~17 significant bits, F16 holds 11: 2⁻¹² relative),
+//     far below the rounding of the activations to Q8_K in llama.cpp's own CPU products of the file. A tensor
+//     whose decoded values F16 cannot hold (beyond ±65504) keeps its type. Expert tensors (3-D) keep their type
+//     (a DeepSeek-V3 block's experts would take 22 GB in F16), and so does a block whose matrices would take
+//     more than kDecodedBlockLimit in F16 (beyond two 8B blocks; the extra memory stays within issue 25's bound
+//     of a block's weights, its covariances, the hidden states and 2 GB).
+enum class BlockWeights { as_given, f16 };
+constexpr uint64_t kDecodedBlockLimit = 1ull << 30;
 
 // Writes block `block` of `model` to `path` (tensors from `replace` where it has them, else the model's bytes).
 void write_block_model(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,

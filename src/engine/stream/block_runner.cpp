@@ -83,7 +83,7 @@ bool BlockRunner::run(const std::vector<float> & in, std::vector<float> & out, u
 
 BlockWeights fastest_block_weights(int n_gpu_layers) {
     const bool gpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU) || ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
-    return n_gpu_layers == 0 || !gpu ? BlockWeights::f32 : BlockWeights::as_given;
+    return n_gpu_layers == 0 || !gpu ? BlockWeights::f16 : BlockWeights::as_given;
 }
 
 bool EvalChain::callback(ggml_tensor * t, bool ask, void * user_data) {

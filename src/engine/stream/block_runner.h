@@ -53,7 +53,7 @@ private:
     bool                             inner_stopped_ = false;
 };
 
-// The block weights a runner with this offload is fastest on: F32 where the block stays on the CPU (no GPU
+// The block weights a runner with this offload is fastest on: F16 where the block stays on the CPU (no GPU
 // device, or n_gpu_layers 0; block_model.h says why), else the types as given.
 BlockWeights fastest_block_weights(int n_gpu_layers);
 
