@@ -183,18 +183,17 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     // --sequential's quantized stream on the CPU: the quantized matrices decoded to F16 up front (BlockWeights),
     // each kept in its type where F16 cannot hold its values
     std::map<std::string, std::vector<uint8_t>> decoded;
-    if (weights == BlockWeights::f16) {
-        uint64_t f16_bytes = 0;
-        for (const std::string & name : model.names()) {
-            if (block_of(name) == block && ggml_n_dims(model.find(name)) == 2 && ggml_is_quantized(type_of(name))) {
-                f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
-            }
+    std::vector<std::string> quantized;  // the block's quantized matrices
+    uint64_t f16_bytes = 0;
+    for (const std::string & name : model.names()) {
+        if (weights == BlockWeights::f16 && block_of(name) == block && ggml_n_dims(model.find(name)) == 2 &&
+            ggml_is_quantized(type_of(name))) {
+            quantized.push_back(name);
+            f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
         }
-        for (const std::string & name : model.names()) {
-            if (f16_bytes > kDecodedBlockLimit || block_of(name) != block || ggml_n_dims(model.find(name)) != 2 ||
-                !ggml_is_quantized(type_of(name))) {
-                continue;
-            }
+    }
+    if (f16_bytes <= kDecodedBlockLimit) {
+        for (const std::string & name : quantized) {
             const int64_t n = ggml_nelements(model.find(name));
             std::vector<float> values((size_t) n);
             to_float(type_of(name), bytes_of(name).data(), values.data(), n);

@@ -44,9 +44,11 @@ int64_t embedding_length(const TensorTable & model);
 //     float block runs on (`collect`, quantize's collection), so that the sums are llama-imatrix's.
 //   f16: the quantized ones decoded to F16, for --sequential's quantized stream on the CPU, whose numbers nothing
 //     else must reproduce. This build's ggml multiplies a 512-token chunk with F16 weights (the float model's own
-//     route) in less time than with F32 weights or k-quant weights (the activations quantized to Q8_K, then
-//     integer dot products): a --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 9-14% less time in
-//     its block passes than with F32, itself 10-20% less than with the k-quants (docs/streaming.md). The decoded
+//     route) in less time than with F32 weights on an AMD EPYC, and with F32 weights in less than with k-quant
+//     weights (the activations quantized to Q8_K, then integer dot products) on an Intel Emerald Rapids: a
+//     --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 9-14% less time in its block passes than
+//     with F32 there, and with F32 10-20% less than with the k-quants (docs/streaming.md; which of F16 and F32
+//     is faster depends on the CPU). The decoded
 //     values are rounded to F16 (a k-quant value needs up to ~17 significant bits, F16 holds 11: 2⁻¹² relative),
 //     far below the rounding of the activations to Q8_K in llama.cpp's own CPU products of the file. A tensor
 //     whose decoded values F16 cannot hold (beyond ±65504) keeps its type. Expert tensors (3-D) keep their type
