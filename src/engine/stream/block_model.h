@@ -46,10 +46,10 @@ int64_t embedding_length(const TensorTable & model);
 //     else must reproduce. This build's ggml multiplies a 512-token chunk with F16 weights (the float model's own
 //     route) in less time than with F32 weights on an AMD EPYC, and with F32 weights in less than with k-quant
 //     weights (the activations quantized to Q8_K, then integer dot products) on an Intel Emerald Rapids: a
-//     --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 9-14% less time in its block passes than
-//     with F32 there, and with F32 10-20% less than with the k-quants (docs/streaming.md; which of F16 and F32
-//     is faster depends on the CPU). The decoded
-//     values are rounded to F16 (a k-quant value needs up to ~17 significant bits, F16 holds 11: 2⁻¹² relative),
+//     --sequential Q2_K quant of the 2-block Qwen3-1.7B shape spent 9-14% less time in its block passes with F16
+//     than with F32 on the first, and 10-20% less with F32 than with the k-quants on the second
+//     (docs/streaming.md; which of F16 and F32 is faster depends on the CPU). The decoded values are rounded
+//     to F16 (a k-quant value needs up to ~17 significant bits, F16 holds 11: 2⁻¹² relative),
 //     far below the rounding of the activations to Q8_K in llama.cpp's own CPU products of the file. A tensor
 //     whose decoded values F16 cannot hold (beyond ±65504) keeps its type. Expert tensors (3-D) keep their type
 //     (a DeepSeek-V3 block's experts would take 22 GB in F16), and so does a block whose matrices would take
