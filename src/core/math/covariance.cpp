@@ -74,6 +74,36 @@ void Covariance::add_cross(int64_t m, const float * rows, const float * target_r
     }
 }
 
+void Covariance::add_cross_output(int64_t m, const float * rows, const float * outputs, int64_t n_rows,
+                                  int64_t row_stride, int64_t rows_out) {
+    if (!full()) {
+        throw Error("the cross term of the input of " + (readers.empty() ? std::string("?") : readers[0]) +
+                    " needs the whole matrix, not blocks of " + std::to_string(block));
+    }
+    if (cross_out.empty()) {
+        out_rows = rows_out;
+        cross_out.assign((size_t) (n_mat * n_cols * out_rows), 0.0);
+    }
+    if (rows_out != out_rows) {
+        throw Error("the target model's output of " + (readers.empty() ? std::string("?") : readers[0]) + " is " +
+                    std::to_string(rows_out) + " wide here, " + std::to_string(out_rows) + " before");
+    }
+    if (n_rows == 0) {
+        return;
+    }
+    double * v = cross_out.data() + m * n_cols * out_rows;
+    constexpr int64_t kPanel = 512;  // as add(): a bounded scratch of 512 × out_rows floats
+    std::vector<float> panel((size_t) (std::min(kPanel, n_cols) * out_rows));
+    for (int64_t p = 0; p < n_cols; p += kPanel) {
+        const int64_t pe = std::min(p + kPanel, n_cols);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) out_rows, (int) n_rows, 1.0f,
+                    rows + p, (int) row_stride, outputs, (int) out_rows, 0.0f, panel.data(), (int) out_rows);
+        for (int64_t i = 0; i < (pe - p) * out_rows; ++i) {
+            v[p * out_rows + i] += (double) panel[i];
+        }
+    }
+}
+
 void Covariance::symmetrize() {
     // H(j, i) = H(i, j) below each block's diagonal, in tiles (cache-friendly)
     constexpr int64_t kTile = 64;
@@ -141,6 +171,13 @@ void add_covariance(Covariance & into, const Covariance & other, const std::stri
     }
     for (size_t i = 0; i < into.cross.size(); ++i) {
         into.cross[i] += other.cross[i];
+    }
+    if (into.cross_out.size() != other.cross_out.size() || into.out_rows != other.out_rows) {
+        into.cross_out.clear();
+        into.out_rows = 0;
+    }
+    for (size_t i = 0; i < into.cross_out.size(); ++i) {
+        into.cross_out[i] += other.cross_out[i];
     }
 }
 

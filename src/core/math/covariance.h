@@ -21,6 +21,11 @@
 //     Σ_t (w·x_t − q·x̃_t)² = (q − w*)ᵀ H (q − w*) + const,        w* = H⁻¹ X̃ᵀX w,
 // so later layers make up for the errors of the layers before them (GPTQ's sequential mode with the target
 // kept, as in GPTAQ). Whole matrices only: cross[(m*n_cols + i)*n_cols + j] = Σ_t x̃_t[i]·x_t[j].
+//
+// The shift needs the cross term only through X̃ᵀX wᵀ for the reader's rows w, so an input with one reader whose
+// rows are fewer than its columns (a dense ffn_down: 2048 rows of 6144 columns) keeps `cross_out` instead: X̃ᵀY
+// with Y = X Wᵀ the target model's outputs of that matmul, cross_out[(m*n_cols + i)*out_rows + r] = Σ_t x̃_t[i]·y_t[r]
+// — n × rows instead of n × n, a third of the product there. In memory only (files and checkpoints carry `cross`).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +42,8 @@ struct Covariance {
     std::vector<int64_t>     counts;   // tokens per matrix (the readers' imatrix counts)
     std::vector<std::string> readers;
     std::vector<double>      cross;    // n_mat × n_cols × n_cols, or empty (see above)
+    std::vector<double>      cross_out;  // n_mat × n_cols × out_rows, or empty (see above)
+    int64_t                  out_rows = 0;
 
     Covariance() = default;
     Covariance(int64_t cols, int64_t blk, int64_t mats);
@@ -56,6 +63,10 @@ struct Covariance {
     // Adds x̃ xᵀ for every token of matrix m into `cross` (made on first use; the layout must be whole): rows as
     // in add(), target_rows the target model's inputs of the same tokens, with the same stride.
     void add_cross(int64_t m, const float * rows, const float * target_rows, int64_t n_rows, int64_t row_stride);
+    // Adds x̃ yᵀ for every token of matrix m into `cross_out` (made on first use, `rows_out` wide; whole layout):
+    // rows as in add(), outputs[t*rows_out + r] the target model's output r of the same token.
+    void add_cross_output(int64_t m, const float * rows, const float * outputs, int64_t n_rows, int64_t row_stride,
+                          int64_t rows_out);
 };
 
 // Bytes a Covariance of this shape holds in memory.

@@ -65,7 +65,8 @@ public:
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
     }
     // collect --target-model: the target model's inputs of the chunk, recorded before this model's pass; every
-    // whole, per-matrix covariance then also gets its cross term X̃ᵀX (core/covariance.h).
+    // whole, per-matrix covariance then also gets its cross term X̃ᵀX (core/covariance.h), or X̃ᵀY where the target
+    // recorded the matmul's outputs Y instead of its input (TargetInputs::record_outputs_of).
     void cross_with(const TargetInputs * target) { target_ = target; }
     // Called before each chunk's forward pass: lets errors name the chunk they happened in.
     void begin_chunk(uint32_t chunk) {
@@ -128,6 +129,8 @@ private:
     void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
     // The target model's input of `name`, checked against this model's input x; throws imx::Error naming it.
     const TargetInputs::Input & target_input(const std::string & name, const ggml_tensor * x) const;
+    void add_covariance_and_outputs(Covariance & c, const ggml_tensor * t, const std::string & name, const char * data,
+                                    const TargetInputs::Input & outputs);
     int covariance_index(const ggml_tensor * t, const std::string & name);
     // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
     // host memory, null for down); false if non-finite.

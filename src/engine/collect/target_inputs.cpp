@@ -23,6 +23,7 @@ void TargetInputs::begin_chunk() {
         final_ = last_recorded_;
     }
     inputs_.clear();
+    outputs_.clear();
     last_input_ = last_ids_ = nullptr;
     last_.reset();
 }
@@ -30,6 +31,11 @@ void TargetInputs::begin_chunk() {
 const TargetInputs::Input * TargetInputs::find(const std::string & weight) const {
     const auto it = inputs_.find(weight);
     return it == inputs_.end() ? nullptr : it->second.get();
+}
+
+const TargetInputs::Input * TargetInputs::find_output(const std::string & weight) const {
+    const auto it = outputs_.find(weight);
+    return it == outputs_.end() ? nullptr : it->second.get();
 }
 
 // The matmuls the collector takes (collected_weight); a reader of the input just recorded shares it.
@@ -47,7 +53,11 @@ bool TargetInputs::wants(const ggml_tensor * t) {
 }
 
 bool TargetInputs::record(const ggml_tensor * t) {
-    const ggml_tensor * x = t->src[1];
+    const std::string name = weight_name(t->src[0]->name);
+    const ggml_tensor * w = t->src[0];  // fewer rows than columns: the output is the smaller, and so is X̃ᵀY
+    const bool output = outputs_on_ && t->op == GGML_OP_MUL_MAT && w->ne[2] == 1 && w->ne[3] == 1 &&
+                        w->ne[1] < w->ne[0] && std::regex_search(name, outputs_of_);
+    const ggml_tensor * x = output ? t : t->src[1];
     auto in = std::make_shared<Input>();
     for (int d = 0; d < 4; ++d) {
         in->ne[d] = x->ne[d];
@@ -63,13 +73,19 @@ bool TargetInputs::record(const ggml_tensor * t) {
             }
         }
     }
+    last_recorded_ = name;
+    if (output) {
+        outputs_[name] = in;
+        last_.reset();  // nothing for a later reader of the same input to share
+        last_input_ = last_ids_ = nullptr;
+        return !stop_after_last_ || last_recorded_ != final_;
+    }
     const ggml_tensor * ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
     if (ids) {
         in->n_used = ids->ne[0];
         read_expert_ids(ids, copy_, in->ids);
     }
-    last_recorded_ = weight_name(t->src[0]->name);
-    inputs_[last_recorded_] = in;
+    inputs_[name] = in;
     last_ = in;
     last_input_ = x;
     last_ids_ = ids;
@@ -128,6 +144,13 @@ void TargetInputs::save(std::FILE * f, const std::string & path) const {
         put_vector(f, path, in->rows);
         put_vector(f, path, in->ids);
     }
+    const uint64_t outputs = outputs_.size();
+    put(f, path, &outputs, sizeof outputs);
+    for (const auto & [name, out] : outputs_) {
+        put_vector(f, path, std::vector<char>(name.begin(), name.end()));
+        put(f, path, out->ne, sizeof out->ne);
+        put_vector(f, path, out->rows);
+    }
 }
 
 void TargetInputs::load(std::FILE * f, const std::string & path) {
@@ -151,6 +174,16 @@ void TargetInputs::load(std::FILE * f, const std::string & path) {
         for (const std::string & name : readers) {
             inputs_[name] = in;
         }
+    }
+    uint64_t outputs = 0;
+    get(f, path, &outputs, sizeof outputs);
+    for (uint64_t i = 0; i < outputs; ++i) {
+        std::vector<char> name;
+        get_vector(f, path, name);
+        auto out = std::make_shared<Input>();
+        get(f, path, out->ne, sizeof out->ne);
+        get_vector(f, path, out->rows);
+        outputs_[std::string(name.begin(), name.end())] = out;
     }
 }
 

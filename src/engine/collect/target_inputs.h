@@ -5,6 +5,10 @@
 // The two models share one graph shape and one tokenisation, so an input is found by the name of the weight
 // that reads it, and its rows line up token for token. Routed experts are the exception: the quantized model may
 // route a token elsewhere, so each input keeps the target's routing (ids) too.
+//
+// For some weights the output is recorded instead of the input (record_outputs_of): the cross term then takes
+// X̃ᵀY, Y = X Wᵀ, in place of X̃ᵀX (core/covariance.h: cross_out) — smaller where the weight has fewer rows than
+// columns, and less to keep per token.
 #pragma once
 
 #include <cstdint>
@@ -39,12 +43,18 @@ public:
     void record_output_head(bool on) { output_head_ = on; }
     // Only the inputs of weights matching (empty: all); the pass stops after the last of them (as the collector).
     void only(const std::string & regex) { only_ = std::regex(regex.empty() ? std::string(".*") : regex); }
+    // Weights matching `regex` whose matmul is a plain 2-D one (MUL_MAT, one matrix) with fewer rows than
+    // columns have their output recorded instead of their input; each must be its input's only reader (the
+    // output serves that reader alone).
+    void record_outputs_of(const std::string & regex) { outputs_of_ = std::regex(regex); outputs_on_ = true; }
     // Off: the pass goes on after the last input recorded (a block run alone reads the block's output after it).
     void stop_after_last_input(bool on) { stop_after_last_ = on; }
     // Before each chunk's forward pass of the target model.
     void begin_chunk();
     // The input `weight` read in this chunk; null if the target model has no such matmul.
     const Input * find(const std::string & weight) const;
+    // The output of `weight` recorded in this chunk (record_outputs_of): row i1 of ne[0] values; else null.
+    const Input * find_output(const std::string & weight) const;
     // This chunk's inputs appended to `f` (inputs shared by several weights once), and read back in the same
     // order in place of a forward pass: --sequential records the float block's inputs in its first pass over the
     // block and reads them in the second. Throw imx::Error naming `path` on a short write or read.
@@ -56,13 +66,15 @@ private:
     // false once the last input wanted has been recorded: the rest of the graph is not needed
     bool record(const ggml_tensor * t);
 
-    std::map<std::string, std::shared_ptr<Input>> inputs_;
+    std::map<std::string, std::shared_ptr<Input>> inputs_, outputs_;
     const ggml_tensor *                            last_input_ = nullptr;  // q/k/v, gate/up share one input
     const ggml_tensor *                            last_ids_ = nullptr;
     std::shared_ptr<Input>                         last_;
     bool                                           output_head_ = false;
     std::vector<char>                              copy_;
     std::regex                                     only_{".*"};
+    std::regex                                     outputs_of_;
+    bool                                           outputs_on_ = false;
     std::string                                    last_recorded_, final_;  // final_: learned from the first chunk
     bool                                           stop_after_last_ = true;
 };

@@ -146,12 +146,13 @@ void measure_candidate_errors(const TensorTable & model, const std::vector<Candi
             const MatrixErrors me(w.data(), k, n, (double) rows / (double) k, imp, o.threads);
             // the encoder's H for this matrix, factorised once per block size; the shifted targets once
             MatrixHessian h;
-            std::vector<float> shift, targets;
+            TargetShift shift;
+            std::vector<float> targets;
             std::map<int64_t, std::unique_ptr<HessianRounder>> rounders;
             if (hessians) {
                 h = hessians->of(m);
                 const bool pooled = c->n_mat == 1 && n_mats > 1;
-                shift = pooled ? std::vector<float>{} : cross_shift(*c, m, ho.prior_weight, ho.sequential_step);
+                shift = pooled ? TargetShift{} : cross_shift(*c, m, ho.prior_weight, ho.sequential_step);
             }
             for (size_t i = 0; i < t.types.size(); ++i) {
                 const HessianRounder * rounder = nullptr;
@@ -165,7 +166,7 @@ void measure_candidate_errors(const TensorTable & model, const std::vector<Candi
                     if (targets.empty()) {
                         targets = w;
                         if (!shift.empty()) {
-                            shift_targets(*rounder, shift, targets.data(), k);
+                            shift_targets(*rounder, shift, targets.data(), k, picked.data());
                         }
                     }
                 }

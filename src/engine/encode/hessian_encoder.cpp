@@ -103,7 +103,7 @@ void add_output_scales(const HessianRounder & rounder, const std::vector<float> 
 
 // Matrix m of one reader: its rows encoded again under the rounder's H (toward the shifted targets where the
 // covariance has a cross term), each row kept from whichever encoding has the lower loss.
-void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const std::vector<float> & shift,
+void encode_matrix(Job & job, int64_t m, const HessianRounder & rounder, const TargetShift & shift,
                    TensorIo & in, TensorIo & out, const HessianOptions & o, int threads) {
     const ggml_type type = job.dst->type;
     const int64_t n = rounder.n(), rows = job.dst->ne[1];
@@ -179,8 +179,7 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
         // matrix by matrix (an expert, a head): one factorisation serves every reader (q/k/v, gate/up)
         for (int64_t m = 0; m < n_mats; ++m) {
             const MatrixHessian h = hessians.of(m);
-            const std::vector<float> shift =
-                pooled ? std::vector<float>{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
+            const TargetShift shift = pooled ? TargetShift{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {

@@ -1,5 +1,7 @@
 #include "engine/encode/matrix_hessian.h"
 
+#include "core/error.h"
+
 #include "engine/encode/fixed_scale_rounding.h"
 #include "engine/encode/lattice_rounding.h"
 
@@ -102,26 +104,56 @@ bool hessian_reencodes(const Covariance & c, const Imatrix & im, const std::stri
            ne[3] == 1 && c.block % ggml_blck_size(type) == 0;
 }
 
-std::vector<float> cross_shift(const Covariance & c, int64_t m, double prior_weight, double step) {
-    if (c.cross.empty() || !c.full() || c.counts[m] == 0) {
-        return {};
+TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, double step) {
+    TargetShift s;
+    if ((c.cross.empty() && c.cross_out.empty()) || !c.full() || c.counts[m] == 0) {
+        return s;
     }
     const size_t size = (size_t) (c.n_cols * c.n_cols);
-    const double * cross = c.cross.data() + m * (int64_t) size;
     const double * h = c.values.data() + m * (int64_t) size;
     const double scale = step / ((double) c.counts[m] + prior_weight);
-    std::vector<float> d(size);
-    for (size_t i = 0; i < size; ++i) {
-        d[i] = (float) ((cross[i] - h[i]) * scale);
+    if (!c.cross.empty()) {
+        const double * cross = c.cross.data() + m * (int64_t) size;
+        s.d.resize(size);
+        for (size_t i = 0; i < size; ++i) {
+            s.d[i] = (float) ((cross[i] - h[i]) * scale);
+        }
+        return s;
     }
-    return d;
+    s.rows = c.out_rows;
+    const double * p = c.cross_out.data() + m * c.n_cols * c.out_rows;
+    s.p.resize((size_t) (c.n_cols * c.out_rows));
+    for (size_t i = 0; i < s.p.size(); ++i) {
+        s.p[i] = (float) (p[i] * scale);
+    }
+    s.g.resize(size);
+    for (size_t i = 0; i < size; ++i) {
+        s.g[i] = (float) (h[i] * scale);
+    }
+    return s;
 }
 
-void shift_targets(const HessianRounder & rounder, const std::vector<float> & d, float * w, int64_t rows) {
+void shift_targets(const HessianRounder & rounder, const TargetShift & s, float * w, int64_t rows,
+                   const int64_t * row_ids) {
     const int64_t n = rounder.n();
     std::vector<float> y((size_t) (rows * n));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n, d.data(),
-                (int) n, 0.0f, y.data(), (int) n);
+    if (!s.d.empty()) {  // y = W·Dᵀ
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n,
+                    s.d.data(), (int) n, 0.0f, y.data(), (int) n);
+    } else {  // y = Pᵀ − W·G (G symmetric): row r of Pᵀ is column r of P
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t col = row_ids ? row_ids[r] : r;
+            if (col >= s.rows) {
+                throw Error("the shifted targets are " + std::to_string(s.rows) + " rows, not " +
+                            std::to_string(col + 1));
+            }
+            for (int64_t i = 0; i < n; ++i) {
+                y[(size_t) (r * n + i)] = s.p[(size_t) (i * s.rows + col)];
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) n, (int) n, -1.0f, w, (int) n,
+                    s.g.data(), (int) n, 1.0f, y.data(), (int) n);
+    }
     rounder.solve(y.data(), rows);
     for (size_t i = 0; i < y.size(); ++i) {
         w[i] += y[i];

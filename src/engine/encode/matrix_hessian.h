@@ -45,13 +45,23 @@ private:
 bool hessian_reencodes(const Covariance & c, const Imatrix & im, const std::string & name, const int64_t ne[4],
                        ggml_type type, bool per_head, const std::string & only);
 
-// Sequential quantization (core/covariance.h): D_m = γ·(X̃ᵀX − X̃ᵀX̃)_m / (n_m + W) in float, row-major n×n, γ the
-// step; empty without a cross term or tokens (the targets stay the weights). The prior W shrinks it toward none.
-std::vector<float> cross_shift(const Covariance & c, int64_t m, double prior_weight, double step);
+// Sequential quantization (core/covariance.h): what moves the rows' targets. With a cross term,
+// D_m = γ·(X̃ᵀX − X̃ᵀX̃)_m / (n_m + W) in float, row-major n×n; with the target's outputs instead (cross_out),
+// P_m = γ·X̃ᵀY_m / (n_m + W) (n × rows) and G_m = γ·X̃ᵀX̃_m / (n_m + W) (n×n), whose difference P − G·Wᵀ is D·Wᵀ.
+// Empty without either or without tokens (the targets stay the weights). The prior W shrinks it toward none.
+struct TargetShift {
+    std::vector<float> d;     // D, or empty
+    std::vector<float> p, g;  // P (row-major n × rows) and G, or empty
+    int64_t            rows = 0;
+    bool empty() const { return d.empty() && p.empty(); }
+};
+TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, double step);
 
 // The rows' targets w* = w + H⁻¹·D·w (H damped, as the rounder holds it): with γ = 1, what best reproduces the
-// target model's outputs on the inputs the quantized model gives.
-void shift_targets(const HessianRounder & rounder, const std::vector<float> & d, float * w, int64_t rows);
+// target model's outputs on the inputs the quantized model gives. `row_ids`: which of the matrix's rows w holds
+// (null: the first `rows`), for a shift made from the outputs, which are per row.
+void shift_targets(const HessianRounder & rounder, const TargetShift & s, float * w, int64_t rows,
+                   const int64_t * row_ids = nullptr);
 
 // ggml's quantizer of a type as the rounder's block encoder, with the re-rounding of its refinement rounds
 // (ggml's whole quantizer again with refine_rescale).

@@ -77,6 +77,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     write_block_model(model, io, b, quantized, quant_file.path(), s.weights);
     TargetInputs float_inputs;
     float_inputs.stop_after_last_input(false);
+    float_inputs.record_outputs_of(kBlockOutputMatrices);
     std::unique_ptr<ScratchFile> float_file;
     std::unique_ptr<BlockRunner> float_runner;
     if (!recorded) {

@@ -48,6 +48,11 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
                                                        const HessianOptions & o, const SequentialOptions & s,
                                                        const std::function<void(int, int)> & progress);
 
+// The matrices of a block whose outputs no other matrix of the block reads (they end its FFN: dense, experts,
+// shared experts) — in every architecture the block runner takes (block_model.h). The float block's outputs of
+// these, not their inputs, are what the cross term takes where that is smaller (TargetInputs::record_outputs_of).
+inline constexpr const char * kBlockOutputMatrices = "ffn_down";
+
 // What one block's passes run with; shared with the block-by-block quantization (engine/encode/stream_quantize).
 struct BlockPassSettings {
     std::string scratch;  // base path of the block models written for the passes
@@ -62,7 +67,8 @@ struct BlockPassSettings {
 
 // Chunk by chunk in lockstep: the float block b over h (its matmul inputs X; its output into `next`) and block b
 // with `quantized`'s tensors over hq — the covariances X̃ᵀX̃ and cross terms X̃ᵀX of block b's weights, named as in
-// the model. With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
+// the model (for kBlockOutputMatrices, X̃ᵀY against the float block's outputs Y where TargetInputs records them).
+// With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
 // from there: the float block is not run again, h is not read and `next` not written.
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,

@@ -34,10 +34,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The matrices of a block whose outputs no other matrix of the block reads (they end its FFN: dense, experts,
-// shared experts) — in every architecture the block runner takes (block_model.h).
-constexpr const char * kBlockOutputMatrices = "ffn_down";
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -294,7 +290,7 @@ void BlockQuantizer::refit_norms(int b, const Imatrix & stats) {
             } else if (to == t->type) {
                 ok = t->type == GGML_TYPE_F32;
                 exact.push_back(name);
-            } else if (!cv || !cv->full() || cv->n_mat != t->ne[2]) {
+            } else if (!cv || !cv->full() || cv->n_mat != t->ne[2] || !cv->cross_out.empty()) {
                 ok = false;
             } else {
                 const std::vector<float> w = as_floats(t->type, io_.read(name, 0, ggml_nbytes(t)), n);
@@ -379,6 +375,7 @@ void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * ne
     }
     TargetInputs inputs;
     inputs.stop_after_last_input(false);
+    inputs.record_outputs_of(kBlockOutputMatrices);  // step 2's cross term for them: X̃ᵀY
     EvalChain both;
     both.add(ActivationCollector::eval_callback, &col);
     both.add(TargetInputs::eval_callback, &inputs);
