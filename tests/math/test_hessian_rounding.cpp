@@ -351,6 +351,42 @@ TEST(Covariance, CrossIsTheProductOfTheQuantizedAndTheTargetInputs) {
     EXPECT_THROW(blocks.add_cross(0, quantized.data(), target.data(), tokens, 512), Error);
 }
 
+TEST(Covariance, CrossOutputIsTheProductOfTheQuantizedInputsAndTheTargetOutputs) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> g(0, 1);
+    const int64_t n = 600, rows = 37, tokens = 29;  // more columns than one panel of 512
+    std::vector<float> quantized((size_t) (n * tokens)), outputs((size_t) (rows * tokens));
+    for (float & x : quantized) {
+        x = g(rng);
+    }
+    for (float & y : outputs) {
+        y = g(rng);
+    }
+    Covariance c(n, n, 2);
+    c.readers = {"w"};
+    c.add_cross_output(1, quantized.data(), outputs.data(), tokens, n, rows);
+    c.add_cross_output(1, quantized.data(), outputs.data(), 0, n, rows);  // no tokens: nothing changes
+    ASSERT_EQ(c.out_rows, rows);
+    ASSERT_EQ(c.cross_out.size(), (size_t) (2 * n * rows));
+    EXPECT_TRUE(c.cross.empty());
+    for (int64_t i = 0; i < n; i += 23) {
+        for (int64_t r = 0; r < rows; ++r) {
+            double x = 0, scale = 0;
+            for (int64_t t = 0; t < tokens; ++t) {
+                x += (double) quantized[t * n + i] * outputs[t * rows + r];
+                scale += std::fabs((double) quantized[t * n + i] * outputs[t * rows + r]);
+            }
+            EXPECT_NEAR(c.cross_out[(n + i) * rows + r], x, 1e-6 * scale) << i << "," << r;  // X̃ᵀY, matrix 1
+            EXPECT_EQ(c.cross_out[i * rows + r], 0.0);  // matrix 0 untouched
+        }
+    }
+    // another width later is refused, and so are blocks (the shift needs the whole H)
+    EXPECT_THROW(c.add_cross_output(0, quantized.data(), outputs.data(), tokens, n, rows - 1), Error);
+    Covariance blocks(512, 256, 1);
+    blocks.readers = {"blk.0.ffn_down.weight"};
+    EXPECT_THROW(blocks.add_cross_output(0, quantized.data(), outputs.data(), tokens, 512, rows), Error);
+}
+
 TEST(HessianRounding, SolveAppliesTheInverseOfTheDampedHessian) {
     std::mt19937 rng(6);
     const int64_t n = 512, rows = 5;

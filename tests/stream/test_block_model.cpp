@@ -2,6 +2,7 @@
 // 2-D matrices hold exactly their decoded values rounded to F16, its expert/per-head (3-D) matrices and the
 // tensors kept in their types are the given bytes, and as_given writes the quantized bytes themselves.
 #include "helpers.h"
+#include "stream/quantized_block.h"
 
 #include "engine/model/tensor_file.h"
 #include "engine/stream/block_model.h"
@@ -16,33 +17,10 @@
 using namespace imx::test;
 using namespace imx::engine;
 
-namespace {
-
-// Block 0's matrices of `model` quantized to Q8_0 by ggml (their rows are multiples of 32 wide).
-TensorReplacements quantized_block(const TensorTable & model, TensorIo & io) {
-    TensorReplacements repl;
-    for (const std::string & name : model.names()) {
-        const ggml_tensor * t = model.find(name);
-        if (block_of(name) != 0 || ggml_n_dims(t) < 2 || t->ne[0] % 32 != 0 || t->type == GGML_TYPE_F32) {
-            continue;
-        }
-        const int64_t n = ggml_nelements(t), rows = n / t->ne[0];
-        std::vector<float> values((size_t) n);
-        to_float(t->type, io.read(name, 0, ggml_nbytes(t)).data(), values.data(), n);
-        TensorBytes & q = repl[name];
-        q.type = GGML_TYPE_Q8_0;
-        q.bytes.resize(ggml_row_size(GGML_TYPE_Q8_0, t->ne[0]) * (size_t) rows);
-        ggml_quantize_chunk(GGML_TYPE_Q8_0, values.data(), q.bytes.data(), 0, rows, t->ne[0], nullptr);
-    }
-    return repl;
-}
-
-}  // namespace
-
 TEST(BlockModel, QuantizedStreamHoldsTheDecodedValuesInF16) {
     const TensorTable model(shared("models/deepseek3-tiny.gguf"));
     TensorIo io(model, false);
-    const TensorReplacements repl = quantized_block(model, io);
+    const TensorReplacements repl = quantized_block(model, io, GGML_TYPE_Q8_0);
     const std::string dir = fresh_dir("block-model-f16");
     write_block_model(model, io, 0, repl, dir + "/given.gguf", BlockWeights::as_given);
     write_block_model(model, io, 0, repl, dir + "/f16.gguf", BlockWeights::f16);

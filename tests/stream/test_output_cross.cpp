@@ -4,6 +4,7 @@
 // covariances are the same bytes, X̃ᵀY is X̃ᵀX·Wᵀ to ggml's F16 rounding of X in its own product, and the other
 // inputs keep their X̃ᵀX.
 #include "helpers.h"
+#include "stream/quantized_block.h"
 
 #include "core/math/covariance.h"
 #include "engine/collect/calibration.h"
@@ -29,29 +30,6 @@
 using namespace imx;
 using namespace imx::test;
 using namespace imx::engine;
-
-namespace {
-
-// Block 0's matrices quantized to Q4_0 by ggml: errors large enough that the targets move.
-TensorReplacements quantized_block(const TensorTable & model, TensorIo & io) {
-    TensorReplacements repl;
-    for (const std::string & name : model.names()) {
-        const ggml_tensor * t = model.find(name);
-        if (block_of(name) != 0 || ggml_n_dims(t) < 2 || t->ne[0] % 32 != 0 || t->type == GGML_TYPE_F32) {
-            continue;
-        }
-        const int64_t n = ggml_nelements(t), rows = n / t->ne[0];
-        std::vector<float> values((size_t) n);
-        to_float(t->type, io.read(name, 0, ggml_nbytes(t)).data(), values.data(), n);
-        TensorBytes & q = repl[name];
-        q.type = GGML_TYPE_Q4_0;
-        q.bytes.resize(ggml_row_size(GGML_TYPE_Q4_0, t->ne[0]) * (size_t) rows);
-        ggml_quantize_chunk(GGML_TYPE_Q4_0, values.data(), q.bytes.data(), 0, rows, t->ne[0], nullptr);
-    }
-    return repl;
-}
-
-}  // namespace
 
 TEST(OutputCross, TheFloatOutputsGiveTheSameShiftedTargets) {
     const std::string path = shared("models/deepseek3-tiny.gguf");
@@ -95,7 +73,7 @@ TEST(OutputCross, TheFloatOutputsGiveTheSameShiftedTargets) {
         }
         tape->rewind();
     }
-    const TensorReplacements repl = quantized_block(model, io);
+    const TensorReplacements repl = quantized_block(model, io, GGML_TYPE_Q4_0);
     const BlockPassSettings bp{dir + "/scratch", 128, 2, 0, BlockWeights::as_given, 1ull << 30, nullptr, nullptr};
     const Imatrix a = shifted_block_statistics(model, io, 0, repl, h, hq, next, bp, &inputs);
     const Imatrix b = shifted_block_statistics(model, io, 0, repl, h, hq, next, bp, &outputs);

@@ -8,6 +8,27 @@
 
 namespace imx {
 
+namespace {
+
+// v (n_cols × width, row-major, double) += Aᵀ·B over n_rows tokens, A's rows n_cols wide (stride a_stride) and B's
+// width wide (stride b_stride): in panels of 512 of A's columns, each a float product added into double — a
+// bounded scratch of 512 × width floats, not n_cols × width.
+void add_products(double * v, const float * a, int64_t a_stride, const float * b, int64_t b_stride, int64_t n_rows,
+                  int64_t n_cols, int64_t width) {
+    constexpr int64_t kPanel = 512;
+    std::vector<float> panel((size_t) (std::min(kPanel, n_cols) * width));
+    for (int64_t p = 0; p < n_cols; p += kPanel) {
+        const int64_t pe = std::min(p + kPanel, n_cols);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) width, (int) n_rows, 1.0f, a + p,
+                    (int) a_stride, b, (int) b_stride, 0.0f, panel.data(), (int) width);
+        for (int64_t i = 0; i < (pe - p) * width; ++i) {
+            v[p * width + i] += (double) panel[i];
+        }
+    }
+}
+
+}  // namespace
+
 Covariance::Covariance(int64_t cols, int64_t blk, int64_t mats)
     : n_cols(cols), block(blk), n_mat(mats), values((size_t) (cols * blk * mats), 0.0), counts(mats, 0) {}
 
@@ -61,17 +82,7 @@ void Covariance::add_cross(int64_t m, const float * rows, const float * target_r
     if (n_rows == 0) {
         return;
     }
-    double * v = cross.data() + m * n_cols * n_cols;
-    constexpr int64_t kPanel = 512;  // as add(): a bounded scratch of 512 × n floats
-    std::vector<float> panel((size_t) (std::min(kPanel, n_cols) * n_cols));
-    for (int64_t p = 0; p < n_cols; p += kPanel) {
-        const int64_t pe = std::min(p + kPanel, n_cols);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) n_cols, (int) n_rows, 1.0f,
-                    rows + p, (int) row_stride, target_rows, (int) row_stride, 0.0f, panel.data(), (int) n_cols);
-        for (int64_t i = 0; i < (pe - p) * n_cols; ++i) {
-            v[p * n_cols + i] += (double) panel[i];
-        }
-    }
+    add_products(cross.data() + m * n_cols * n_cols, rows, row_stride, target_rows, row_stride, n_rows, n_cols, n_cols);
 }
 
 void Covariance::add_cross_output(int64_t m, const float * rows, const float * outputs, int64_t n_rows,
@@ -91,17 +102,7 @@ void Covariance::add_cross_output(int64_t m, const float * rows, const float * o
     if (n_rows == 0) {
         return;
     }
-    double * v = cross_out.data() + m * n_cols * out_rows;
-    constexpr int64_t kPanel = 512;  // as add(): a bounded scratch of 512 × out_rows floats
-    std::vector<float> panel((size_t) (std::min(kPanel, n_cols) * out_rows));
-    for (int64_t p = 0; p < n_cols; p += kPanel) {
-        const int64_t pe = std::min(p + kPanel, n_cols);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int) (pe - p), (int) out_rows, (int) n_rows, 1.0f,
-                    rows + p, (int) row_stride, outputs, (int) out_rows, 0.0f, panel.data(), (int) out_rows);
-        for (int64_t i = 0; i < (pe - p) * out_rows; ++i) {
-            v[p * out_rows + i] += (double) panel[i];
-        }
-    }
+    add_products(cross_out.data() + m * n_cols * out_rows, rows, row_stride, outputs, out_rows, n_rows, n_cols, out_rows);
 }
 
 void Covariance::symmetrize() {
