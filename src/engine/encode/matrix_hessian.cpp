@@ -121,10 +121,18 @@ TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, do
         return s;
     }
     s.rows = c.out_rows;
-    const double * p = c.cross_out.data() + m * c.n_cols * c.out_rows;
-    s.p.resize((size_t) (c.n_cols * c.out_rows));
-    for (size_t i = 0; i < s.p.size(); ++i) {
-        s.p[i] = (float) (p[i] * scale);
+    const int64_t n = c.n_cols, rows = c.out_rows;
+    const double * p = c.cross_out.data() + m * n * rows;
+    s.p.resize((size_t) (n * rows));
+    constexpr int64_t kTile = 64;  // Pᵀ (rows × n) from P (n × rows), in tiles: a plain loop strides a page a value
+    for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+        for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+            for (int64_t i = i0; i < std::min(i0 + kTile, n); ++i) {
+                for (int64_t r = r0; r < std::min(r0 + kTile, rows); ++r) {
+                    s.p[(size_t) (r * n + i)] = (float) (p[i * rows + r] * scale);
+                }
+            }
+        }
     }
     s.g.resize(size);
     for (size_t i = 0; i < size; ++i) {
@@ -140,16 +148,14 @@ void shift_targets(const HessianRounder & rounder, const TargetShift & s, float 
     if (!s.d.empty()) {  // y = W·Dᵀ
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n,
                     s.d.data(), (int) n, 0.0f, y.data(), (int) n);
-    } else {  // y = Pᵀ − W·G (G symmetric): row r of Pᵀ is column r of P
+    } else {  // y = Pᵀ − W·G (G symmetric)
         for (int64_t r = 0; r < rows; ++r) {
-            const int64_t col = row_ids ? row_ids[r] : r;
-            if (col >= s.rows) {
+            const int64_t row = row_ids ? row_ids[r] : r;
+            if (row >= s.rows) {
                 throw Error("the shifted targets are " + std::to_string(s.rows) + " rows, not " +
-                            std::to_string(col + 1));
+                            std::to_string(row + 1));
             }
-            for (int64_t i = 0; i < n; ++i) {
-                y[(size_t) (r * n + i)] = s.p[(size_t) (i * s.rows + col)];
-            }
+            std::copy_n(s.p.data() + row * n, n, y.data() + r * n);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) n, (int) n, -1.0f, w, (int) n,
                     s.g.data(), (int) n, 1.0f, y.data(), (int) n);

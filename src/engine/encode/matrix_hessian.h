@@ -51,7 +51,7 @@ bool hessian_reencodes(const Covariance & c, const Imatrix & im, const std::stri
 // Empty without either or without tokens (the targets stay the weights). The prior W shrinks it toward none.
 struct TargetShift {
     std::vector<float> d;     // D, or empty
-    std::vector<float> p, g;  // P (row-major n × rows) and G, or empty
+    std::vector<float> p, g;  // Pᵀ (row-major rows × n: a weight row's shift term is a row) and G, or empty
     int64_t            rows = 0;
     bool empty() const { return d.empty() && p.empty(); }
 };
