@@ -315,11 +315,13 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
     // outputs where it recorded them (TargetInputs::record_outputs_of: plain 2-D matmuls, one reader)
     const bool crossed = target_ && c.full() && !pooled;
     const TargetInputs::Input * outputs = crossed ? target_->find_output(name) : nullptr;
-    if (outputs) {
-        add_covariance_and_outputs(c, t, name, data, *outputs);
-        return;
+    const int64_t rows_out = t->ne[0];
+    if (outputs && (t->op != GGML_OP_MUL_MAT || t->src[0]->ne[2] != 1 || c.readers.size() != 1 ||
+                    outputs->ne[0] != rows_out || ggml_nrows(t) != outputs->ne[1] * outputs->ne[2] * outputs->ne[3])) {
+        throw Error("the target model's output of " + name + " does not match this model's matmul (in chunk " +
+                    std::to_string(first_chunk_) + ")");
     }
-    const TargetInputs::Input * target = crossed ? &target_input(name, x) : nullptr;
+    const TargetInputs::Input * target = crossed && !outputs ? &target_input(name, x) : nullptr;
     if (t->op != GGML_OP_MUL_MAT_ID) {
         // every row of x (over ne[1..3]) is one token of the matrix (head) its slice multiplies, as in
         // dense_on_host; a 2-D weight has one matrix
@@ -329,6 +331,9 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
             c.add(0, (const float *) data, x->ne[1], n_cols);
             if (target) {
                 c.add_cross(0, (const float *) data, target->rows.data(), x->ne[1], n_cols);
+            }
+            if (outputs) {
+                c.add_cross_output(0, (const float *) data, outputs->rows.data(), x->ne[1], n_cols, rows_out);
             }
             c.counts[0] += x->ne[1];
             return;
@@ -355,6 +360,9 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
             c.add(m, rows_.data(), n_rows, n_cols);
             if (target) {
                 c.add_cross(m, rows_.data(), target_rows_.data(), n_rows, n_cols);
+            }
+            if (outputs) {  // one matrix (checked above): the output rows lie in the gathered rows' token order
+                c.add_cross_output(m, rows_.data(), outputs->rows.data(), n_rows, n_cols, rows_out);
             }
             c.counts[m] += n_rows;
         }
@@ -392,35 +400,6 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         }
         c.counts[e] += n_rows;
     }
-}
-
-// A plain 2-D matmul whose target outputs Y were recorded: X̃ᵀX̃ and X̃ᵀY, token for token (same shapes).
-void ActivationCollector::add_covariance_and_outputs(Covariance & c, const ggml_tensor * t, const std::string & name,
-                                                     const char * data, const TargetInputs::Input & outputs) {
-    const ggml_tensor * x = t->src[1];
-    const int64_t n_cols = x->ne[0], rows_out = t->ne[0], n_rows = x->ne[1] * x->ne[2] * x->ne[3];
-    if (t->op != GGML_OP_MUL_MAT || t->src[0]->ne[2] != 1 || c.readers.size() != 1 || outputs.ne[0] != rows_out ||
-        outputs.ne[1] * outputs.ne[2] * outputs.ne[3] != n_rows) {
-        throw Error("the target model's output of " + name + " does not match this model's matmul (in chunk " +
-                    std::to_string(first_chunk_) + ")");
-    }
-    const float * rows = (const float *) data;
-    if (!(x->nb[1] == (size_t) n_cols * sizeof(float) && x->ne[2] == 1 && x->ne[3] == 1)) {  // gathered in token order
-        rows_.resize(n_cols * n_rows);
-        int64_t r = 0;
-        for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
-            for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
-                for (int64_t i1 = 0; i1 < x->ne[1]; ++i1, ++r) {
-                    std::copy_n((const float *) (data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]), n_cols,
-                                rows_.data() + r * n_cols);
-                }
-            }
-        }
-        rows = rows_.data();
-    }
-    c.add(0, rows, n_rows, n_cols);
-    c.add_cross_output(0, rows, outputs.rows.data(), n_rows, n_cols, rows_out);
-    c.counts[0] += n_rows;
 }
 
 const TargetInputs::Input & ActivationCollector::target_input(const std::string & name, const ggml_tensor * x) const {

@@ -129,8 +129,6 @@ private:
     void add_covariance(const ggml_tensor * t, const std::string & name, const char * data);
     // The target model's input of `name`, checked against this model's input x; throws imx::Error naming it.
     const TargetInputs::Input & target_input(const std::string & name, const ggml_tensor * x) const;
-    void add_covariance_and_outputs(Covariance & c, const ggml_tensor * t, const std::string & name, const char * data,
-                                    const TargetInputs::Input & outputs);
     int covariance_index(const ggml_tensor * t, const std::string & name);
     // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
     // host memory, null for down); false if non-finite.

@@ -55,8 +55,8 @@ bool TargetInputs::wants(const ggml_tensor * t) {
 bool TargetInputs::record(const ggml_tensor * t) {
     const std::string name = weight_name(t->src[0]->name);
     const ggml_tensor * w = t->src[0];  // fewer rows than columns: the output is the smaller, and so is X̃ᵀY
-    const bool output = outputs_on_ && t->op == GGML_OP_MUL_MAT && w->ne[2] == 1 && w->ne[3] == 1 &&
-                        w->ne[1] < w->ne[0] && std::regex_search(name, outputs_of_);
+    const bool output = outputs_of_ && t->op == GGML_OP_MUL_MAT && w->ne[2] == 1 && w->ne[3] == 1 &&
+                        w->ne[1] < w->ne[0] && std::regex_search(name, *outputs_of_);
     const ggml_tensor * x = output ? t : t->src[1];
     auto in = std::make_shared<Input>();
     for (int d = 0; d < 4; ++d) {

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
@@ -46,7 +47,7 @@ public:
     // Weights matching `regex` whose matmul is a plain 2-D one (MUL_MAT, one matrix) with fewer rows than
     // columns have their output recorded instead of their input; each must be its input's only reader (the
     // output serves that reader alone).
-    void record_outputs_of(const std::string & regex) { outputs_of_ = std::regex(regex); outputs_on_ = true; }
+    void record_outputs_of(const std::string & regex) { outputs_of_ = std::regex(regex); }
     // Off: the pass goes on after the last input recorded (a block run alone reads the block's output after it).
     void stop_after_last_input(bool on) { stop_after_last_ = on; }
     // Before each chunk's forward pass of the target model.
@@ -73,8 +74,7 @@ private:
     bool                                           output_head_ = false;
     std::vector<char>                              copy_;
     std::regex                                     only_{".*"};
-    std::regex                                     outputs_of_;
-    bool                                           outputs_on_ = false;
+    std::optional<std::regex>                      outputs_of_;
     std::string                                    last_recorded_, final_;  // final_: learned from the first chunk
     bool                                           stop_after_last_ = true;
 };

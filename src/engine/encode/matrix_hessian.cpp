@@ -120,7 +120,6 @@ TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, do
         }
         return s;
     }
-    s.rows = c.out_rows;
     const int64_t n = c.n_cols, rows = c.out_rows;
     const double * p = c.cross_out.data() + m * n * rows;
     s.p.resize((size_t) (n * rows));
@@ -149,10 +148,11 @@ void shift_targets(const HessianRounder & rounder, const TargetShift & s, float 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n,
                     s.d.data(), (int) n, 0.0f, y.data(), (int) n);
     } else {  // y = Pᵀ − W·G (G symmetric)
+        const int64_t shifted_rows = (int64_t) s.p.size() / n;
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t row = row_ids ? row_ids[r] : r;
-            if (row >= s.rows) {
-                throw Error("the shifted targets are " + std::to_string(s.rows) + " rows, not " +
+            if (row >= shifted_rows) {
+                throw Error("the shifted targets are " + std::to_string(shifted_rows) + " rows, not " +
                             std::to_string(row + 1));
             }
             std::copy_n(s.p.data() + row * n, n, y.data() + r * n);

@@ -52,7 +52,6 @@ bool hessian_reencodes(const Covariance & c, const Imatrix & im, const std::stri
 struct TargetShift {
     std::vector<float> d;     // D, or empty
     std::vector<float> p, g;  // Pᵀ (row-major rows × n: a weight row's shift term is a row) and G, or empty
-    int64_t            rows = 0;
     bool empty() const { return d.empty() && p.empty(); }
 };
 TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, double step);
