@@ -12,6 +12,7 @@
 #include "engine/encode/type_search.h"
 #include "engine/model/tensor_file.h"
 #include "engine/stream/block_model.h"
+#include "engine/stream/head_statistics.h"
 
 #include <nlohmann/json.hpp>
 
@@ -90,6 +91,19 @@ void run_by_blocks(QuantizeCommand & o) {
                      ss.again.loss_diagonal > 0 ? 100.0 * (1.0 - ss.again.loss_final / ss.again.loss_diagonal) : 0.0,
                      (long long) ss.only.tensors);
     }
+    const engine::HessianTensorReport * head = nullptr;  // the output head, re-encoded after the last block
+    for (const auto * list : {&r.reports, &r.sequential_reports}) {
+        for (const engine::HessianTensorReport & t : *list) {
+            head = t.name == engine::kOutputHead ? &t : head;
+        }
+    }
+    if (head) {
+        std::fprintf(stderr, "imx quantize: output head (%s, %s): %lld of %lld rows re-encoded with its input's covariance%s, "
+                             "error %.1f%% below llama-quantize's encoding\n",
+                     head->name.c_str(), head->type.c_str(), (long long) head->rows_improved, (long long) head->rows,
+                     s.sequential ? " (toward the float model's outputs from the quantized stream)" : "",
+                     head->loss_diagonal > 0 ? 100.0 * (1.0 - head->loss_final / head->loss_diagonal) : 0.0);
+    }
     if (s.refit_norms) {
         std::fprintf(stderr, "imx quantize: %d norms re-fitted to their quantized readers (output error %.4g lower)\n",
                      r.norms_refit, r.norm_gain);
@@ -128,6 +142,10 @@ void run_by_blocks(QuantizeCommand & o) {
             j["sequential_error_first"] = ss.again.loss_diagonal;
             j["sequential_error_again"] = ss.again.loss_final;
             j["sequential_error"] = ss.again.loss_final + ss.only.loss_final;  // every tensor step 2 encoded
+        }
+        if (head) {  // the errors under its objective (with --sequential, the shifted one)
+            j["output_head"] = {{"type", head->type}, {"rows", head->rows}, {"rows_changed", head->rows_improved},
+                                {"error_before", head->loss_diagonal}, {"error", head->loss_final}};
         }
         j["norms_refit"] = r.norms_refit;
         j["norm_gain"] = r.norm_gain;
@@ -175,6 +193,9 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
             (*block_errors)(b, block);
         };
     }
+    // the output head's statistics too, where the output re-encodes it with its covariance (kept by block_errors
+    // beside the blocks'; not in the search's imatrix, whose measurements and saved file stay as they were)
+    c.process_output = block_errors && c.by_blocks && o.method == "hessian";
     if (!o.save_imatrix.empty()) {
         prepare_outputs({o.save_imatrix});
     }
@@ -187,6 +208,24 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
         bar.update(p.chunks_done, p.chunks_total, "chunks", detail);
     };
     engine::CollectResult r = c.by_blocks ? engine::collect_by_blocks(c, on_progress) : engine::collect(c, on_progress);
+    if (c.process_output) {
+        Imatrix head;
+        if (auto it = r.imatrix.tensors.find(engine::kOutputHead); it != r.imatrix.tensors.end()) {
+            head.tensors.insert(r.imatrix.tensors.extract(it));
+        }
+        auto & covs = r.imatrix.covariances;
+        for (auto it = covs.begin(); it != covs.end();) {
+            if (it->readers.front() == engine::kOutputHead) {
+                head.covariances.push_back(std::move(*it));
+                it = covs.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        if (!head.covariances.empty()) {
+            block_errors->keep_head(head);
+        }
+    }
     if (!o.save_imatrix.empty()) {
         save_imatrix(r.imatrix, o.save_imatrix, ImatrixFormat::gguf);
     }

@@ -281,27 +281,35 @@ TEST(TargetSize, ByBlocksErrorsAreTheBlockEncodersOwn) {
 // output from them instead of collecting them again: the same file, byte for byte, as the block-by-block
 // quantization given the recipe's types, which collects them on its own pass; the kept file is gone after.
 TEST(TargetSize, ByBlocksOutputFromKeptStatisticsIsTheBlockQuantizationsOwn) {
-    const std::string dir = fresh_dir("target-size-kept");
-    const std::string model = shared("models/" + kModel);
-    const std::string same_text = " -f " + shared("data/calibration.txt") + " --chunks 4 -c 128 -t 2 --method hessian ";
-    const RunResult r = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text +
-                            "--candidates q2_K,q3_K,q4_K --probe-groups role --sensitivity-chunks 1 --target-bpw 3.5 "
-                            "-o mix.gguf --json 2>&1");
-    ASSERT_EQ(r.exit_code, 0) << tail(r.output);
-    EXPECT_NE(r.output.find("kept for the output on disk"), std::string::npos) << tail(r.output);
-    EXPECT_NE(r.output.find("encode: blocks 4/4"), std::string::npos) << tail(r.output);  // no pass over the text
-    const nlohmann::json j = json_of(r);
-    ASSERT_TRUE(j.contains("recipe")) << tail(r.output);
-    std::set<std::string> types;
-    std::string overrides;
-    for (const auto & a : j["recipe"]) {
-        overrides += " --tensor-type '" + a.get<std::string>() + "'";
-        types.insert(a.get<std::string>().substr(a.get<std::string>().rfind('=') + 1));
+    // qwen3moe-tiny's head is its token embedding; deepseek3-tiny's is a tensor of its own (output.weight), whose
+    // statistics the search keeps after the blocks' for the output's Hessian encoding of it
+    for (const std::string & name : {kModel, std::string("deepseek3-tiny.gguf")}) {
+        const std::string dir = fresh_dir("target-size-kept-" + name.substr(0, name.find('-')));
+        const std::string model = shared("models/" + name);
+        const std::string same_text = " -f " + shared("data/calibration.txt") + " --chunks 4 -c 128 -t 2 --method hessian ";
+        // (deepseek3-tiny's attn_k_b rows of 64 take no k-quant)
+        const std::string candidates = name == kModel ? "q2_K,q3_K,q4_K" : "q2_K,q3_K,q4_K,q8_0";
+        const RunResult r = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text +
+                                "--candidates " + candidates + " --probe-groups role --sensitivity-chunks 1 --target-bpw 3.5 "
+                                "-o mix.gguf --json 2>&1");
+        ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+        EXPECT_NE(r.output.find("kept for the output on disk"), std::string::npos) << tail(r.output);
+        EXPECT_NE(r.output.find("encode: blocks 4/4"), std::string::npos) << tail(r.output);  // no pass over the text
+        const nlohmann::json j = json_of(r);
+        ASSERT_TRUE(j.contains("recipe")) << tail(r.output);
+        std::set<std::string> types;
+        std::string overrides;
+        for (const auto & a : j["recipe"]) {
+            overrides += " --tensor-type '" + a.get<std::string>() + "'";
+            types.insert(a.get<std::string>().substr(a.get<std::string>().rfind('=') + 1));
+        }
+        EXPECT_GE(types.size(), 2u) << "a mix, not one type: " << j["recipe"].dump();
+        const RunResult q = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text + overrides +
+                                " -o blocks.gguf " + j["base_type"].get<std::string>() + " --json");
+        ASSERT_EQ(q.exit_code, 0) << tail(q.output);
+        // the block quantization computes the head's statistics from the last block's output itself
+        EXPECT_EQ(json_of(q).contains("output_head"), name != kModel) << name;
+        EXPECT_TRUE(bytes_of(dir + "/mix.gguf") == bytes_of(dir + "/blocks.gguf")) << name;
+        EXPECT_EQ(file_names(dir), (std::vector<std::string>{"blocks.gguf", "mix.gguf"})) << name;
     }
-    EXPECT_GE(types.size(), 2u) << "a mix, not one type: " << j["recipe"].dump();
-    const RunResult q = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text + overrides +
-                            " -o blocks.gguf " + j["base_type"].get<std::string>() + " 2>&1");
-    ASSERT_EQ(q.exit_code, 0) << tail(q.output);
-    EXPECT_TRUE(bytes_of(dir + "/mix.gguf") == bytes_of(dir + "/blocks.gguf"));
-    EXPECT_EQ(file_names(dir), (std::vector<std::string>{"blocks.gguf", "mix.gguf"}));
 }

@@ -3,6 +3,8 @@
 // kill -9 at a block, no files left by a signal, and the options it cannot take refused.
 #include "helpers.h"
 
+#include <nlohmann/json.hpp>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -116,9 +118,38 @@ TEST(StreamCollectRuns, SignalsLeaveOnlyTheCheckpoint) {
     }
 }
 
+// --process-output: the head's input is the final norm of the last block's output, computed after the blocks
+// (engine/stream/head_statistics.h) — the whole-model run's sums within 1e-6 and its covariance; a model whose
+// head is its token embedding has none in either run, and its file is the one without the flag.
+TEST(StreamCollectRuns, ProcessOutputIsTheWholeModelRunsHead) {
+    const std::string dir = fresh_dir("stream-collect-head");
+    for (const char * mode : {"--no-stream", "--stream"}) {
+        const RunResult r = run(collect_cmd("deepseek3-tiny.gguf", dir + "/ds" + mode + ".gguf",
+                                            std::string(mode) + " --chunks 3 --covariance --process-output"));
+        ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    }
+    const RunResult d = run(imx_bin() + " diff " + dir + "/ds--stream.gguf " + dir + "/ds--no-stream.gguf --tolerance 1e-6 2>&1");
+    EXPECT_EQ(d.exit_code, 0) << d.output;
+    const RunResult i = run("(" + imx_bin() + " inspect " + dir + "/ds--stream.gguf --json 2>/dev/null)");
+    ASSERT_EQ(i.exit_code, 0) << tail(i.output);
+    const nlohmann::json j = nlohmann::json::parse(i.output);
+    const bool head_cov = std::any_of(j["covariances"].begin(), j["covariances"].end(), [](const auto & c) {
+        return c["readers"][0] == "output.weight" && c["block"] == c["n_cols"];
+    });
+    EXPECT_TRUE(head_cov) << "the head's whole covariance";
+    const auto covs = d.output.find("covariances: ");
+    ASSERT_NE(covs, std::string::npos) << d.output;
+    EXPECT_LE(std::stod(d.output.substr(covs + 13)), 1e-6) << d.output;
+    for (const char * flag : {"", "--process-output"}) {
+        const RunResult r = run(collect_cmd("qwen3moe-tiny.gguf", dir + "/qw" + flag + ".gguf", std::string("--stream --chunks 2 ") + flag));
+        ASSERT_EQ(r.exit_code, 0) << tail(r.output);
+    }
+    EXPECT_TRUE(bytes_of(dir + "/qw.gguf") == bytes_of(dir + "/qw--process-output.gguf"));
+}
+
 TEST(StreamCollectRuns, OptionsOfTheWholeModelPathAreRefused) {
     const std::string dir = fresh_dir("stream-collect-refused");
-    for (const std::string & flag : {std::string("--process-output"), std::string("--all-experts")}) {
+    for (const std::string & flag : {std::string("--all-experts")}) {
         const RunResult r = run(collect_cmd("qwen3moe-tiny.gguf", dir + "/x.gguf", "--stream --chunks 1 " + flag));
         EXPECT_EQ(r.exit_code, 2) << r.output;
         EXPECT_NE(r.output.find(flag + " does not go with a block-by-block run"), std::string::npos) << r.output;

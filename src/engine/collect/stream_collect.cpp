@@ -10,11 +10,13 @@
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
+#include "engine/stream/head_statistics.h"
 #include "engine/stream/hidden_stream.h"
 #include "engine/stream/token_embeddings.h"
 
 #include <chrono>
 #include <filesystem>
+#include <regex>
 #include <thread>
 
 namespace imx::engine {
@@ -31,7 +33,6 @@ void refuse_whole_model_options(const CollectOptions & o) {
         }
     };
     no(!o.rpc_servers.empty(), "--rpc", "layers on rpc-server machines run the whole model per chunk");
-    no(o.process_output, "--process-output", "the output head is not a block");
     no(!o.target_model.empty(), "--target-model", "use imx quantize --sequential, which runs both models by blocks");
     no(o.all_experts, "--all-experts", "not written for it yet");
     no(!o.only_tensors.empty(), "only_tensors", "internal");
@@ -144,6 +145,12 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
             save_checkpoint(c, ckpt);
         }
         hidden.advance();
+    }
+    if (o.process_output && has_output_head(table)) {  // the head reads the last block's output (tied: none)
+        const int64_t n = (int64_t) n_embd;
+        const bool wanted = o.covariance_tensors.empty() || std::regex_search(kOutputHead, std::regex(o.covariance_tensors));
+        const int64_t block = wanted ? choose_covariance_block(n, 1, budget_left, o.covariance_blocks) : 0;
+        add_block(total, head_statistics(table, io, hidden.input(), block), 0);  // no blk.* name: kept as it is
     }
     hidden.finish();
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -17,6 +17,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
+#include "engine/stream/head_statistics.h"
 #include "engine/stream/hidden_stream.h"
 #include "engine/stream/input_tape.h"
 #include "engine/stream/token_embeddings.h"
@@ -110,6 +111,7 @@ private:
     void refit_norms(int b, const Imatrix & stats);
     void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
                          HiddenStates & next_q, Imatrix & sums);
+    void encode_head(const Imatrix & head);
     void check_interrupt(int b) const;
     void progress(int b);
 
@@ -342,6 +344,24 @@ void BlockQuantizer::encode_again(const Imatrix & shifted, bool fresh) {
     h.fresh = fresh;
     std::vector<HessianTensorReport> r = hessian_reencode(o_.quantize.model, writer_->path(), shifted, h, [](int, int) {});
     res_.sequential_reports.insert(res_.sequential_reports.end(), r.begin(), r.end());
+    res_.seconds_encode += seconds_since(t0);
+}
+
+// The output head (untied: output.weight), whose input is the final norm of the last block's output: written
+// first without imatrix weights (as llama-quantize writes a tensor its imatrix does not hold), then re-encoded
+// row by row where the Hessian encoder does better under its input's covariance — with --sequential, that of the
+// quantized stream's inputs, toward the targets shifted by the cross term against the float stream's, as every
+// block's matrices in step 2. A tied head (token_embd) is the embedding's lookup too, and stays as it is.
+void BlockQuantizer::encode_head(const Imatrix & head) {
+    if (!head.covariances.front().cross.empty()) {
+        encode_again(head, false);
+        return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    HessianOptions h = o_.hessian_options;
+    h.threads = threads_;
+    const std::vector<HessianTensorReport> r = hessian_reencode(o_.quantize.model, writer_->path(), head, h, [](int, int) {});
+    res_.reports.insert(res_.reports.end(), r.begin(), r.end());
     res_.seconds_encode += seconds_since(t0);
 }
 
@@ -588,6 +608,24 @@ StreamQuantizeResult BlockQuantizer::run() {
         }
         if (o_.sequential) {
             hq.advance();
+        }
+    }
+    if (o_.hessian && has_output_head(table_)) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const int64_t n = (int64_t) n_embd_;
+        Imatrix head;
+        if (o_.collected) {
+            head = o_.collected_head ? o_.collected_head() : Imatrix{};
+        } else if (o_.sequential) {  // the cross term needs the whole covariance, and as much again
+            if (2 * covariance_bytes(n, n, 1) <= o_.covariance_budget) {
+                head = head_statistics(table_, io_, h.input(), n, &hq.input());
+            }
+        } else if (const int64_t block = choose_covariance_block(n, 1, o_.covariance_budget); block > 0) {
+            head = head_statistics(table_, io_, h.input(), block);
+        }
+        res_.seconds_passes += seconds_since(t0);
+        if (!head.covariances.empty()) {
+            encode_head(head);
         }
     }
     h.finish();

@@ -61,6 +61,10 @@ struct StreamQuantizeOptions {
     // text and settings) come from here instead of a pass over the text — the type search kept them on disk
     // (core/format/block_spill.h); no hidden state is computed. Not with sequential or checkpoints.
     std::function<Imatrix(int block)> collected;
+    // with `collected`: the output head's statistics from the same collection (collect --process-output: Σx² and
+    // XᵀX of output.weight's input), for its Hessian encoding; unset or without a covariance: the head stays
+    // llama-quantize's encoding. Without `collected`, this run computes them from the last block's output.
+    std::function<Imatrix()> collected_head;
     // after each chunk pass: block, blocks, passes done, passes in all (chunks × passes per block × blocks); with
     // `collected`, after each block: passes are blocks
     std::function<void(int block, int blocks, uint64_t done, uint64_t total)> progress;

@@ -729,9 +729,13 @@ void TargetSearch::write_by_blocks() {
     s.quantize.tensor_types = res_.recipe;
     s.quantize.weights = nullptr;  // from the block statistics, the same numbers the errors were measured with
     s.hessian = true;
-    const bool kept = o_.spill && !s.sequential && o_.spill->holds(block_count(src_));
+    const int blocks = block_count(src_);
+    const bool kept = o_.spill && !s.sequential && o_.spill->holds(blocks);
     if (kept) {
         s.collected = [&](int b) { return o_.spill->get(b); };
+        if (o_.spill->holds(blocks + 1)) {  // and the output head's, after them (BlockErrors::keep_head)
+            s.collected_head = [&] { return o_.spill->get(blocks); };
+        }
     }
     s.progress = [&](int, int, uint64_t done, uint64_t total) {
         if (o_.progress) {
@@ -783,6 +787,12 @@ std::string BlockErrors::spill_note() const {
 }
 
 BlockErrors::~BlockErrors() = default;
+
+void BlockErrors::keep_head(const Imatrix & head) {
+    if (spill_) {
+        spill_->put(block_count(TensorTable(o_.quantize.model)), head);  // after the last block
+    }
+}
 
 void BlockErrors::operator()(int block, Imatrix & stats) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -134,6 +134,10 @@ public:
     explicit BlockErrors(const TargetOptions & o);
     ~BlockErrors();
     void operator()(int block, Imatrix & stats);
+    // The output head's statistics from the same collection (collect --process-output), kept after the blocks'
+    // for the output's Hessian encoding of output.weight; not measured (the search keeps llama-quantize's
+    // encoding's errors for it).
+    void keep_head(const Imatrix & head);
     // the blocks' statistics kept on disk for the output (without --sequential, whose passes collect anew); null
     // where not kept, or dropped: spill_note() says why
     const BlockSpill * spill() const { return spill_ && spill_->why().empty() ? spill_.get() : nullptr; }
