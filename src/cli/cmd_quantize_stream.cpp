@@ -94,13 +94,14 @@ void run_by_blocks(QuantizeCommand & o) {
     const engine::HessianTensorReport * head = nullptr;  // the output head, re-encoded after the last block
     for (const auto * list : {&r.reports, &r.sequential_reports}) {
         for (const engine::HessianTensorReport & t : *list) {
-            head = t.name == engine::kOutputHead ? &t : head;
+            head = t.name == engine::kOutputHead || t.name == engine::kTokenEmbedding ? &t : head;
         }
     }
     if (head) {
-        std::fprintf(stderr, "imx quantize: output head (%s, %s): %lld of %lld rows re-encoded with its input's covariance%s, "
+        std::fprintf(stderr, "imx quantize: output head (%s, %s): %lld of %lld rows re-encoded with its input's covariance%s%s, "
                              "error %.1f%% below llama-quantize's encoding\n",
                      head->name.c_str(), head->type.c_str(), (long long) head->rows_improved, (long long) head->rows,
+                     head->name == engine::kTokenEmbedding ? " and the lookup's own error (tied)" : "",
                      s.sequential ? " (toward the float model's outputs from the quantized stream)" : "",
                      head->loss_diagonal > 0 ? 100.0 * (1.0 - head->loss_final / head->loss_diagonal) : 0.0);
     }
@@ -196,6 +197,7 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
     // the output head's statistics too, where the output re-encodes it with its covariance (kept by block_errors
     // beside the blocks'; not in the search's imatrix, whose measurements and saved file stay as they were)
     c.process_output = block_errors && c.by_blocks && o.method == "hessian";
+    c.tied_head = c.process_output;
     if (!o.save_imatrix.empty()) {
         prepare_outputs({o.save_imatrix});
     }
@@ -209,13 +211,14 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
     };
     engine::CollectResult r = c.by_blocks ? engine::collect_by_blocks(c, on_progress) : engine::collect(c, on_progress);
     if (c.process_output) {
+        const std::string head_weight = engine::head_weight(engine::TensorTable(o.q.model));
         Imatrix head;
-        if (auto it = r.imatrix.tensors.find(engine::kOutputHead); it != r.imatrix.tensors.end()) {
+        if (auto it = r.imatrix.tensors.find(head_weight); it != r.imatrix.tensors.end()) {
             head.tensors.insert(r.imatrix.tensors.extract(it));
         }
         auto & covs = r.imatrix.covariances;
         for (auto it = covs.begin(); it != covs.end();) {
-            if (it->readers.front() == engine::kOutputHead) {
+            if (it->readers.front() == head_weight) {
                 head.covariances.push_back(std::move(*it));
                 it = covs.erase(it);
             } else {

@@ -45,6 +45,9 @@ struct CollectOptions {
     std::string covariance_tensors;       // --covariance-tensors: only inputs whose first reader matches
     bool        all_experts = false;      // --all-experts: every expert's inputs over all tokens too (AllExpertsPass)
     bool        process_output = false;   // --process-output: also the output head (output.weight), as upstream
+    // by blocks, with process_output: a head tied to token_embd too, under token_embd.weight (for quantize's
+    // re-encoding of it; upstream collects nothing for a tied head, and neither does `collect`)
+    bool        tied_head = false;
     int         flash_attn = -1;          // -fa: -1 auto, 0 off, 1 on (llama.cpp's llama_flash_attn_type)
     std::vector<std::string> rpc_servers;  // --rpc: HOST:PORT of rpc-server processes that take layers (-ngl)
     // --target-model: the unquantized model that `model` (a quantization of it) should reproduce; each whole

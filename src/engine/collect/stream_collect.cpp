@@ -146,9 +146,9 @@ CollectResult collect_by_blocks(const CollectOptions & o, const std::function<vo
         }
         hidden.advance();
     }
-    if (o.process_output && has_output_head(table)) {  // the head reads the last block's output (tied: none)
+    if (o.process_output && (has_output_head(table) || o.tied_head)) {  // the head reads the last block's output
         const int64_t n = (int64_t) n_embd;
-        const bool wanted = o.covariance_tensors.empty() || std::regex_search(kOutputHead, std::regex(o.covariance_tensors));
+        const bool wanted = o.covariance_tensors.empty() || std::regex_search(head_weight(table), std::regex(o.covariance_tensors));
         const int64_t block = wanted ? choose_covariance_block(n, 1, budget_left, o.covariance_blocks) : 0;
         add_block(total, head_statistics(table, io, hidden.input(), block), 0);  // no blk.* name: kept as it is
     }

@@ -347,11 +347,11 @@ void BlockQuantizer::encode_again(const Imatrix & shifted, bool fresh) {
     res_.seconds_encode += seconds_since(t0);
 }
 
-// The output head (untied: output.weight), whose input is the final norm of the last block's output: written
-// first without imatrix weights (as llama-quantize writes a tensor its imatrix does not hold), then re-encoded
-// row by row where the Hessian encoder does better under its input's covariance — with --sequential, that of the
-// quantized stream's inputs, toward the targets shifted by the cross term against the float stream's, as every
-// block's matrices in step 2. A tied head (token_embd) is the embedding's lookup too, and stays as it is.
+// The output head, whose input is the final norm of the last block's output: written first without imatrix
+// weights (as llama-quantize writes a tensor its imatrix does not hold), then re-encoded row by row where the
+// Hessian encoder does better under its input's covariance — with --sequential, that of the quantized stream's
+// inputs, toward the targets shifted by the cross term against the float stream's, as every block's matrices in
+// step 2. A head tied to token_embd is re-encoded under that objective with the lookup's own (add_lookup_term).
 void BlockQuantizer::encode_head(const Imatrix & head) {
     if (!head.covariances.front().cross.empty()) {
         encode_again(head, false);
@@ -610,7 +610,7 @@ StreamQuantizeResult BlockQuantizer::run() {
             hq.advance();
         }
     }
-    if (o_.hessian && has_output_head(table_)) {
+    if (o_.hessian) {
         const auto t0 = std::chrono::steady_clock::now();
         const int64_t n = (int64_t) n_embd_;
         Imatrix head;
@@ -620,11 +620,15 @@ StreamQuantizeResult BlockQuantizer::run() {
             if (2 * covariance_bytes(n, n, 1) <= o_.covariance_budget) {
                 head = head_statistics(table_, io_, h.input(), n, &hq.input());
             }
-        } else if (const int64_t block = choose_covariance_block(n, 1, o_.covariance_budget); block > 0) {
+        } else if (const int64_t block = choose_covariance_block(n, 1, o_.covariance_budget);
+                   block == n || (block > 0 && has_output_head(table_))) {  // a tied head's objective: whole
             head = head_statistics(table_, io_, h.input(), block);
         }
         res_.seconds_passes += seconds_since(t0);
         if (!head.covariances.empty()) {
+            if (!has_output_head(table_)) {
+                add_lookup_term(head);
+            }
             encode_head(head);
         }
     }

@@ -57,6 +57,32 @@ bool has_output_head(const TensorTable & model) {
     return model.find(kOutputHead) != nullptr;
 }
 
+std::string head_weight(const TensorTable & model) {
+    return has_output_head(model) ? kOutputHead : kTokenEmbedding;
+}
+
+void add_lookup_term(Imatrix & head) {
+    Covariance & c = head.covariances.at(0);
+    if (!c.full()) {
+        throw Error("a tied head's objective needs its whole covariance");
+    }
+    const int64_t n = c.n_cols;
+    double trace = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        trace += c.values[(size_t) (i * n + i)];
+    }
+    const double add = trace / (double) n;
+    for (int64_t i = 0; i < n; ++i) {
+        c.values[(size_t) (i * n + i)] += add;
+        if (!c.cross.empty()) {
+            c.cross[(size_t) (i * n + i)] += add;
+        }
+    }
+    for (double & v : head.tensors.at(c.readers.at(0)).sums) {
+        v += add;
+    }
+}
+
 Imatrix head_statistics(const TensorTable & model, TensorIo & io, const HiddenStates & last, int64_t covariance_block,
                         const HiddenStates * quantized) {
     const FinalNorm norm(model, io);
@@ -70,7 +96,7 @@ Imatrix head_statistics(const TensorTable & model, TensorIo & io, const HiddenSt
     }
     if (covariance_block > 0) {
         cov = Covariance(n, covariance_block, 1);
-        cov.readers = {kOutputHead};
+        cov.readers = {head_weight(model)};
     }
     std::vector<float> x, xq;
     for (size_t c = 0; c < last.chunks(); ++c) {
@@ -99,7 +125,7 @@ Imatrix head_statistics(const TensorTable & model, TensorIo & io, const HiddenSt
         }
     }
     Imatrix out;
-    out.tensors[kOutputHead] = std::move(stats);
+    out.tensors[head_weight(model)] = std::move(stats);
     if (!cov.values.empty()) {
         cov.symmetrize();
         out.covariances.push_back(std::move(cov));
