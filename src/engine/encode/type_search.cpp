@@ -747,6 +747,10 @@ void TargetSearch::write_by_blocks() {
     res_.norms_refit = r.norms_refit;
     for (const HessianTensorReport & t : r.sequential_reports) {  // as the two-step pass reports them: per layer
         const int b = block_of(t.name);
+        if (b < 0) {  // the output head, after the blocks: re-encoded, in no layer
+            res_.hessian_reports.push_back(t);
+            continue;
+        }
         if (res_.sequential_reports.empty() || res_.sequential_reports.back().layer != b) {
             res_.sequential_reports.push_back({b, 0, {}});
         }
