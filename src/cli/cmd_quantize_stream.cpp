@@ -211,23 +211,7 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
     };
     engine::CollectResult r = c.by_blocks ? engine::collect_by_blocks(c, on_progress) : engine::collect(c, on_progress);
     if (c.process_output) {
-        const std::string head_weight = engine::head_weight(engine::TensorTable(o.q.model));
-        Imatrix head;
-        if (auto it = r.imatrix.tensors.find(head_weight); it != r.imatrix.tensors.end()) {
-            head.tensors.insert(r.imatrix.tensors.extract(it));
-        }
-        auto & covs = r.imatrix.covariances;
-        for (auto it = covs.begin(); it != covs.end();) {
-            if (it->readers.front() == head_weight) {
-                head.covariances.push_back(std::move(*it));
-                it = covs.erase(it);
-            } else {
-                ++it;
-            }
-        }
-        if (!head.covariances.empty()) {
-            block_errors->keep_head(head);
-        }
+        block_errors->keep_head(r.imatrix);
     }
     if (!o.save_imatrix.empty()) {
         save_imatrix(r.imatrix, o.save_imatrix, ImatrixFormat::gguf);

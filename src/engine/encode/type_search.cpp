@@ -4,6 +4,7 @@
 #include "engine/encode/model_writer.h"
 #include "engine/encode/stream_quantize.h"
 #include "engine/stream/block_model.h"
+#include "engine/stream/head_statistics.h"
 #include "core/math/quant_weights.h"
 #include "engine/evaluate/evaluate.h"
 #include "engine/model/tensor_file.h"
@@ -792,9 +793,24 @@ std::string BlockErrors::spill_note() const {
 
 BlockErrors::~BlockErrors() = default;
 
-void BlockErrors::keep_head(const Imatrix & head) {
-    if (spill_) {
-        spill_->put(block_count(TensorTable(o_.quantize.model)), head);  // after the last block
+void BlockErrors::keep_head(Imatrix & collection) {
+    const TensorTable model(o_.quantize.model);
+    const std::string weight = head_weight(model);
+    Imatrix head;
+    if (auto it = collection.tensors.find(weight); it != collection.tensors.end()) {
+        head.tensors.insert(collection.tensors.extract(it));
+    }
+    auto & covs = collection.covariances;
+    for (auto it = covs.begin(); it != covs.end();) {
+        if (it->readers.front() == weight) {
+            head.covariances.push_back(std::move(*it));
+            it = covs.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (spill_ && !head.covariances.empty()) {
+        spill_->put(block_count(model), head);  // after the last block
     }
 }
 

@@ -134,10 +134,10 @@ public:
     explicit BlockErrors(const TargetOptions & o);
     ~BlockErrors();
     void operator()(int block, Imatrix & stats);
-    // The output head's statistics from the same collection (collect --process-output), kept after the blocks'
-    // for the output's Hessian encoding of output.weight; not measured (the search keeps llama-quantize's
-    // encoding's errors for it).
-    void keep_head(const Imatrix & head);
+    // Moves the output head's statistics out of the collection (collect --process-output, tied_head) and keeps
+    // them after the blocks' for the output's Hessian encoding of the head; not measured (the search keeps
+    // llama-quantize's encoding's errors for it), nor left in the search's imatrix or its saved file.
+    void keep_head(Imatrix & collection);
     // the blocks' statistics kept on disk for the output (without --sequential, whose passes collect anew); null
     // where not kept, or dropped: spill_note() says why
     const BlockSpill * spill() const { return spill_ && spill_->why().empty() ? spill_.get() : nullptr; }
