@@ -247,7 +247,8 @@ TEST(TargetSize, InMemoryErrorsAreTheEncodersOwn) {
 
 // Block by block (-f without --imatrix), each block's errors are measured during the collection with that
 // block's covariances: with every row they are what the block-by-block Hessian encoder reports when it writes
-// the file at that type from the same text.
+// the file at that type from the same text — and so are the output head's, measured after the blocks with its
+// input's covariance (qwen3moe-tiny's head is its token embedding: under the lookup's term too).
 TEST(TargetSize, ByBlocksErrorsAreTheBlockEncodersOwn) {
     const std::string dir = fresh_dir("target-size-by-blocks");
     const std::string model = shared("models/" + kModel), text = shared("data/calibration.txt");
@@ -256,11 +257,12 @@ TEST(TargetSize, ByBlocksErrorsAreTheBlockEncodersOwn) {
                                   "--tensor-type '.*=q3_K' -o q3.gguf Q8_0 -v 2>&1");
     ASSERT_EQ(written.exit_code, 0) << tail(written.output);
     std::map<std::string, double> reported;
-    const std::regex line(R"(\s+(blk\.\S+)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+(\S+)\s+->\s+(\S+))");
+    const std::regex line(R"(\s+(blk\.\S+|token_embd\.weight)\s+q3_K\s+\d+/\d+\s+rows\s+error\s+(\S+)\s+->\s+(\S+))");
     for (auto it = std::sregex_iterator(written.output.begin(), written.output.end(), line); it != std::sregex_iterator(); ++it) {
         reported[(*it)[1]] = std::stod((*it)[3]);
     }
     ASSERT_GE(reported.size(), 20u) << tail(written.output);
+    ASSERT_TRUE(reported.count("token_embd.weight")) << tail(written.output);
     const RunResult r = run("cd " + dir + " && " + imx_bin() + " quantize -m " + model + same_text +
                             "--candidates q3_K,q4_K --probe-groups role --sensitivity-chunks 1 --target-bpw 4 "
                             "--error-rows 0 -o mix.gguf --cache-dir cache 2>&1");

@@ -165,6 +165,9 @@ public:
     // step 1 for the tensors of one block collected by blocks (BlockErrors); the number measured, and the
     // distinct types measured in all blocks so far into `types`
     int measure_block(Imatrix & stats, std::set<ggml_type> & types);
+    // step 1 for the output head after the blocks (BlockErrors::keep_head): its statistics as the output's
+    // encoder takes them (a tied head's with the lookup's term); the number measured (0 or 1)
+    int measure_head(const Imatrix & head, std::set<ggml_type> & types);
 
 private:
     void select_tensors();
@@ -333,7 +336,7 @@ void TargetSearch::check_target() const {
 // large model they are the longest step to measure again.
 void TargetSearch::open_cache() {
     // by blocks the imatrix is collected here and named by cache_key (its file, if saved, is written after)
-    std::string key = "v4|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" +
+    std::string key = "v5|rows " + std::to_string(o_.error_rows) + "|" + file_stamp(model_) + "|" +
                       (o_.by_blocks ? std::string("collected") : file_stamp(o_.quantize.imatrix_file)) + "|" + o_.cache_key +
                       "|text " + file_stamp(o_.text_file) + "|ctx " + std::to_string(o_.ctx);
     if (o_.hessian) {
@@ -477,6 +480,41 @@ int TargetSearch::measure_block(Imatrix & stats, std::set<ggml_type> & types) {
     stats.covariances.clear();
     stats.covariances.shrink_to_fit();
     return (int) todo.size();
+}
+
+// The head's types are those the final search measures (the candidates and the probe type, as the search's
+// imatrix — which does not hold the head — lets it take them), each encoded as the output will be: llama-quantize's
+// encoding without imatrix weights (the output's first pass, and the probe's), then the Hessian encoder's where
+// it does better. Measured with llama-quantize's encoding alone, the search priced the head as if the re-encoding
+// did not happen, and kept bytes in it that the blocks could use.
+int TargetSearch::measure_head(const Imatrix & head, std::set<ggml_type> & types) {
+    const std::string & name = head.covariances.at(0).readers.at(0);
+    const auto t = std::find_if(tensors_.begin(), tensors_.end(), [&](const Tensor & x) { return x.name == name; });
+    if (t == tensors_.end()) {
+        return 0;  // llama-quantize keeps it as it is
+    }
+    std::vector<ggml_type> wanted = candidates_;
+    wanted.push_back(parse_ggml_type(o_.probe_type, "--probe-type"));
+    CandidateTensor c{name, {}};
+    for (ggml_type m : wanted) {
+        if (can_take(name, t->n_per_row, m, nullptr) && !cache_.has_error(name, m) &&
+            std::find(c.types.begin(), c.types.end(), m) == c.types.end()) {
+            c.types.push_back(m);
+            types.insert(m);
+        }
+    }
+    if (c.types.empty()) {
+        return 0;
+    }
+    CandidateErrorOptions eo;
+    eo.hessian = &head;
+    eo.hessian_options = hessian_options();
+    eo.sample_rows = o_.error_rows;
+    eo.threads = threads_;
+    measure_candidate_errors(src_, {c}, eo, [&](const std::string & n, const std::map<ggml_type, CandidateError> & errors) {
+        store_errors(n, errors);
+    });
+    return 1;
 }
 
 // The output's header and the tensors it keeps as they are, exactly: a sparse scratch file laid out as
@@ -809,7 +847,23 @@ void BlockErrors::keep_head(Imatrix & collection) {
             ++it;
         }
     }
-    if (spill_ && !head.covariances.empty()) {
+    if (head.covariances.empty()) {
+        return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!search_) {
+        search_ = std::make_unique<Search>(o_);
+    }
+    if (has_output_head(model)) {
+        tensors_ += search_->search.measure_head(head, search_->types);
+    } else if (head.covariances.front().full()) {  // tied: the objective the output encodes it under
+        Imatrix tied = head;
+        add_lookup_term(tied);
+        tensors_ += search_->search.measure_head(tied, search_->types);
+    }
+    types_ = (int) search_->types.size();
+    seconds_ += seconds_since(t0);
+    if (spill_) {
         spill_->put(block_count(model), head);  // after the last block
     }
 }

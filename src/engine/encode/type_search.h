@@ -134,9 +134,10 @@ public:
     explicit BlockErrors(const TargetOptions & o);
     ~BlockErrors();
     void operator()(int block, Imatrix & stats);
-    // Moves the output head's statistics out of the collection (collect --process-output, tied_head) and keeps
-    // them after the blocks' for the output's Hessian encoding of the head; not measured (the search keeps
-    // llama-quantize's encoding's errors for it), nor left in the search's imatrix or its saved file.
+    // Moves the output head's statistics out of the collection (collect --process-output, tied_head), measures
+    // the head's candidate errors with them as the output will encode it (written without imatrix weights, then
+    // re-encoded under its input's covariance; a head tied to token_embd under the lookup's term too), and keeps
+    // them after the blocks' for that output; not left in the search's imatrix or its saved file.
     void keep_head(Imatrix & collection);
     // the blocks' statistics kept on disk for the output (without --sequential, whose passes collect anew); null
     // where not kept, or dropped: spill_note() says why
