@@ -606,8 +606,16 @@ void TargetSearch::measure_sensitivities(const Evaluator & eval) {
     }
 }
 
-// One metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one.
+// One metric per tensor: the Hessian error where every measured type of it has one, else the diagonal one —
+// except the output head of a block-by-block search with --sequential, priced with llama-quantize's encoding
+// (its diagonal errors, measured beside the Hessian ones): with its Hessian errors the search moved bytes from
+// the head to the token embedding, which won without the sequential pass (deepseek3-tiny at the Q2_K size,
+// held-out KLD −5.1%) and lost with it (+2.2%), whose quantized stream starts from the embedding's own errors and
+// fits every block to them (docs/allocation.md).
 bool TargetSearch::hessian_metric(const Tensor & t) const {
+    if (o_.by_blocks && o_.by_blocks->sequential && t.name == head_weight(src_)) {
+        return false;
+    }
     bool hessian = true;
     for (const auto & [type, e] : cache_.j["tensors"][t.name]["errors"].items()) {
         hessian = hessian && e.contains("hessian");
