@@ -172,6 +172,11 @@ public:
 private:
     void select_tensors();
     void store_errors(const std::string & name, const std::map<ggml_type, CandidateError> & errors);
+    std::vector<ggml_type> candidates_and_probe() const;
+    CandidateTensor unmeasured(const Tensor & t, const std::vector<ggml_type> & of, const QuantWeights * weights,
+                               std::set<ggml_type> & types) const;
+    void measure(const std::vector<CandidateTensor> & todo, const QuantWeights * weights, const Imatrix * hessian,
+                 const std::function<void()> & each = {});
     void check_target() const;
     void open_cache();
     void choose_probes();
@@ -388,29 +393,16 @@ void TargetSearch::measure_errors() {
     std::vector<CandidateTensor> todo;
     std::set<ggml_type> types;
     for (const Tensor & t : tensors_) {
-        CandidateTensor c{t.name, {}};
-        for (ggml_type m : measured_) {
-            if (takes(t, m) && !cache_.has_error(t.name, m)) {
-                c.types.push_back(m);
-                types.insert(m);
-            }
-        }
+        CandidateTensor c = unmeasured(t, measured_, o_.quantize.weights, types);
         if (!c.types.empty()) {
             todo.push_back(std::move(c));
         }
     }
-    CandidateErrorOptions eo;
-    eo.weights = o_.quantize.weights;
-    eo.hessian = o_.hessian;
-    eo.hessian_options = hessian_options();
-    eo.sample_rows = o_.error_rows;
-    eo.threads = threads_;
     int done = 0;
     if (o_.progress) {
         o_.progress("errors", 0, (int) todo.size());
     }
-    measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
-        store_errors(name, errors);
+    measure(todo, o_.quantize.weights, o_.hessian, [&] {
         if (o_.progress) {
             o_.progress("errors", ++done, (int) todo.size());
         }
@@ -436,6 +428,47 @@ void TargetSearch::store_errors(const std::string & name, const std::map<ggml_ty
     cache_.save();
 }
 
+// What step 1 measures during a block-by-block collection, before choose_probes: every candidate and the probe type.
+std::vector<ggml_type> TargetSearch::candidates_and_probe() const {
+    std::vector<ggml_type> types = candidates_;
+    const ggml_type probe = parse_ggml_type(o_.probe_type, "--probe-type");
+    if (std::find(types.begin(), types.end(), probe) == types.end()) {
+        types.push_back(probe);
+    }
+    return types;
+}
+
+// The types of `of` that t takes with these imatrix weights and the cache does not hold yet; each into `types`.
+CandidateTensor TargetSearch::unmeasured(const Tensor & t, const std::vector<ggml_type> & of, const QuantWeights * weights,
+                                         std::set<ggml_type> & types) const {
+    CandidateTensor c{t.name, {}};
+    for (ggml_type m : of) {
+        if (can_take(t.name, t.n_per_row, m, weights) && !cache_.has_error(t.name, m)) {
+            c.types.push_back(m);
+            types.insert(m);
+        }
+    }
+    return c;
+}
+
+// Step 1 in memory for `todo`, with these imatrix weights and covariances; each tensor stored in the cache as it
+// is done, then `each` called.
+void TargetSearch::measure(const std::vector<CandidateTensor> & todo, const QuantWeights * weights,
+                           const Imatrix * hessian, const std::function<void()> & each) {
+    CandidateErrorOptions eo;
+    eo.weights = weights;
+    eo.hessian = hessian;
+    eo.hessian_options = hessian_options();
+    eo.sample_rows = o_.error_rows;
+    eo.threads = threads_;
+    measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
+        store_errors(name, errors);
+        if (each) {
+            each();
+        }
+    });
+}
+
 // Step 1 for one collected block: its tensors at the candidates and the probe type, with the block's covariances
 // and the imatrix weights of its own sums (the prior's targets are per tensor, so they are the whole run's); the
 // covariances are freed after.
@@ -447,36 +480,18 @@ int TargetSearch::measure_block(Imatrix & stats, std::set<ggml_type> & types) {
         shapes_ = model_tensor_shapes(model_);
     }
     const QuantWeights weights = quant_weights(stats, o_.by_blocks->prior, shapes_);
-    std::vector<ggml_type> wanted = candidates_;
-    const ggml_type probe = parse_ggml_type(o_.probe_type, "--probe-type");
-    if (std::find(wanted.begin(), wanted.end(), probe) == wanted.end()) {
-        wanted.push_back(probe);
-    }
+    const std::vector<ggml_type> wanted = candidates_and_probe();
     std::vector<CandidateTensor> todo;
     for (const Tensor & t : tensors_) {
         if (!stats.tensors.count(t.name)) {
             continue;
         }
-        CandidateTensor c{t.name, {}};
-        for (ggml_type m : wanted) {
-            if (can_take(t.name, t.n_per_row, m, &weights) && !cache_.has_error(t.name, m)) {
-                c.types.push_back(m);
-                types.insert(m);
-            }
-        }
+        CandidateTensor c = unmeasured(t, wanted, &weights, types);
         if (!c.types.empty()) {
             todo.push_back(std::move(c));
         }
     }
-    CandidateErrorOptions eo;
-    eo.weights = &weights;
-    eo.hessian = &stats;
-    eo.hessian_options = hessian_options();
-    eo.sample_rows = o_.error_rows;
-    eo.threads = threads_;
-    measure_candidate_errors(src_, todo, eo, [&](const std::string & name, const std::map<ggml_type, CandidateError> & errors) {
-        store_errors(name, errors);
-    });
+    measure(todo, &weights, &stats);
     stats.covariances.clear();
     stats.covariances.shrink_to_fit();
     return (int) todo.size();
@@ -486,34 +501,18 @@ int TargetSearch::measure_block(Imatrix & stats, std::set<ggml_type> & types) {
 // imatrix — which does not hold the head — lets it take them), each encoded as the output will be: llama-quantize's
 // encoding without imatrix weights (the output's first pass, and the probe's), then the Hessian encoder's where
 // it does better. Measured with llama-quantize's encoding alone, the search priced the head as if the re-encoding
-// did not happen, and kept bytes in it that the blocks could use.
+// did not happen, and kept bytes in it that other tensors could use.
 int TargetSearch::measure_head(const Imatrix & head, std::set<ggml_type> & types) {
     const std::string & name = head.covariances.at(0).readers.at(0);
     const auto t = std::find_if(tensors_.begin(), tensors_.end(), [&](const Tensor & x) { return x.name == name; });
     if (t == tensors_.end()) {
         return 0;  // llama-quantize keeps it as it is
     }
-    std::vector<ggml_type> wanted = candidates_;
-    wanted.push_back(parse_ggml_type(o_.probe_type, "--probe-type"));
-    CandidateTensor c{name, {}};
-    for (ggml_type m : wanted) {
-        if (can_take(name, t->n_per_row, m, nullptr) && !cache_.has_error(name, m) &&
-            std::find(c.types.begin(), c.types.end(), m) == c.types.end()) {
-            c.types.push_back(m);
-            types.insert(m);
-        }
-    }
+    const CandidateTensor c = unmeasured(*t, candidates_and_probe(), nullptr, types);
     if (c.types.empty()) {
         return 0;
     }
-    CandidateErrorOptions eo;
-    eo.hessian = &head;
-    eo.hessian_options = hessian_options();
-    eo.sample_rows = o_.error_rows;
-    eo.threads = threads_;
-    measure_candidate_errors(src_, {c}, eo, [&](const std::string & n, const std::map<ggml_type, CandidateError> & errors) {
-        store_errors(n, errors);
-    });
+    measure({c}, nullptr, &head);
     return 1;
 }
 
