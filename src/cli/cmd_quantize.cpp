@@ -94,13 +94,6 @@ HessianSummary summarize(const std::vector<engine::HessianTensorReport> & report
     return s;
 }
 
-SequentialSummary summarize_sequential(const std::vector<engine::HessianTensorReport> & reports) {
-    std::vector<engine::HessianTensorReport> again, only;
-    for (const auto & r : reports) {
-        (r.compared ? again : only).push_back(r);
-    }
-    return {summarize(again), summarize(only)};
-}
 
 void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs) {
     j["hessian_tensors"] = hs.tensors;

@@ -79,17 +79,20 @@ void run_by_blocks(QuantizeCommand & o) {
     };
     const engine::StreamQuantizeResult r = engine::quantize_by_blocks(s);
     const double secs = bar ? bar->seconds() : 0;
-    if (s.hessian) {
+    if (s.hessian && !s.sequential) {  // --sequential's encoding is reported below
         print_hessian_reports(r.reports, o.verbose, false);
     }
+    std::vector<engine::HessianTensorReport> blocks;  // --sequential's block tensors (the head is reported below)
+    for (const engine::HessianTensorReport & t : r.sequential_reports) {
+        if (t.name != engine::kOutputHead && t.name != engine::kTokenEmbedding) {
+            blocks.push_back(t);
+        }
+    }
+    const HessianSummary seq = summarize(blocks);
     if (s.sequential) {
-        const SequentialSummary ss = summarize_sequential(r.sequential_reports);
-        std::fprintf(stderr, "imx quantize: sequential: %lld tensors encoded again toward their shifted targets (%lld of "
-                             "%lld rows changed, error %.1f%% below the first encoding's), %lld encoded there only "
-                             "(the blocks' last matrices, whose first encoding step 1 skips)\n",
-                     (long long) ss.again.tensors, (long long) ss.again.rows_improved, (long long) ss.again.rows,
-                     ss.again.loss_diagonal > 0 ? 100.0 * (1.0 - ss.again.loss_final / ss.again.loss_diagonal) : 0.0,
-                     (long long) ss.only.tensors);
+        std::fprintf(stderr, "imx quantize: sequential: %lld tensors encoded toward their shifted targets (%lld rows, "
+                             "output error %.6g), in %d stages a block: each matrix after those its input depends on\n",
+                     (long long) seq.tensors, (long long) seq.rows, seq.loss_final, r.sequential_stages);
     }
     const engine::HessianTensorReport * head = nullptr;  // the output head, re-encoded after the last block
     for (const auto * list : {&r.reports, &r.sequential_reports}) {
@@ -112,7 +115,7 @@ void run_by_blocks(QuantizeCommand & o) {
     const uint64_t in_size = engine::model_file_bytes(o.q.model), out_size = std::filesystem::file_size(o.q.output);
     std::fprintf(stderr, "imx quantize: block by block over %u chunks of %s%s: %d blocks (%d from the checkpoint); "
                          "%.1f s through the blocks, %.1f s encoding\n",
-                 r.chunks, o.text.c_str(), o.sequential ? " (sequential: three block passes a block)" : "", r.blocks,
+                 r.chunks, o.text.c_str(), o.sequential ? " (sequential: the float block, its stages, the final block)" : "", r.blocks,
                  r.blocks_resumed, r.seconds_passes, r.seconds_encode);
     std::fprintf(stderr, "imx quantize: %s -> %s (%s), %.2f MiB -> %.2f MiB in %s\n", o.q.model.c_str(),
                  o.q.output.c_str(), o.q.type.c_str(), in_size / 1048576.0, out_size / 1048576.0, clock_str(secs).c_str());
@@ -134,15 +137,13 @@ void run_by_blocks(QuantizeCommand & o) {
         j["seconds"] = secs;
         j["seconds_passes"] = r.seconds_passes;
         j["seconds_encode"] = r.seconds_encode;
-        add_hessian_json(j, summarize(r.reports));
+        if (!s.sequential) {
+            add_hessian_json(j, summarize(r.reports));
+        }
         if (s.sequential) {
-            const SequentialSummary ss = summarize_sequential(r.sequential_reports);
-            j["sequential_tensors"] = ss.again.tensors + ss.only.tensors;
-            j["sequential_rows_changed"] = ss.again.rows_improved;  // of the tensors step 1 encoded
-            // the tensors step 1 encoded: their first encoding's error and their final one, under the shifted objective
-            j["sequential_error_first"] = ss.again.loss_diagonal;
-            j["sequential_error_again"] = ss.again.loss_final;
-            j["sequential_error"] = ss.again.loss_final + ss.only.loss_final;  // every tensor step 2 encoded
+            j["sequential_tensors"] = seq.tensors;
+            j["sequential_stages"] = r.sequential_stages;
+            j["sequential_error"] = seq.loss_final;  // under the shifted objective, every block tensor it encoded
         }
         if (head) {  // the errors under its objective (with --sequential, the shifted one)
             j["output_head"] = {{"type", head->type}, {"rows", head->rows}, {"rows_changed", head->rows_improved},

@@ -71,11 +71,6 @@ struct HessianSummary {
     bool    compared = true;  // every tensor against a diagonal encoding (not --sequential's first encoding)
 };
 HessianSummary summarize(const std::vector<engine::HessianTensorReport> & reports);
-// --sequential's step 2: the tensors encoded again (compared with step 1's encoding) and those encoded there only.
-struct SequentialSummary {
-    HessianSummary again, only;
-};
-SequentialSummary summarize_sequential(const std::vector<engine::HessianTensorReport> & reports);
 void add_hessian_json(nlohmann::ordered_json & j, const HessianSummary & hs);
 
 // The Hessian pass's summary line on stderr, and with `verbose` a line per tensor.

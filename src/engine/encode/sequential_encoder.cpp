@@ -72,7 +72,7 @@ TensorReplacements block_tensors(const std::string & quantized, int b) {
 
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
-                                 const BlockPassSettings & s, InputTape * recorded) {
+                                 const BlockPassSettings & s, InputTape * recorded, const std::string & only) {
     const ScratchFile quant_file(s.scratch + ".qblock.gguf");
     write_block_model(model, io, b, quantized, quant_file.path(), s.weights);
     TargetInputs float_inputs;
@@ -87,7 +87,10 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
                                                      TargetInputs::eval_callback, &float_inputs);
     }
     ActivationCollector quant_cov(s.chunk_size, false, false, s.threads, s.covariance_budget);
-    quant_cov.stop_after_last_weight(false);
+    quant_cov.stop_after_last_weight(!only.empty());
+    if (!only.empty()) {
+        quant_cov.only_tensors(only);
+    }
     quant_cov.cross_with(&float_inputs);
     BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
                              ActivationCollector::eval_callback, &quant_cov);
@@ -106,7 +109,8 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
         }
         hq.read(c, in);
         quant_cov.begin_chunk((uint32_t) c);
-        if (!quant_runner.run(in, out, (uint32_t) c) || !quant_cov.error().empty()) {
+        const bool whole = quant_runner.run(in, out, (uint32_t) c);
+        if ((!whole && only.empty()) || !quant_cov.error().empty()) {
             throw Error(model.path() + ": " + quant_cov.error() + " (block " + std::to_string(b) +
                         ", the quantized stream, chunk " + std::to_string(c) + ")");
         }

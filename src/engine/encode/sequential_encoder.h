@@ -69,10 +69,13 @@ struct BlockPassSettings {
 // with `quantized`'s tensors over hq — the covariances X̃ᵀX̃ and cross terms X̃ᵀX of block b's weights, named as in
 // the model (for kBlockOutputMatrices, X̃ᵀY against the float block's outputs Y where TargetInputs records them).
 // With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
-// from there: the float block is not run again, h is not read and `next` not written.
+// from there: the float block is not run again, h is not read and `next` not written. With `only` (a regex of
+// the block model's weight names, blk.0.*), the statistics of those weights alone, and each run of the quantized block
+// ends after the last of them (from the second chunk on: the first shows which is last).
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
-                                 const BlockPassSettings & s, InputTape * recorded = nullptr);
+                                 const BlockPassSettings & s, InputTape * recorded = nullptr,
+                                 const std::string & only = "");
 
 // Block b with `tensors` over `in`, its output into `out`.
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

@@ -17,6 +17,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_runner.h"
+#include "engine/stream/block_stages.h"
 #include "engine/stream/head_statistics.h"
 #include "engine/stream/hidden_stream.h"
 #include "engine/stream/input_tape.h"
@@ -105,8 +106,9 @@ public:
 private:
     void write_tensor(const std::string & name, const QuantWeights * weights);
     void encode_block(int b, const Imatrix & sums, const Imatrix * covariances, const std::set<std::string> & later = {});
-    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr);
-    TensorReplacements encoded_block(int b) const;
+    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr,
+                    BlockStages * stages = nullptr);
+    TensorReplacements encoded_block(int b, const std::set<std::string> & except = {}) const;
     void encode_again(const Imatrix & shifted, bool fresh);
     void refit_norms(int b, const Imatrix & stats);
     void pass_sequential(int b, const HiddenStates & in, const HiddenStates & in_q, HiddenStates & next,
@@ -114,6 +116,7 @@ private:
     void encode_head(const Imatrix & head);
     void check_interrupt(int b) const;
     void progress(int b);
+    void plan_progress(int b, size_t stages);
 
     const StreamQuantizeOptions & o_;
     const TensorTable             table_;
@@ -334,9 +337,8 @@ void BlockQuantizer::refit_norms(int b, const Imatrix & stats) {
     }
 }
 
-// Step 2 of --sequential: the block encoded again toward its shifted targets, row by row the better of that and
-// what the output holds (step 1's encoding) under the shifted objective; `fresh`: tensors step 1 left alone,
-// which take step 2's encoding whole.
+// --sequential's encoding toward the shifted targets: `fresh`, of matrices not written yet (a stage of a block);
+// else row by row the better of it and what the output holds, under the shifted objective (the output head).
 void BlockQuantizer::encode_again(const Imatrix & shifted, bool fresh) {
     const auto t0 = std::chrono::steady_clock::now();
     HessianOptions h = o_.hessian_options;
@@ -375,6 +377,13 @@ void BlockQuantizer::check_interrupt(int b) const {
     }
 }
 
+// --sequential's chunk passes a block: step 1, a stage's run each, step 3 (passes_total_ assumed 3 until the
+// first block's stages are known; every block of a model has as many).
+void BlockQuantizer::plan_progress(int b, size_t stages) {
+    const uint64_t chunks = chunks_.size();
+    passes_total_ = passes_done_ + stages * chunks + chunks + (stages + 2) * chunks * (uint64_t) (blocks_ - b - 1);
+}
+
 void BlockQuantizer::progress(int b) {
     passes_done_ += 1;
     if (o_.progress) {
@@ -382,26 +391,29 @@ void BlockQuantizer::progress(int b) {
     }
 }
 
-// The float block over h: sums (and covariances) into `sums`, its output into `next`, and with `record` its
-// matmul inputs too, chunk by chunk (--sequential reads them back instead of running the block again).
-void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record) {
+// The float block over h: sums (and covariances) into `sums`, its output into `next`; for --sequential (`record`)
+// its matmul inputs too, chunk by chunk, read back instead of running the block again, and with `stages` the
+// order its matrices depend on one another in (from the first chunk's graph).
+void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record,
+                                BlockStages * stages) {
     const ScratchFile block_file(scratch_base_ + ".block.gguf");
     // as given: the type search collects its blocks with `collect`'s runner and expects these sums to the byte
     write_block_model(table_, io_, b, {}, block_file.path());
-    ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
+    // --sequential encodes from the quantized stream's covariances alone: none of the float stream's
+    ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian && !record ? o_.covariance_budget : 0);
     col.stop_after_last_weight(false);
-    if (record) {  // --sequential's step 1 encodes none of the block's last matrices: no covariance for them
-        col.covariance_tensors(std::string("^(?!.*") + kBlockOutputMatrices + ")");
-    }
     TargetInputs inputs;
     inputs.stop_after_last_input(false);
     inputs.record_outputs_of(kBlockOutputMatrices);  // step 2's cross term for them: X̃ᵀY
-    EvalChain both;
-    both.add(ActivationCollector::eval_callback, &col);
-    both.add(TargetInputs::eval_callback, &inputs);
+    EvalChain chain;
+    chain.add(ActivationCollector::eval_callback, &col);
+    chain.add(TargetInputs::eval_callback, &inputs);
+    if (stages) {
+        chain.add(BlockStages::eval_callback, stages);
+    }
     BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers,
                        record ? EvalChain::callback : ActivationCollector::eval_callback,
-                       record ? (void *) &both : (void *) &col);
+                       record ? (void *) &chain : (void *) &col);
     std::vector<float> in, out;
     for (size_t c = 0; c < chunks_.size(); ++c) {
         check_interrupt(b);
@@ -411,6 +423,9 @@ void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * ne
         const bool ok = runner.run(in, out, (uint32_t) c);
         if (!ok || !col.error().empty()) {
             throw Error(o_.quantize.model + ": " + col.error() + " (block " + std::to_string(b) + ")");
+        }
+        if (stages) {
+            stages->stop();
         }
         if (next) {
             next->write(c, out.data());
@@ -423,50 +438,109 @@ void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * ne
     add_block(sums, std::move(col.data()), b);
 }
 
-// The block's tensors as the output holds them now, for a block model of the quantized stream.
-TensorReplacements BlockQuantizer::encoded_block(int b) const {
+// The block's tensors as the output holds them now (but `except`), for a block model of the quantized stream.
+TensorReplacements BlockQuantizer::encoded_block(int b, const std::set<std::string> & except) const {
     TensorReplacements encoded;
     for (const PlannedTensor & p : plan_) {
-        if (block_of(p.name) == b) {  // those kept in their type too: --refit-norms rewrites norms and routers
+        if (block_of(p.name) == b && !except.contains(p.name)) {  // those kept in their type too: --refit-norms rewrites norms and routers
             encoded[p.name] = {writer_->type_of(p.name), writer_->read(p.name)};
         }
     }
     return encoded;
 }
 
-// --sequential, the two-step path's algorithm one block at a time:
-//   1. the float block over h: sums and whole covariances, h_{b+1}, and its matmul inputs X recorded chunk by
-//      chunk (engine/stream/input_tape.h) → the block encoded (Hessian; diagonal only where it does not encode),
-//      except its last matrices (ffn_down*): their outputs feed no matrix of the block, so step 2's inputs do
-//      not depend on them, and their step-1 encoding would only have been a candidate that step 2's rows beat
-//      (a Q3_K search per row and round, the block's widest covariance: ~a third of step 1's encoding, saved);
-//   2. chunk by chunk, the block as step 1 encoded it over h̃ beside step 1's X (X̃ᵀX̃ and X̃ᵀX) → encoded again
-//      toward the shifted targets, each row the better of that and step 1's under the shifted objective;
+// --sequential, one block at a time:
+//   1. the float block over h: sums, h_{b+1}, its matmul inputs X recorded chunk by chunk (engine/stream/
+//      input_tape.h), and the order its matrices depend on one another in (engine/stream/block_stages.h);
+//   2. stage by stage (q/k/v; attn_output; gate/up; down in a dense block), the block over h̃ with the matrices
+//      of the stages before encoded and the rest in float, each run ending after the stage's matrices: their
+//      X̃ᵀX̃ and X̃ᵀX (X̃ᵀY for ffn_down) → the stage encoded toward its shifted targets — so every matrix is fitted
+//      to the inputs the file gives it, and encoded once;
 //   3. the final block over h̃ → h̃_{b+1}.
-// (Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
-// the float block over h̃ (three passes instead of four), or from the diagonal encoding: 5-7% higher KLD than
-// the two-step path on both shared models; and step 3 dropped, h̃_{b+1} taken from step 2's run: 13% higher on
-// deepseek3-tiny; docs/streaming.md.)
+// (Before, step 2 ran the whole block as a first Hessian encoding from XᵀX left it and encoded every matrix
+// again: two encodings a block, and the later matrices fitted to inputs from the earlier ones' first encoding.
+// Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
+// the float block over h̃, or from the diagonal encoding: 5-7% higher KLD on both shared models; step 3 dropped,
+// h̃_{b+1} taken from step 2's run: 13% higher on deepseek3-tiny; docs/streaming.md.)
 void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                      HiddenStates & next_q, Imatrix & sums) {
     const auto t0 = std::chrono::steady_clock::now();
-    Imatrix first;  // step 1's sums and covariances
+    Imatrix first;  // step 1's sums
     InputTape float_inputs(scratch_base_ + ".inputs");
-    pass_plain(b, h, &next, first, &float_inputs);
-    Imatrix block_sums;
-    block_sums.tensors = first.tensors;
+    BlockStages order;
+    pass_plain(b, h, &next, first, &float_inputs, &order);
     for (const auto & [name, ts] : first.tensors) {
         sums.tensors[name] = ts;
     }
     res_.seconds_passes += seconds_since(t0);
-    std::set<std::string> later;
+
+    // the block model names block b's tensors blk.0.*
+    const std::string prefix = "blk." + std::to_string(b) + ".";
+    const auto in_model = [&](const std::string & graph_name) { return prefix + graph_name.substr(6); };
+    const QuantWeights qw = quant_weights(first, o_.prior, shapes_);
+    std::set<std::string> changed;  // by their names in the block model
     for (const PlannedTensor & p : plan_) {
-        if (block_of(p.name) == b && p.name.find(kBlockOutputMatrices) != std::string::npos) {
-            later.insert(p.name);
+        if (block_of(p.name) == b) {
+            if (writer_->type_of(p.name) != table_.find(p.name)->type) {
+                changed.insert("blk.0." + p.name.substr(prefix.size()));
+            } else {
+                write_tensor(p.name, &qw);  // norms, routers: as they are
+            }
         }
     }
-    encode_block(b, block_sums, &first, later);
-    first = Imatrix{};  // its memory back before the next covariances
+    const std::vector<std::vector<std::string>> stages = order.stages(changed);
+    std::set<std::string> pending;  // not written yet: the block model takes them from the float model
+    for (const std::vector<std::string> & stage : stages) {
+        for (const std::string & w : stage) {
+            pending.insert(in_model(w));
+        }
+    }
+    for (const std::string & w : changed) {  // none here: matrices the graph never multiplied
+        if (!pending.contains(in_model(w))) {
+            write_tensor(in_model(w), &qw);
+        }
+    }
+    plan_progress(b, stages.size());
+    res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
+
+    for (size_t k = 0; k < stages.size(); ++k) {
+        std::string only;
+        for (const std::string & w : stages[k]) {
+            only += (only.empty() ? "^(" : "|") + std::regex_replace(w, std::regex(R"(\.)"), R"(\.)");
+        }
+        only += ")$";
+        const BlockPassSettings bp{scratch_base_,
+                                   o_.chunk_size,
+                                   threads_,
+                                   o_.n_gpu_layers,
+                                   fastest_block_weights(o_.n_gpu_layers),
+                                   o_.covariance_budget,
+                                   [&](size_t) { check_interrupt(b); },
+                                   [&](size_t) { progress(b); }};
+        const TensorReplacements done = encoded_block(b, pending);
+        const auto t1 = std::chrono::steady_clock::now();
+        float_inputs.rewind();
+        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, only);
+        res_.seconds_passes += seconds_since(t1);
+        encode_again(shifted, true);
+        if (o_.refit_norms) {
+            refit_norms(b, shifted);
+        }
+        // a matrix without a covariance (budget, per-head weights) takes the diagonal encoding
+        std::set<std::string> stage;
+        for (const std::string & w : stages[k]) {
+            stage.insert(in_model(w));
+        }
+        for (const HessianTensorReport & r : res_.sequential_reports) {
+            stage.erase(r.name);
+        }
+        for (const std::string & name : stage) {
+            write_tensor(name, &qw);
+        }
+        for (const std::string & w : stages[k]) {
+            pending.erase(in_model(w));
+        }
+    }
 
     const BlockPassSettings bp{scratch_base_,
                                o_.chunk_size,
@@ -476,43 +550,6 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
                                o_.covariance_budget,
                                [&](size_t) { check_interrupt(b); },
                                [&](size_t) { progress(b); }};
-    const auto t1 = std::chrono::steady_clock::now();
-    float_inputs.rewind();
-    Imatrix shifted = shifted_block_statistics(table_, io_, b, encoded_block(b), h, hq, next, bp, &float_inputs);
-    res_.seconds_passes += seconds_since(t1);
-    Imatrix last;  // the covariances of the last matrices' inputs, which step 1 did not encode
-    last.tensors = shifted.tensors;
-    for (auto it = shifted.covariances.begin(); it != shifted.covariances.end();) {
-        const bool step2_only = std::all_of(it->readers.begin(), it->readers.end(),
-                                            [&](const std::string & r) { return later.contains(r); });
-        if (step2_only) {
-            last.covariances.push_back(std::move(*it));
-            it = shifted.covariances.erase(it);
-        } else {
-            ++it;
-        }
-    }
-    const size_t block_reports = res_.sequential_reports.size();  // this block's step-2 reports start here
-    encode_again(shifted, false);
-    encode_again(last, true);
-    if (o_.refit_norms) {
-        refit_norms(b, shifted);
-    }
-    shifted = Imatrix{};
-    last = Imatrix{};
-    // a last matrix step 2 did not encode either (no covariance: budget, or kept in its type) takes the diagonal
-    // encoding now, as step 1 would have given it
-    std::set<std::string> unencoded = later;
-    for (size_t i = block_reports; i < res_.sequential_reports.size(); ++i) {
-        unencoded.erase(res_.sequential_reports[i].name);
-    }
-    if (!unencoded.empty()) {
-        const QuantWeights qw = quant_weights(block_sums, o_.prior, shapes_);
-        for (const std::string & name : unencoded) {
-            write_tensor(name, &qw);
-        }
-    }
-
     const auto t2 = std::chrono::steady_clock::now();
     run_block(table_, io_, b, encoded_block(b), hq, next_q, bp);
     res_.seconds_passes += seconds_since(t2);
@@ -524,7 +561,7 @@ StreamQuantizeResult BlockQuantizer::run() {
     if (o_.collected && (o_.sequential || keep)) {
         throw Error("statistics collected before go with neither --sequential nor checkpoints");
     }
-    const int passes = o_.sequential ? 3 : 1;  // chunk passes counted: step 1, step 2 (both models), step 3
+    const int passes = o_.sequential ? 3 : 1;  // chunk passes counted: step 1, step 2 (plan_progress), step 3
     passes_total_ = o_.collected ? (uint64_t) blocks_ : (uint64_t) passes * chunks_.size() * (uint64_t) blocks_;
     QuantizedHeader header{o_.quantize.type,
                            o_.imatrix_output.empty() ? "imx quantize: collected block by block" : o_.imatrix_output,

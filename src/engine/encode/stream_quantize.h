@@ -8,13 +8,13 @@
 //                     per expert and head, within --covariance-budget for the block), h_{b+1};
 //                     encode b's tensors as llama-quantize does with those sums (the diagonal encoding), then
 //                     with the Hessian encoder (engine/encode/hessian_encoder.h), row by row the better of the two.
-//   --sequential:     the two-step path's algorithm a block at a time: b encoded as above; then chunk by chunk in
-//                     lockstep, float block b over h_b (its matmul inputs X kept for the chunk; h_{b+1}) and the
-//                     encoded block b over h̃_b (the covariance X̃ᵀX̃ of its inputs and the cross term X̃ᵀX); b encoded
-//                     again toward w + γ·H̃⁻¹(X̃ᵀX − X̃ᵀX̃)w, row by row the better of that and the first encoding under
-//                     the same objective; then the final block b over h̃_b → h̃_{b+1}.
-// Four block passes per block with --sequential (O(L) in all, where the two-step path re-runs the model from its
-// first block for every block), one without; the weights of each block read once.
+//   --sequential:     float block b over h_b → its sums, h_{b+1}, its matmul inputs X kept chunk by chunk; then
+//                     stage by stage (engine/stream/block_stages.h: q/k/v; attn_output; gate/up; down), block b
+//                     over h̃_b with the earlier stages' matrices encoded → the covariance X̃ᵀX̃ of the stage's inputs
+//                     and the cross term X̃ᵀX; the stage encoded toward w + γ·H̃⁻¹(X̃ᵀX − X̃ᵀX̃)w; then the final
+//                     block b over h̃_b → h̃_{b+1}. Each matrix encoded once, fitted to the inputs the file gives it.
+// O(L) block passes with --sequential (the stages' runs end after their matrices), where the two-step path
+// re-runs the model from its first block for every block; the weights of each block read once.
 //
 // The output is written as llama_model_quantize writes it (engine/encode/model_writer.h): the same keys, tensor
 // order, types and offsets; with --method diagonal it is llama-quantize's file from the same imatrix, byte for
@@ -72,8 +72,9 @@ struct StreamQuantizeOptions {
 
 struct StreamQuantizeResult {
     Imatrix                          imatrix;  // the unquantized stream's sums
-    std::vector<HessianTensorReport> reports;             // the Hessian encoding (step 1 with --sequential)
-    std::vector<HessianTensorReport> sequential_reports;  // --sequential's step 2, against the shifted targets
+    std::vector<HessianTensorReport> reports;             // the Hessian encoding (none with --sequential)
+    std::vector<HessianTensorReport> sequential_reports;  // --sequential's, against the shifted targets
+    int                              sequential_stages = 0;  // the most stages a block was encoded in
     int                              blocks = 0, blocks_resumed = 0;
     uint32_t                         chunks = 0;
     double                           seconds_passes = 0, seconds_encode = 0;
