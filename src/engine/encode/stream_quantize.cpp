@@ -495,13 +495,21 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             pending.insert(in_model(w));
         }
     }
-    for (const std::string & w : changed) {  // none here: matrices the graph never multiplied
+    for (const std::string & w : changed) {  // a matrix the graph never multiplied: the diagonal encoding
         if (!pending.contains(in_model(w))) {
             write_tensor(in_model(w), &qw);
         }
     }
     plan_progress(b, stages.size());
     res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
+    const BlockPassSettings bp{scratch_base_,
+                               o_.chunk_size,
+                               threads_,
+                               o_.n_gpu_layers,
+                               fastest_block_weights(o_.n_gpu_layers),
+                               o_.covariance_budget,
+                               [&](size_t) { check_interrupt(b); },
+                               [&](size_t) { progress(b); }};
 
     for (size_t k = 0; k < stages.size(); ++k) {
         std::string only;
@@ -509,14 +517,6 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             only += (only.empty() ? "^(" : "|") + std::regex_replace(w, std::regex(R"(\.)"), R"(\.)");
         }
         only += ")$";
-        const BlockPassSettings bp{scratch_base_,
-                                   o_.chunk_size,
-                                   threads_,
-                                   o_.n_gpu_layers,
-                                   fastest_block_weights(o_.n_gpu_layers),
-                                   o_.covariance_budget,
-                                   [&](size_t) { check_interrupt(b); },
-                                   [&](size_t) { progress(b); }};
         const TensorReplacements done = encoded_block(b, pending);
         const auto t1 = std::chrono::steady_clock::now();
         float_inputs.rewind();
@@ -542,14 +542,6 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
         }
     }
 
-    const BlockPassSettings bp{scratch_base_,
-                               o_.chunk_size,
-                               threads_,
-                               o_.n_gpu_layers,
-                               fastest_block_weights(o_.n_gpu_layers),
-                               o_.covariance_budget,
-                               [&](size_t) { check_interrupt(b); },
-                               [&](size_t) { progress(b); }};
     const auto t2 = std::chrono::steady_clock::now();
     run_block(table_, io_, b, encoded_block(b), hq, next_q, bp);
     res_.seconds_passes += seconds_since(t2);
