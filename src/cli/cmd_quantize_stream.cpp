@@ -139,8 +139,7 @@ void run_by_blocks(QuantizeCommand & o) {
         j["seconds_encode"] = r.seconds_encode;
         if (!s.sequential) {
             add_hessian_json(j, summarize(r.reports));
-        }
-        if (s.sequential) {
+        } else {
             j["sequential_tensors"] = seq.tensors;
             j["sequential_stages"] = r.sequential_stages;
             j["sequential_error"] = seq.loss_final;  // under the shifted objective, every block tensor it encoded

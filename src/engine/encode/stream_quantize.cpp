@@ -105,7 +105,7 @@ public:
 
 private:
     void write_tensor(const std::string & name, const QuantWeights * weights);
-    void encode_block(int b, const Imatrix & sums, const Imatrix * covariances, const std::set<std::string> & later = {});
+    void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
     void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr,
                     BlockStages * stages = nullptr);
     TensorReplacements encoded_block(int b, const std::set<std::string> & except = {}) const;
@@ -199,42 +199,22 @@ void BlockQuantizer::write_tensor(const std::string & name, const QuantWeights *
 }
 
 // Block b's tensors: the diagonal encoding with the unquantized stream's sums, then the Hessian encoder's
-// rows where they are better (with a cross term in `covariances`: toward the shifted targets).
-// With --sequential, the tensors the Hessian encoder takes skip the diagonal encoding: step 2 compares its rows
-// with this encoding's anyway, and the diagonal one almost never won here (5 of 573,440 rows at a Qwen3-1.7B
-// shape) — llama-quantize's encoding time a block, saved. `later`: tensors --sequential leaves to its step 2.
-void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * covariances,
-                                  const std::set<std::string> & later) {
+// rows where they are better. (--sequential encodes its blocks in pass_sequential.)
+void BlockQuantizer::encode_block(int b, const Imatrix & sums, const Imatrix * covariances) {
     const auto t0 = std::chrono::steady_clock::now();
     const QuantWeights qw = quant_weights(sums, o_.prior, shapes_);
-    const bool hessian = covariances && !covariances->covariances.empty();
-    const bool fresh = hessian && o_.sequential;
-    const auto write_diagonal = [&](const std::set<std::string> & except) {
-        for (const PlannedTensor & p : plan_) {
-            if (block_of(p.name) == b && !except.contains(p.name)) {
-                write_tensor(p.name, &qw);
-            }
+    for (const PlannedTensor & p : plan_) {
+        if (block_of(p.name) == b) {
+            write_tensor(p.name, &qw);
         }
-    };
-    if (!fresh) {
-        write_diagonal({});
     }
-    if (hessian) {
+    if (covariances && !covariances->covariances.empty()) {
         HessianOptions h = o_.hessian_options;
         h.threads = threads_;
-        h.fresh = fresh;
         std::vector<HessianTensorReport> r =
             hessian_reencode(o_.quantize.model, writer_->path(), *covariances, h, [](int, int) {});
-        if (fresh) {  // the rest of the block: those without a covariance, or kept in their type
-            std::set<std::string> encoded;
-            for (const HessianTensorReport & t : r) {
-                encoded.insert(t.name);
-            }
-            encoded.insert(later.begin(), later.end());
-            write_diagonal(encoded);
-        }
         res_.reports.insert(res_.reports.end(), r.begin(), r.end());
-        if (o_.refit_norms && !o_.sequential) {  // with --sequential, after the second encoding
+        if (o_.refit_norms) {
             refit_norms(b, *covariances);
         }
     }
@@ -488,11 +468,12 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             }
         }
     }
-    const std::vector<std::vector<std::string>> stages = order.stages(changed);
+    std::vector<std::vector<std::string>> stages = order.stages(changed);
     std::set<std::string> pending;  // not written yet: the block model takes them from the float model
-    for (const std::vector<std::string> & stage : stages) {
-        for (const std::string & w : stage) {
-            pending.insert(in_model(w));
+    for (std::vector<std::string> & stage : stages) {
+        for (std::string & w : stage) {
+            w = in_model(w);
+            pending.insert(w);
         }
     }
     for (const std::string & w : changed) {  // a matrix the graph never multiplied: the diagonal encoding
@@ -511,10 +492,10 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
                                [&](size_t) { check_interrupt(b); },
                                [&](size_t) { progress(b); }};
 
-    for (size_t k = 0; k < stages.size(); ++k) {
-        std::string only;
-        for (const std::string & w : stages[k]) {
-            only += (only.empty() ? "^(" : "|") + std::regex_replace(w, std::regex(R"(\.)"), R"(\.)");
+    for (const std::vector<std::string> & stage : stages) {
+        std::string only;  // the stage's weights as the block model names them
+        for (const std::string & w : stage) {
+            only += (only.empty() ? "^blk\\.0\\.(" : "|") + std::regex_replace(w.substr(prefix.size()), std::regex(R"(\.)"), R"(\.)");
         }
         only += ")$";
         const TensorReplacements done = encoded_block(b, pending);
@@ -522,23 +503,21 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
         float_inputs.rewind();
         Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, only);
         res_.seconds_passes += seconds_since(t1);
+        const size_t first_report = res_.sequential_reports.size();
         encode_again(shifted, true);
         if (o_.refit_norms) {
             refit_norms(b, shifted);
         }
         // a matrix without a covariance (budget, per-head weights) takes the diagonal encoding
-        std::set<std::string> stage;
-        for (const std::string & w : stages[k]) {
-            stage.insert(in_model(w));
+        std::set<std::string> unencoded(stage.begin(), stage.end());
+        for (size_t i = first_report; i < res_.sequential_reports.size(); ++i) {
+            unencoded.erase(res_.sequential_reports[i].name);
         }
-        for (const HessianTensorReport & r : res_.sequential_reports) {
-            stage.erase(r.name);
-        }
-        for (const std::string & name : stage) {
+        for (const std::string & name : unencoded) {
             write_tensor(name, &qw);
         }
-        for (const std::string & w : stages[k]) {
-            pending.erase(in_model(w));
+        for (const std::string & w : stage) {
+            pending.erase(w);
         }
     }
 
