@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace imx::engine {
 
@@ -42,10 +43,80 @@ const float * target_expert_row(const TargetInputs::Input & in, int64_t e, int64
 
 bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<ActivationCollector *>(user_data);
+    if (self->early_) {
+        return ask ? self->ask_early(t) : self->collect_early();
+    }
     if (ask) {
+        if (self->stop_at_inputs_ && self->final_weight_.empty()) {  // the first chunk: learn the positions
+            self->position_.emplace(t, (int) self->position_.size());
+        }
         return self->wants(t);
     }
     return self->collect(t);
+}
+
+void ActivationCollector::learn(const ggml_tensor * t) {
+    if (!stop_at_inputs_ || !final_weight_.empty()) {
+        return;
+    }
+    const auto at = [&](const ggml_tensor * x) {
+        const auto it = position_.find(x);
+        return it == position_.end() ? -1 : it->second;
+    };
+    PlannedMatmul p{*t, at(t->src[1]), -1, at(t), t->src[1]->name, ""};
+    const ggml_tensor * w = t->src[0];
+    // the weight must outlive this graph: the model's own tensor, not a view made for it
+    plan_ok_ = plan_ok_ && p.input >= 0 && p.self >= 0 && w->op == GGML_OP_NONE && !w->view_src;
+    if (t->op == GGML_OP_MUL_MAT_ID) {
+        p.ids = at(t->src[2]);
+        p.ids_name = t->src[2]->name;
+        plan_ok_ = plan_ok_ && p.ids >= 0;
+    }
+    planned_.push_back(std::move(p));
+}
+
+void ActivationCollector::plan_early_stop() {
+    int first = std::numeric_limits<int>::max();
+    for (const PlannedMatmul & p : planned_) {
+        stop_at_ = std::max({stop_at_, p.input, p.ids});
+        first = std::min(first, p.self);
+    }
+    early_ = stop_at_inputs_ && stop_after_last_ && plan_ok_ && !planned_.empty() && stop_at_ < first;
+    position_.clear();
+}
+
+bool ActivationCollector::ask_early(ggml_tensor * t) {
+    nodes_.push_back(t);
+    return (int) nodes_.size() - 1 == stop_at_;
+}
+
+// Every planned matmul, its input and routing taken from this chunk's nodes, collected as if the graph had
+// computed it; then the graph stops.
+bool ActivationCollector::collect_early() {
+    const auto node = [&](int at, const std::string & name) -> ggml_tensor * {
+        ggml_tensor * x = nodes_[(size_t) at];
+        if (name != x->name) {
+            error_ = "the graph of chunk " + std::to_string(first_chunk_) + " differs from the first chunk's: node " +
+                     std::to_string(at) + " is " + x->name + ", not " + name;
+            return nullptr;
+        }
+        return x;
+    };
+    for (const PlannedMatmul & p : planned_) {
+        ggml_tensor t = p.node;
+        t.src[1] = node(p.input, p.input_name);
+        t.src[2] = p.ids >= 0 ? node(p.ids, p.ids_name) : nullptr;
+        if (!t.src[1] || (p.ids >= 0 && !t.src[2])) {
+            return false;
+        }
+        if (wants(&t)) {
+            collect(&t);
+        }
+        if (!error_.empty()) {
+            return false;
+        }
+    }
+    return false;
 }
 
 // Matmuls whose first operand is a weight of a transformer block (collected_weight); the output head is left
@@ -60,6 +131,7 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
         return false;
     }
     if (same_input_as_last(t)) {
+        learn(t);
         apply(name);  // a non-finite contribution already stopped the run at its first use
         last_collected_ = name;
         if (last_all_experts_input_) {
@@ -88,6 +160,7 @@ bool ActivationCollector::same_input_as_last(const ggml_tensor * t) const {
 }
 
 bool ActivationCollector::collect(const ggml_tensor * t) {
+    learn(t);
     const ggml_tensor * src1 = t->src[1];
     const std::string name = weight_name(t->src[0]->name);
     const bool on_host = ggml_backend_buffer_is_host(src1->buffer);

@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-struct ggml_tensor;
+#include "ggml.h"
 
 namespace imx::engine {
 
@@ -60,6 +60,15 @@ public:
     void only_tensors(const std::string & regex) { only_regex_ = std::regex(regex.empty() ? std::string(".*") : regex); }
     // Off: the pass goes on after the last collected weight (a block run alone reads the block's output after it).
     void stop_after_last_weight(bool on) { stop_after_last_ = on; }
+    // With only_tensors and stop_after_last_weight: from the second chunk on, the pass stops as soon as the inputs
+    // of the collected matmuls are computed, before the first of those matmuls runs — a --sequential stage's run
+    // then skips its own matmuls, whose outputs nothing reads. The inputs are found by their position among the
+    // graph's nodes, learned from the first chunk (every chunk's graph is built alike; a node's name is checked).
+    // Where a collected matmul comes before another's input, the pass runs on to the last one as before: once its
+    // last reader has run, an input's memory may hold another node.
+    void stop_at_inputs(bool on) { stop_at_inputs_ = on; }
+    // True from the chunk on where stop_at_inputs takes effect (false where it cannot: see above).
+    bool stops_at_inputs() const { return early_; }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
     void covariance_tensors(const std::string & regex) {
         covariance_regex_ = std::regex(regex.empty() ? std::string(".*") : regex);
@@ -75,9 +84,13 @@ public:
         last_ = {};  // tensors of the next graph may reuse this one's addresses
         last_covariance_ = -1;
         last_all_experts_input_ = false;
+        if (!last_collected_.empty() && final_weight_.empty()) {
+            plan_early_stop();
+        }
         if (!last_collected_.empty()) {
             final_weight_ = last_collected_;
         }
+        nodes_.clear();
     }
     // Tensors and counts so far; after a resume, the checkpoint's. Covariances are made whole here: during the
     // pass only their upper triangles are kept current (Covariance::add).
@@ -115,6 +128,12 @@ private:
     };
 
     bool wants(const ggml_tensor * t);
+    // stop_at_inputs: the first chunk's collected matmul t kept with its inputs' positions; the plan made from
+    // them; and a later chunk's ask and callback, which take the planned matmuls at the last input's node.
+    void learn(const ggml_tensor * t);
+    void plan_early_stop();
+    bool ask_early(ggml_tensor * t);
+    bool collect_early();
     bool same_input_as_last(const ggml_tensor * t) const;
     bool collect(const ggml_tensor * t);
     void dense_on_host(const ggml_tensor * t, const char * data);
@@ -172,6 +191,20 @@ private:
     std::unique_ptr<AllExpertsPass> all_experts_;          // null unless --all-experts
     bool                           last_all_experts_input_ = false;  // the last input was an expert gate/up's
     std::vector<double>            all_down_;
+    // stop_at_inputs: a collected matmul of the first chunk (a copy: its weight — the model's own tensor —, op and
+    // shape) and the positions of its input and routing among the nodes asked about (-1: none)
+    struct PlannedMatmul {
+        ggml_tensor node;
+        int         input = -1, ids = -1, self = -1;
+        std::string input_name, ids_name;
+    };
+    bool                              stop_at_inputs_ = false;
+    bool                              plan_ok_ = true;    // every collected matmul's inputs found among the nodes
+    bool                              early_ = false;     // this chunk stops at stop_at_
+    int                               stop_at_ = -1;      // position of the last input needed
+    std::map<const ggml_tensor *, int> position_;         // first chunk: node → position
+    std::vector<PlannedMatmul>        planned_;
+    std::vector<ggml_tensor *>        nodes_;             // this chunk's nodes by position, up to stop_at_
 };
 
 }  // namespace imx::engine

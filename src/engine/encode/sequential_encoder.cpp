@@ -90,6 +90,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     quant_cov.stop_after_last_weight(!only.empty());
     if (!only.empty()) {
         quant_cov.only_tensors(only);
+        quant_cov.stop_at_inputs(true);  // a stage's run: its own matmuls' outputs are not needed
     }
     quant_cov.cross_with(&float_inputs);
     BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
