@@ -1,6 +1,6 @@
-// A --sequential stage's run (the activation collector with only_tensors, stop_after_last_weight and
-// stop_at_inputs): from the second chunk on, the graph stops where the stage's inputs are computed, before the
-// stage's own matmuls — and the statistics are the same numbers as a run that computes them (sums, counts,
+// A --sequential stage's run (the activation collector with only_tensors, stop_after_last_weight, stop_at_inputs
+// and the stage's weights named): the first chunk stops after the stage's last matmul; from the second chunk on,
+// the graph stops where the stage's inputs are computed, before the stage's own matmuls — and the statistics are the same numbers as a run that computes them (sums, counts,
 // covariances: every value equal). Where one of a stage's matmuls runs before another's input is ready (deepseek's
 // routed down before the shared experts' gate/up make the shared down's input), the run goes on as before.
 #include "helpers.h"
@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +38,16 @@ Imatrix stage_run(const std::string & block, const std::vector<std::vector<float
     col.only_tensors(only);
     col.stop_after_last_weight(true);
     col.stop_at_inputs(at_inputs);
+    if (at_inputs) {  // as a stage's run: the stage's weights named, so the first chunk stops after them too
+        std::set<std::string> stage;
+        const TensorTable table(block);
+        for (const std::string & name : table.names()) {
+            if (std::regex_search(name, std::regex(only))) {
+                stage.insert(name);
+            }
+        }
+        col.expect_weights(stage);
+    }
     BlockRunner runner(block, 64, 2, 0, ActivationCollector::eval_callback, &col);
     std::vector<float> out;
     *stopped_early = false;
@@ -44,7 +56,7 @@ Imatrix stage_run(const std::string & block, const std::vector<std::vector<float
         const bool whole = runner.run(chunks[c], out, (uint32_t) c);
         EXPECT_EQ(col.error(), "");
         *stopped_early = col.stops_at_inputs();
-        if (*stopped_early) {  // the first chunk ran the whole block (the collector learnt its graph)
+        if (at_inputs) {  // every chunk ends early: the first after the stage's weights, the others at their inputs
             EXPECT_FALSE(whole) << "chunk " << c;
         }
     }

@@ -52,7 +52,19 @@ bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_d
         }
         return self->wants(t);
     }
+    if (self->stop_here_) {  // a matmul that shared its input with the one before: collected at the ask
+        self->stop_here_ = false;
+        return false;
+    }
     return self->collect(t);
+}
+
+bool ActivationCollector::completes_expected(const std::string & name) {
+    if (expected_.empty() || !stop_after_last_ || !final_weight_.empty()) {
+        return false;
+    }
+    seen_.insert(name);
+    return std::includes(seen_.begin(), seen_.end(), expected_.begin(), expected_.end());
 }
 
 void ActivationCollector::learn(const ggml_tensor * t) {
@@ -145,7 +157,9 @@ bool ActivationCollector::wants(const ggml_tensor * t) {
                 covariance_index_[name] = last_covariance_;
             }
         }
-        return false;
+        // the first chunk's last expected weight: asked for, so that the graph stops right after it
+        stop_here_ = completes_expected(name);
+        return stop_here_;
     }
     return true;
 }
@@ -213,7 +227,8 @@ bool ActivationCollector::collect(const ggml_tensor * t) {
         }
     }
     // false ends this graph split: after the final weight only the output head is left
-    return ok && (!stop_after_last_ || name != final_weight_);
+    const bool complete = completes_expected(name);
+    return ok && !complete && (!stop_after_last_ || name != final_weight_);
 }
 
 void ActivationCollector::dense_on_host(const ggml_tensor * t, const char * data) {

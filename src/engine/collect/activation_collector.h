@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,9 @@ public:
     // Where a collected matmul comes before another's input, the pass runs on to the last one as before: once its
     // last reader has run, an input's memory may hold another node.
     void stop_at_inputs(bool on) { stop_at_inputs_ = on; }
+    // The weights the pass collects, where known (a --sequential stage's): with stop_after_last_weight the first
+    // chunk then stops after the last of them too, instead of running on to learn which one is last.
+    void expect_weights(std::set<std::string> names) { expected_ = std::move(names); }
     // True from the chunk on where stop_at_inputs takes effect (false where it cannot: see above).
     bool stops_at_inputs() const { return early_; }
     // Only inputs whose first reader's name matches get a covariance (--covariance-tensors; empty: all).
@@ -131,6 +135,8 @@ private:
     // stop_at_inputs: the first chunk's collected matmul t kept with its inputs' positions; the plan made from
     // them; and a later chunk's ask and callback, which take the planned matmuls at the last input's node.
     void learn(const ggml_tensor * t);
+    // expect_weights: true once `name` completes them in the first chunk (the pass may stop after it)
+    bool completes_expected(const std::string & name);
     void plan_early_stop();
     bool ask_early(ggml_tensor * t);
     bool collect_early();
@@ -205,6 +211,8 @@ private:
     std::map<const ggml_tensor *, int> position_;         // first chunk: node → position
     std::vector<PlannedMatmul>        planned_;
     std::vector<ggml_tensor *>        nodes_;             // this chunk's nodes by position, up to stop_at_
+    std::set<std::string>             expected_, seen_;   // expect_weights; those of them seen in the first chunk
+    bool                              stop_here_ = false; // the node asked for is where the first chunk ends
 };
 
 }  // namespace imx::engine

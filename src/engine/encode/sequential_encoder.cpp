@@ -13,6 +13,8 @@
 
 #include <chrono>
 #include <memory>
+#include <regex>
+#include <set>
 
 namespace imx::engine {
 
@@ -91,6 +93,15 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     if (!only.empty()) {
         quant_cov.only_tensors(only);
         quant_cov.stop_at_inputs(true);  // a stage's run: its own matmuls' outputs are not needed
+        std::set<std::string> stage;
+        const std::regex wanted(only);
+        const TensorTable block(quant_file.path());
+        for (const std::string & name : block.names()) {
+            if (std::regex_search(name, wanted)) {
+                stage.insert(name);
+            }
+        }
+        quant_cov.expect_weights(std::move(stage));
     }
     quant_cov.cross_with(&float_inputs);
     BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
