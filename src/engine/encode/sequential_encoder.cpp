@@ -135,6 +135,45 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     return shifted;
 }
 
+void record_float_block(const TensorTable & model, TensorIo & io, int b, const HiddenStates & h, HiddenStates & next,
+                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, ActivationCollector * sums) {
+    const ScratchFile block_file(s.scratch + ".block.gguf");
+    // as given: the type search collects its blocks with `collect`'s runner and expects these sums to the byte
+    write_block_model(model, io, b, {}, block_file.path());
+    TargetInputs inputs;
+    inputs.stop_after_last_input(false);
+    inputs.record_outputs_of(kBlockOutputMatrices);  // step 2's cross term for them: X̃ᵀY
+    EvalChain chain;
+    if (sums) {
+        chain.add(ActivationCollector::eval_callback, sums);
+    }
+    chain.add(TargetInputs::eval_callback, &inputs);
+    chain.add(BlockStages::eval_callback, &stages);
+    BlockRunner runner(block_file.path(), s.chunk_size, s.threads, s.n_gpu_layers, EvalChain::callback, &chain);
+    std::vector<float> in, out;
+    for (size_t c = 0; c < h.chunks(); ++c) {
+        if (s.before_chunk) {
+            s.before_chunk(c);
+        }
+        h.read(c, in);
+        if (sums) {
+            sums->begin_chunk((uint32_t) c);
+        }
+        inputs.begin_chunk();
+        const bool ok = runner.run(in, out, (uint32_t) c);
+        if (!ok || (sums && !sums->error().empty())) {
+            throw Error(model.path() + ": " + (sums ? sums->error() : std::string("the float block stopped early")) +
+                        " (block " + std::to_string(b) + ")");
+        }
+        stages.stop();
+        next.write(c, out.data());
+        tape.write(inputs);
+        if (s.after_chunk) {
+            s.after_chunk(c);
+        }
+    }
+}
+
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
                const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s) {
     const ScratchFile file(s.scratch + ".qblock.gguf");
@@ -203,10 +242,31 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
         SequentialLayerReport report;
         report.layer = layer;
         auto t0 = std::chrono::steady_clock::now();
-        const Imatrix shifted =
-            shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), h.input(), hq.input(), h.output(), bp);
+        InputTape tape(base + ".inputs");
+        BlockStages order;
+        HiddenStates & next = h.output();  // (each call of output() starts a new file)
+        record_float_block(table, io, layer, h.input(), next, bp, tape, order);
         report.seconds_collect = seconds_since(t0);
-        report.tensors = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
+        // stage by stage (as the block-by-block --sequential: engine/encode/stream_quantize.cpp), each matrix
+        // against the inputs the matrices before it give it, as re-encoded in this pass
+        const TensorTable qt(quantized);
+        const std::string prefix = "blk." + std::to_string(layer) + ".";
+        std::set<std::string> changed;  // by their names in the block model
+        for (const std::string & name : table.names()) {
+            const ggml_tensor * q = qt.find(name);
+            if (block_of(name) == layer && q && q->type != table.find(name)->type) {
+                changed.insert("blk.0." + name.substr(prefix.size()));
+            }
+        }
+        for (const std::vector<std::string> & stage : order.stages(changed)) {
+            t0 = std::chrono::steady_clock::now();
+            tape.rewind();
+            const Imatrix shifted = shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), h.input(),
+                                                             hq.input(), next, bp, &tape, stage_pattern(stage));
+            report.seconds_collect += seconds_since(t0);
+            std::vector<HessianTensorReport> r = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
+            report.tensors.insert(report.tensors.end(), r.begin(), r.end());
+        }
         t0 = std::chrono::steady_clock::now();
         run_block(table, io, layer, block_tensors(quantized, layer), hq.input(), hq.output(), bp);
         report.seconds_collect += seconds_since(t0);

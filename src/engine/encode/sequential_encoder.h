@@ -8,17 +8,20 @@
 // its weights are encoded again toward w + γ·H⁻¹(X̃ᵀX − X̃ᵀX̃)w (engine/encode/hessian_encoder.h,
 // sequential_step): later layers make up for part of the error of the layers before them.
 //
-// The passes go block by block (engine/stream): both streams' hidden states are kept between blocks, so each
-// block runs three times over the text — float and quantized in lockstep for the statistics, then the block as
-// re-encoded to give the next block's quantized input — O(L) block passes where running both models from
-// their first layer for every layer took L²/2. Architectures the block runner is not written for keep that
-// whole-model loop.
+// The passes go block by block (engine/stream): both streams' hidden states are kept between blocks. A block
+// runs over the text in float once (its matmul inputs recorded), then over the quantized stream once per stage
+// of its matrices (engine/stream/block_stages.h: each stage encoded again after the stages its inputs depend on,
+// as re-encoded here), then once as re-encoded to give the next block's quantized input — O(L) block passes where
+// running both models from their first layer for every layer took L²/2. Architectures the block runner is not
+// written for keep that whole-model loop (every matrix of layer l at once).
 #pragma once
 
 #include "core/imatrix.h"
 #include "engine/encode/hessian_encoder.h"
 #include "engine/model/tensor_file.h"
+#include "engine/collect/activation_collector.h"
 #include "engine/stream/block_model.h"
+#include "engine/stream/block_stages.h"
 #include "engine/stream/hidden_states.h"
 #include "engine/stream/input_tape.h"
 
@@ -71,11 +74,18 @@ struct BlockPassSettings {
 // With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
 // from there: the float block is not run again, h is not read and `next` not written. With `only` (a regex of
 // the block model's weight names, blk.0.*), the statistics of those weights alone, and each run of the quantized block
-// ends after the last of them (from the second chunk on: the first shows which is last).
+// ends where their inputs are computed (the first chunk after the last of them: ActivationCollector::stop_at_inputs).
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded = nullptr,
                                  const std::string & only = "");
+
+// --sequential's step 1: the float block b over h, its output into `next`, its matmul inputs recorded chunk by chunk
+// into `tape` (for kBlockOutputMatrices their outputs Y instead), the order its matrices depend on one another in
+// into `stages` (from the first chunk's graph), and its sums into `sums` where given.
+void record_float_block(const TensorTable & model, TensorIo & io, int b, const HiddenStates & h, HiddenStates & next,
+                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages,
+                        ActivationCollector * sums = nullptr);
 
 // Block b with `tensors` over `in`, its output into `out`.
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

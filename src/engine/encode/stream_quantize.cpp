@@ -106,8 +106,7 @@ public:
 private:
     void write_tensor(const std::string & name, const QuantWeights * weights);
     void encode_block(int b, const Imatrix & sums, const Imatrix * covariances);
-    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums, InputTape * record = nullptr,
-                    BlockStages * stages = nullptr);
+    void pass_plain(int b, const HiddenStates & in, HiddenStates * next, Imatrix & sums);
     TensorReplacements encoded_block(int b, const std::set<std::string> & except = {}) const;
     void encode_again(const Imatrix & shifted, bool fresh);
     void refit_norms(int b, const Imatrix & stats);
@@ -371,47 +370,25 @@ void BlockQuantizer::progress(int b) {
     }
 }
 
-// The float block over h: sums (and covariances) into `sums`, its output into `next`; for --sequential (`record`)
-// its matmul inputs too, chunk by chunk, read back instead of running the block again, and with `stages` the
-// order its matrices depend on one another in (from the first chunk's graph).
-void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums, InputTape * record,
-                                BlockStages * stages) {
+// The float block over h: sums (and covariances) into `sums`, its output into `next`.
+void BlockQuantizer::pass_plain(int b, const HiddenStates & h, HiddenStates * next, Imatrix & sums) {
     const ScratchFile block_file(scratch_base_ + ".block.gguf");
     // as given: the type search collects its blocks with `collect`'s runner and expects these sums to the byte
     write_block_model(table_, io_, b, {}, block_file.path());
-    // --sequential encodes from the quantized stream's covariances alone: none of the float stream's
-    ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian && !record ? o_.covariance_budget : 0);
+    ActivationCollector col(o_.chunk_size, false, false, threads_, o_.hessian ? o_.covariance_budget : 0);
     col.stop_after_last_weight(false);
-    TargetInputs inputs;
-    inputs.stop_after_last_input(false);
-    inputs.record_outputs_of(kBlockOutputMatrices);  // step 2's cross term for them: X̃ᵀY
-    EvalChain chain;
-    chain.add(ActivationCollector::eval_callback, &col);
-    chain.add(TargetInputs::eval_callback, &inputs);
-    if (stages) {
-        chain.add(BlockStages::eval_callback, stages);
-    }
-    BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers,
-                       record ? EvalChain::callback : ActivationCollector::eval_callback,
-                       record ? (void *) &chain : (void *) &col);
+    BlockRunner runner(block_file.path(), o_.chunk_size, threads_, o_.n_gpu_layers, ActivationCollector::eval_callback, &col);
     std::vector<float> in, out;
     for (size_t c = 0; c < chunks_.size(); ++c) {
         check_interrupt(b);
         h.read(c, in);
         col.begin_chunk((uint32_t) c);
-        inputs.begin_chunk();
         const bool ok = runner.run(in, out, (uint32_t) c);
         if (!ok || !col.error().empty()) {
             throw Error(o_.quantize.model + ": " + col.error() + " (block " + std::to_string(b) + ")");
         }
-        if (stages) {
-            stages->stop();
-        }
         if (next) {
             next->write(c, out.data());
-        }
-        if (record) {
-            record->write(inputs);
         }
         progress(b);
     }
@@ -445,10 +422,24 @@ TensorReplacements BlockQuantizer::encoded_block(int b, const std::set<std::stri
 void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                      HiddenStates & next_q, Imatrix & sums) {
     const auto t0 = std::chrono::steady_clock::now();
+    const BlockPassSettings bp{scratch_base_,
+                               o_.chunk_size,
+                               threads_,
+                               o_.n_gpu_layers,
+                               fastest_block_weights(o_.n_gpu_layers),
+                               o_.covariance_budget,
+                               [&](size_t) { check_interrupt(b); },
+                               [&](size_t) { progress(b); }};
     Imatrix first;  // step 1's sums
     InputTape float_inputs(scratch_base_ + ".inputs");
     BlockStages order;
-    pass_plain(b, h, &next, first, &float_inputs, &order);
+    {
+        // --sequential encodes from the quantized stream's covariances alone: none of the float stream's
+        ActivationCollector col(o_.chunk_size, false, false, threads_, 0);
+        col.stop_after_last_weight(false);
+        record_float_block(table_, io_, b, h, next, bp, float_inputs, order, &col);
+        add_block(first, std::move(col.data()), b);
+    }
     for (const auto & [name, ts] : first.tensors) {
         sums.tensors[name] = ts;
     }
@@ -469,8 +460,10 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
         }
     }
     std::vector<std::vector<std::string>> stages = order.stages(changed);
-    std::set<std::string> pending;  // not written yet: the block model takes them from the float model
+    std::vector<std::string> patterns;  // each stage's weights as the block model names them
+    std::set<std::string> pending;      // not written yet: the block model takes them from the float model
     for (std::vector<std::string> & stage : stages) {
+        patterns.push_back(stage_pattern(stage));
         for (std::string & w : stage) {
             w = in_model(w);
             pending.insert(w);
@@ -483,25 +476,12 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
     plan_progress(b, stages.size());
     res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
-    const BlockPassSettings bp{scratch_base_,
-                               o_.chunk_size,
-                               threads_,
-                               o_.n_gpu_layers,
-                               fastest_block_weights(o_.n_gpu_layers),
-                               o_.covariance_budget,
-                               [&](size_t) { check_interrupt(b); },
-                               [&](size_t) { progress(b); }};
-
-    for (const std::vector<std::string> & stage : stages) {
-        std::string only;  // the stage's weights as the block model names them
-        for (const std::string & w : stage) {
-            only += (only.empty() ? "^blk\\.0\\.(" : "|") + std::regex_replace(w.substr(prefix.size()), std::regex(R"(\.)"), R"(\.)");
-        }
-        only += ")$";
+    for (size_t k = 0; k < stages.size(); ++k) {
+        const std::vector<std::string> & stage = stages[k];
         const TensorReplacements done = encoded_block(b, pending);
         const auto t1 = std::chrono::steady_clock::now();
         float_inputs.rewind();
-        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, only);
+        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, patterns[k]);
         res_.seconds_passes += seconds_since(t1);
         const size_t first_report = res_.sequential_reports.size();
         encode_again(shifted, true);
