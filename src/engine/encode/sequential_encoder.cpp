@@ -70,11 +70,20 @@ TensorReplacements block_tensors(const std::string & quantized, int b) {
     return out;
 }
 
+// A regex matching exactly `weights`, for the collector's only_tensors.
+std::string pattern_of(const std::vector<std::string> & weights) {
+    std::string p;
+    for (const std::string & w : weights) {
+        p += (p.empty() ? "^(" : "|") + std::regex_replace(w, std::regex(R"(\.)"), R"(\.)");
+    }
+    return p + ")$";
+}
+
 }  // namespace
 
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
-                                 const BlockPassSettings & s, InputTape * recorded, const std::string & only) {
+                                 const BlockPassSettings & s, InputTape * recorded, const std::vector<std::string> & stage) {
     const ScratchFile quant_file(s.scratch + ".qblock.gguf");
     write_block_model(model, io, b, quantized, quant_file.path(), s.weights);
     TargetInputs float_inputs;
@@ -89,19 +98,11 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
                                                      TargetInputs::eval_callback, &float_inputs);
     }
     ActivationCollector quant_cov(s.chunk_size, false, false, s.threads, s.covariance_budget);
-    quant_cov.stop_after_last_weight(!only.empty());
-    if (!only.empty()) {
-        quant_cov.only_tensors(only);
+    quant_cov.stop_after_last_weight(!stage.empty());
+    if (!stage.empty()) {
+        quant_cov.only_tensors(pattern_of(stage));
         quant_cov.stop_at_inputs(true);  // a stage's run: its own matmuls' outputs are not needed
-        std::set<std::string> stage;
-        const std::regex wanted(only);
-        const TensorTable block(quant_file.path());
-        for (const std::string & name : block.names()) {
-            if (std::regex_search(name, wanted)) {
-                stage.insert(name);
-            }
-        }
-        quant_cov.expect_weights(std::move(stage));
+        quant_cov.expect_weights({stage.begin(), stage.end()});
     }
     quant_cov.cross_with(&float_inputs);
     BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers,
@@ -122,7 +123,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
         hq.read(c, in);
         quant_cov.begin_chunk((uint32_t) c);
         const bool whole = quant_runner.run(in, out, (uint32_t) c);
-        if ((!whole && only.empty()) || !quant_cov.error().empty()) {
+        if ((!whole && stage.empty()) || !quant_cov.error().empty()) {
             throw Error(model.path() + ": " + quant_cov.error() + " (block " + std::to_string(b) +
                         ", the quantized stream, chunk " + std::to_string(c) + ")");
         }
@@ -262,7 +263,7 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
             t0 = std::chrono::steady_clock::now();
             tape.rewind();
             const Imatrix shifted = shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), h.input(),
-                                                             hq.input(), next, bp, &tape, stage_pattern(stage));
+                                                             hq.input(), next, bp, &tape, stage);
             report.seconds_collect += seconds_since(t0);
             std::vector<HessianTensorReport> r = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
             report.tensors.insert(report.tensors.end(), r.begin(), r.end());

@@ -72,13 +72,13 @@ struct BlockPassSettings {
 // with `quantized`'s tensors over hq — the covariances X̃ᵀX̃ and cross terms X̃ᵀX of block b's weights, named as in
 // the model (for kBlockOutputMatrices, X̃ᵀY against the float block's outputs Y where TargetInputs records them).
 // With `recorded` (the float block's inputs, recorded when it ran over h before, rewound), X comes
-// from there: the float block is not run again, h is not read and `next` not written. With `only` (a regex of
-// the block model's weight names, blk.0.*), the statistics of those weights alone, and each run of the quantized block
+// from there: the float block is not run again, h is not read and `next` not written. With `stage` (weights as the
+// block model names them, blk.0.*), the statistics of those weights alone, and each run of the quantized block
 // ends where their inputs are computed (the first chunk after the last of them: ActivationCollector::stop_at_inputs).
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded = nullptr,
-                                 const std::string & only = "");
+                                 const std::vector<std::string> & stage = {});
 
 // --sequential's step 1: the float block b over h, its output into `next`, its matmul inputs recorded chunk by chunk
 // into `tape` (for kBlockOutputMatrices their outputs Y instead), the order its matrices depend on one another in

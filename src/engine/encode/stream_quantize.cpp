@@ -410,7 +410,7 @@ TensorReplacements BlockQuantizer::encoded_block(int b, const std::set<std::stri
 //   1. the float block over h: sums, h_{b+1}, its matmul inputs X recorded chunk by chunk (engine/stream/
 //      input_tape.h), and the order its matrices depend on one another in (engine/stream/block_stages.h);
 //   2. stage by stage (q/k/v; attn_output; gate/up; down in a dense block), the block over h̃ with the matrices
-//      of the stages before encoded and the rest in float, each run ending after the stage's matrices: their
+//      of the stages before encoded and the rest in float, each run ending where the stage's inputs are made: their
 //      X̃ᵀX̃ and X̃ᵀX (X̃ᵀY for ffn_down) → the stage encoded toward its shifted targets — so every matrix is fitted
 //      to the inputs the file gives it, and encoded once;
 //   3. the final block over h̃ → h̃_{b+1}.
@@ -459,14 +459,11 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             }
         }
     }
-    std::vector<std::vector<std::string>> stages = order.stages(changed);
-    std::vector<std::string> patterns;  // each stage's weights as the block model names them
-    std::set<std::string> pending;      // not written yet: the block model takes them from the float model
-    for (std::vector<std::string> & stage : stages) {
-        patterns.push_back(stage_pattern(stage));
-        for (std::string & w : stage) {
-            w = in_model(w);
-            pending.insert(w);
+    const std::vector<std::vector<std::string>> stages = order.stages(changed);  // as the block model names them
+    std::set<std::string> pending;  // not written yet: the block model takes them from the float model
+    for (const std::vector<std::string> & stage : stages) {
+        for (const std::string & w : stage) {
+            pending.insert(in_model(w));
         }
     }
     for (const std::string & w : changed) {  // a matrix the graph never multiplied: the diagonal encoding
@@ -476,12 +473,11 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
     plan_progress(b, stages.size());
     res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
-    for (size_t k = 0; k < stages.size(); ++k) {
-        const std::vector<std::string> & stage = stages[k];
+    for (const std::vector<std::string> & stage : stages) {
         const TensorReplacements done = encoded_block(b, pending);
         const auto t1 = std::chrono::steady_clock::now();
         float_inputs.rewind();
-        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, patterns[k]);
+        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, stage);
         res_.seconds_passes += seconds_since(t1);
         const size_t first_report = res_.sequential_reports.size();
         encode_again(shifted, true);
@@ -489,7 +485,10 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             refit_norms(b, shifted);
         }
         // a matrix without a covariance (budget, per-head weights) takes the diagonal encoding
-        std::set<std::string> unencoded(stage.begin(), stage.end());
+        std::set<std::string> unencoded;
+        for (const std::string & w : stage) {
+            unencoded.insert(in_model(w));
+        }
         for (size_t i = first_report; i < res_.sequential_reports.size(); ++i) {
             unencoded.erase(res_.sequential_reports[i].name);
         }
@@ -497,7 +496,7 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
             write_tensor(name, &qw);
         }
         for (const std::string & w : stage) {
-            pending.erase(w);
+            pending.erase(in_model(w));
         }
     }
 

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <regex>
 
 namespace imx::engine {
 
@@ -115,14 +114,6 @@ std::vector<std::vector<std::string>> BlockStages::stages(const std::set<std::st
     }
     std::erase_if(out, [](const std::vector<std::string> & s) { return s.empty(); });
     return out;
-}
-
-std::string stage_pattern(const std::vector<std::string> & weights) {
-    std::string p;
-    for (const std::string & w : weights) {
-        p += (p.empty() ? "^(" : "|") + std::regex_replace(w, std::regex(R"(\.)"), R"(\.)");
-    }
-    return p + ")$";
 }
 
 }  // namespace imx::engine

@@ -40,8 +40,4 @@ private:
     std::deque<std::set<std::string>>                        scratch_;  // the sets of nodes not remembered
 };
 
-// A regex matching exactly `weights` (a stage's, as the block model names them: blk.0.*), for the collector's
-// only_tensors.
-std::string stage_pattern(const std::vector<std::string> & weights);
-
 }  // namespace imx::engine
