@@ -22,11 +22,13 @@
 #include "engine/collect/activation_collector.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_stages.h"
+#include "engine/stream/block_tail.h"
 #include "engine/stream/hidden_states.h"
 #include "engine/stream/input_tape.h"
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -75,17 +77,30 @@ struct BlockPassSettings {
 // from there: the float block is not run again, h is not read and `next` not written. With `stage` (weights as the
 // block model names them, blk.0.*), the statistics of those weights alone, and each run of the quantized block
 // ends where their inputs are computed (the first chunk after the last of them: ActivationCollector::stop_at_inputs).
+// With `tail`, the block's tail inputs (block_tail.h) recorded on the way.
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded = nullptr,
-                                 const std::vector<std::string> & stage = {});
+                                 const std::vector<std::string> & stage = {}, TailRecorder * tail = nullptr);
 
 // --sequential's step 1: the float block b over h, its output into `next`, its matmul inputs recorded chunk by chunk
 // into `tape` (for kBlockOutputMatrices their outputs Y instead), the order its matrices depend on one another in
-// into `stages` (from the first chunk's graph), and its sums into `sums` where given.
+// into `stages` and its tail into `tail` (from the first chunk's graph), and its sums into `sums` where given.
 void record_float_block(const TensorTable & model, TensorIo & io, int b, const HiddenStates & h, HiddenStates & next,
-                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages,
+                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, BlockTailFinder & tail,
                         ActivationCollector * sums = nullptr);
+
+// A recorder of the block's tail for the run of `stage` where that is the last stage and ends with the tail's
+// weight, and the quantized stream runs on the CPU (where the tail's product is computed); else none.
+std::unique_ptr<TailRecorder> tail_recorder(const BlockTail & tail, const std::vector<std::string> & stage,
+                                            bool last_stage, const HiddenStates & hq, const BlockPassSettings & s);
+
+// --sequential's step 3: block b with `tensors` over `in`, its output into `out` — from `tail` where it recorded
+// every chunk and the block model holds the tail's weight in a type ggml multiplies as the graph does (F16, F32),
+// else by a run of the block.
+void finish_quantized_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
+                            const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s,
+                            const TailRecorder * tail);
 
 // Block b with `tensors` over `in`, its output into `out`.
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

@@ -433,11 +433,12 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     Imatrix first;  // step 1's sums
     InputTape float_inputs(scratch_base_ + ".inputs");
     BlockStages order;
+    BlockTailFinder tail;
     {
         // --sequential encodes from the quantized stream's covariances alone: none of the float stream's
         ActivationCollector col(o_.chunk_size, false, false, threads_, 0);
         col.stop_after_last_weight(false);
-        record_float_block(table_, io_, b, h, next, bp, float_inputs, order, &col);
+        record_float_block(table_, io_, b, h, next, bp, float_inputs, order, tail, &col);
         add_block(first, std::move(col.data()), b);
     }
     for (const auto & [name, ts] : first.tensors) {
@@ -473,11 +474,13 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
     plan_progress(b, stages.size());
     res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
+    std::unique_ptr<TailRecorder> recorder;  // the last stage's: the block's output without a run of it
     for (const std::vector<std::string> & stage : stages) {
         const TensorReplacements done = encoded_block(b, pending);
         const auto t1 = std::chrono::steady_clock::now();
         float_inputs.rewind();
-        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, stage);
+        recorder = tail_recorder(tail.tail(), stage, &stage == &stages.back(), hq, bp);
+        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, stage, recorder.get());
         res_.seconds_passes += seconds_since(t1);
         const size_t first_report = res_.sequential_reports.size();
         encode_again(shifted, true);
@@ -501,7 +504,7 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
 
     const auto t2 = std::chrono::steady_clock::now();
-    run_block(table_, io_, b, encoded_block(b), hq, next_q, bp);
+    finish_quantized_block(table_, io_, b, encoded_block(b), hq, next_q, bp, recorder.get());
     res_.seconds_passes += seconds_since(t2);
 }
 

@@ -103,6 +103,34 @@ void set_block_keys(gguf_context * dst, const gguf_context * src, const std::str
     }
 }
 
+// The block's matrices a block model of `weights` holds decoded to F16: its quantized 2-D ones, unless together
+// they would take more than kDecodedBlockLimit.
+template <class TypeOf>
+std::vector<std::string> decoded_to_f16(const TensorTable & model, int block, const TypeOf & type_of, BlockWeights weights) {
+    std::vector<std::string> quantized;
+    uint64_t f16_bytes = 0;
+    for (const std::string & name : model.names()) {
+        if (weights == BlockWeights::f16 && block_of(name) == block && ggml_n_dims(model.find(name)) == 2 &&
+            ggml_is_quantized(type_of(name))) {
+            quantized.push_back(name);
+            f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
+        }
+    }
+    return f16_bytes <= kDecodedBlockLimit ? quantized : std::vector<std::string>();
+}
+
+// A matrix's values as F16, or nothing where F16 cannot hold them (beyond ±65504): it keeps its type.
+std::vector<uint8_t> f16_of(ggml_type type, const std::vector<uint8_t> & bytes, int64_t n) {
+    std::vector<float> values((size_t) n);
+    to_float(type, bytes.data(), values.data(), n);
+    if (!std::all_of(values.begin(), values.end(), [](float v) { return std::fabs(v) <= 65504.0f; })) {
+        return {};
+    }
+    std::vector<uint8_t> half((size_t) n * sizeof(ggml_fp16_t));
+    ggml_fp32_to_fp16_row(values.data(), reinterpret_cast<ggml_fp16_t *>(half.data()), n);
+    return half;
+}
+
 }  // namespace
 
 int block_of(const std::string & tensor) {
@@ -180,28 +208,12 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
         }
         return r->second.bytes;
     };
-    // --sequential's quantized stream on the CPU: the quantized matrices decoded to F16 up front (BlockWeights),
-    // each kept in its type where F16 cannot hold its values
+    // --sequential's quantized stream on the CPU: the quantized matrices decoded to F16 up front (BlockWeights)
     std::map<std::string, std::vector<uint8_t>> decoded;
-    std::vector<std::string> quantized;  // the block's quantized matrices
-    uint64_t f16_bytes = 0;
-    for (const std::string & name : model.names()) {
-        if (weights == BlockWeights::f16 && block_of(name) == block && ggml_n_dims(model.find(name)) == 2 &&
-            ggml_is_quantized(type_of(name))) {
-            quantized.push_back(name);
-            f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
-        }
-    }
-    if (f16_bytes <= kDecodedBlockLimit) {
-        for (const std::string & name : quantized) {
-            const int64_t n = ggml_nelements(model.find(name));
-            std::vector<float> values((size_t) n);
-            to_float(type_of(name), bytes_of(name).data(), values.data(), n);
-            if (std::all_of(values.begin(), values.end(), [](float v) { return std::fabs(v) <= 65504.0f; })) {
-                std::vector<uint8_t> & half = decoded[name];
-                half.resize((size_t) n * sizeof(ggml_fp16_t));
-                ggml_fp32_to_fp16_row(values.data(), reinterpret_cast<ggml_fp16_t *>(half.data()), n);
-            }
+    for (const std::string & name : decoded_to_f16(model, block, type_of, weights)) {
+        std::vector<uint8_t> half = f16_of(type_of(name), bytes_of(name), ggml_nelements(model.find(name)));
+        if (!half.empty()) {
+            decoded[name] = std::move(half);
         }
     }
     for (const std::string & name : model.names()) {
@@ -232,6 +244,28 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     if (!out) {
         throw Error(path + ": cannot write block " + std::to_string(block) + " of " + model.path());
     }
+}
+
+TensorBytes block_model_tensor(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
+                               const std::string & name, BlockWeights weights) {
+    const auto type_of = [&](const std::string & n) {
+        const auto r = replace.find(n);
+        return r == replace.end() ? model.find(n)->type : r->second.type;
+    };
+    const ggml_tensor * t = model.find(name);
+    if (!t || block_of(name) != block) {
+        throw Error(model.path() + ": no tensor " + name + " in block " + std::to_string(block));
+    }
+    const auto r = replace.find(name);
+    TensorBytes given{type_of(name), r != replace.end() ? r->second.bytes : io.read(name, 0, ggml_nbytes(t))};
+    const std::vector<std::string> decoded = decoded_to_f16(model, block, type_of, weights);
+    if (std::find(decoded.begin(), decoded.end(), name) != decoded.end()) {
+        std::vector<uint8_t> half = f16_of(given.type, given.bytes, ggml_nelements(t));
+        if (!half.empty()) {
+            return {GGML_TYPE_F16, std::move(half)};
+        }
+    }
+    return given;
 }
 
 }  // namespace imx::engine

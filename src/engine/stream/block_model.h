@@ -62,6 +62,10 @@ constexpr uint64_t kDecodedBlockLimit = 1ull << 30;
 void write_block_model(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
                        const std::string & path, BlockWeights weights = BlockWeights::as_given);
 
+// Block matrix `name` (as the model names it) as write_block_model with these arguments stores it: its type and bytes.
+TensorBytes block_model_tensor(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
+                               const std::string & name, BlockWeights weights);
+
 // "blk.7.ffn_down.weight" → 7; −1 for a tensor outside the blocks.
 int block_of(const std::string & tensor);
 
