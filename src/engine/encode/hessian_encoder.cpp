@@ -179,7 +179,11 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
         // matrix by matrix (an expert, a head): one factorisation serves every reader (q/k/v, gate/up)
         for (int64_t m = 0; m < n_mats; ++m) {
             const MatrixHessian h = hessians.of(m);
-            const TargetShift shift = pooled ? TargetShift{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
+            TargetShift shift = pooled ? TargetShift{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
+            int64_t reader_rows = 0;
+            for (const Job & job : jobs) {
+                reader_rows += job.dst->ne[1];
+            }
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {
@@ -190,6 +194,9 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
                     rounder = std::make_unique<HessianRounder>(h.values, h.scale, c.n_cols, c.block, block, o.rounding);
                     job.report.seconds_factor += seconds_since(t0);
                     rounder_block = block;
+                    if (reader_rows > c.n_cols) {  // S from the first rounder: every one holds the same H
+                        premultiply_shift(*rounder, shift);
+                    }
                 }
                 job.report.pooled_matrices += h.pooled ? 1 : 0;
                 encode_matrix(job, m, *rounder, shift, in, out, o, threads);

@@ -140,10 +140,33 @@ TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, do
     return s;
 }
 
+void premultiply_shift(const HessianRounder & rounder, TargetShift & s) {
+    const int64_t n = rounder.n();
+    if (s.d.empty()) {
+        return;
+    }
+    s.map.resize(s.d.size());
+    for (int64_t i = 0; i < n; ++i) {  // Dᵀ, then its rows solved against H
+        for (int64_t j = 0; j < n; ++j) {
+            s.map[(size_t) (j * n + i)] = s.d[(size_t) (i * n + j)];
+        }
+    }
+    rounder.solve(s.map.data(), n);
+    s.d = {};
+}
+
 void shift_targets(const HessianRounder & rounder, const TargetShift & s, float * w, int64_t rows,
                    const int64_t * row_ids) {
     const int64_t n = rounder.n();
     std::vector<float> y((size_t) (rows * n));
+    if (!s.map.empty()) {  // y = W·S, already solved
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n,
+                    s.map.data(), (int) n, 0.0f, y.data(), (int) n);
+        for (size_t i = 0; i < y.size(); ++i) {
+            w[i] += y[i];
+        }
+        return;
+    }
     if (!s.d.empty()) {  // y = W·Dᵀ
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) rows, (int) n, (int) n, 1.0f, w, (int) n,
                     s.d.data(), (int) n, 0.0f, y.data(), (int) n);

@@ -52,9 +52,15 @@ bool hessian_reencodes(const Covariance & c, const Imatrix & im, const std::stri
 struct TargetShift {
     std::vector<float> d;     // D, or empty
     std::vector<float> p, g;  // Pᵀ (row-major rows × n: a weight row's shift term is a row) and G, or empty
-    bool empty() const { return d.empty() && p.empty(); }
+    std::vector<float> map;   // S = Dᵀ·H⁻¹ (row-major n×n) in place of D, or empty (premultiply_shift)
+    bool empty() const { return d.empty() && p.empty() && map.empty(); }
 };
 TargetShift cross_shift(const Covariance & c, int64_t m, double prior_weight, double step);
+
+// D replaced by S = Dᵀ·H⁻¹, so that each reader's shift is one product W·S instead of W·Dᵀ and two triangular
+// solves of its rows: 2n³ flops once against 2·rows·n² a reader — cheaper where the readers of one covariance
+// together have more rows than it has columns (q/k/v; gate/up: 12288 rows of 2048 columns at Qwen3-1.7B's shape).
+void premultiply_shift(const HessianRounder & rounder, TargetShift & s);
 
 // The rows' targets w* = w + H⁻¹·D·w (H damped, as the rounder holds it): with γ = 1, what best reproduces the
 // target model's outputs on the inputs the quantized model gives. `row_ids`: which of the matrix's rows w holds
