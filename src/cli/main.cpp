@@ -12,33 +12,50 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
 
-// OpenBLAS chooses its kernels once, as it loads, by the CPU's model number; on a CPU newer than it knows it
-// takes SSE3 kernels (core/math/linear_algebra.h). imx then starts itself again with better ones named in
-// OPENBLAS_CORETYPE: on Emerald Rapids that halved a 2-block Qwen3-1.7B-shape Hessian quant (91.9 → 46.5 s).
-// A user's own OPENBLAS_CORETYPE is kept, and the new process finds it set, so this happens at most once.
-static void use_better_blas_kernels(char ** argv) {
-    if (std::getenv("OPENBLAS_CORETYPE")) {
-        return;
+// OpenBLAS reads two settings once, as it loads, from the environment; imx starts itself again with them set
+// where the user has not set them (the new process finds them set: this happens at most once):
+// - OPENBLAS_CORETYPE: it chooses its kernels by the CPU's model number, and on a CPU newer than it knows takes
+//   SSE3 kernels (core/math/linear_algebra.h); better ones named here halved a 2-block Qwen3-1.7B-shape Hessian
+//   quant on Emerald Rapids (91.9 → 46.5 s).
+// - OPENBLAS_THREAD_TIMEOUT=4: after a threaded product its idle workers spin in sched_yield for 2^28 cycles
+//   (~0.1 s) before they sleep — between the covariance products an eval callback makes and ggml's graph, they
+//   take the cores from ggml's threads. 2^4 cycles instead: a --sequential Q2_K quant of the 4-block
+//   Qwen3-1.7B shape (16 chunks, 2 cores, AMD EPYC) 129.0 → 124.4 s and 129.3 → 123.6 s (pairs; docs/scale.md).
+static void restart_with_blas_settings(char ** argv) {
+    std::vector<std::pair<const char *, std::string>> settings;
+    if (!std::getenv("OPENBLAS_CORETYPE")) {
+        if (const std::string better = imx::better_blas_kernels(); !better.empty()) {
+            settings.emplace_back("OPENBLAS_CORETYPE", better);
+        }
     }
-    const std::string better = imx::better_blas_kernels();
-    if (better.empty()) {
+    if (!std::getenv("OPENBLAS_THREAD_TIMEOUT")) {
+        settings.emplace_back("OPENBLAS_THREAD_TIMEOUT", "4");
+    }
+    if (settings.empty()) {
         return;
     }
     char self[PATH_MAX];
     const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);  // the file itself: `ps` then says imx
-    if (n > 0 && setenv("OPENBLAS_CORETYPE", better.c_str(), 1) == 0) {
-        self[n] = '\0';
-        execv(self, argv);  // returns only if it failed: go on with the kernels loaded
-        unsetenv("OPENBLAS_CORETYPE");
+    if (n <= 0) {
+        return;
+    }
+    self[n] = '\0';
+    for (const auto & [name, value] : settings) {
+        setenv(name, value.c_str(), 1);
+    }
+    execv(self, argv);  // returns only if it failed: go on with the settings loaded
+    for (const auto & [name, value] : settings) {
+        unsetenv(name);
     }
 }
 
 int main(int argc, char ** argv) {
-    use_better_blas_kernels(argv);
+    restart_with_blas_settings(argv);
     CLI::App app{"imx: importance matrices (imatrix) for quantizing GGUF models"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "imx " IMX_VERSION " (llama.cpp " IMX_LLAMA_COMMIT ", backends: " IMX_BACKENDS
