@@ -11,7 +11,8 @@
 // The passes go block by block (engine/stream): both streams' hidden states are kept between blocks. A block
 // runs over the text in float once (its matmul inputs recorded), then over the quantized stream once per stage
 // of its matrices (engine/stream/block_stages.h: each stage encoded again after the stages its inputs depend on,
-// as re-encoded here), then once as re-encoded to give the next block's quantized input — O(L) block passes where
+// as re-encoded here), then once as re-encoded to give the next block's quantized input (a dense block: only its
+// last product, from the last stage's run: engine/stream/block_tail.h) — O(L) block passes where
 // running both models from their first layer for every layer took L²/2. Architectures the block runner is not
 // written for keep that whole-model loop (every matrix of layer l at once).
 #pragma once
