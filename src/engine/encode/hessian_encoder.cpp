@@ -176,14 +176,14 @@ std::vector<HessianTensorReport> hessian_reencode(const std::string & model, con
             continue;
         }
         const bool pooled = c.n_mat == 1 && n_mats > 1;
+        int64_t reader_rows = 0;  // of one matrix, over the readers
+        for (const Job & job : jobs) {
+            reader_rows += job.dst->ne[1];
+        }
         // matrix by matrix (an expert, a head): one factorisation serves every reader (q/k/v, gate/up)
         for (int64_t m = 0; m < n_mats; ++m) {
             const MatrixHessian h = hessians.of(m);
             TargetShift shift = pooled ? TargetShift{} : cross_shift(c, m, o.prior_weight, o.sequential_step);
-            int64_t reader_rows = 0;
-            for (const Job & job : jobs) {
-                reader_rows += job.dst->ne[1];
-            }
             std::unique_ptr<HessianRounder> rounder;
             int64_t rounder_block = 0;
             for (Job & job : jobs) {

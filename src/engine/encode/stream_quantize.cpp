@@ -413,7 +413,8 @@ TensorReplacements BlockQuantizer::encoded_block(int b, const std::set<std::stri
 //      of the stages before encoded and the rest in float, each run ending where the stage's inputs are made: their
 //      X̃ᵀX̃ and X̃ᵀX (X̃ᵀY for ffn_down) → the stage encoded toward its shifted targets — so every matrix is fitted
 //      to the inputs the file gives it, and encoded once;
-//   3. the final block over h̃ → h̃_{b+1}.
+//   3. the final block over h̃ → h̃_{b+1} (a dense block: only its last product, from the last stage's run:
+//      engine/stream/block_tail.h).
 // (Before, step 2 ran the whole block as a first Hessian encoding from XᵀX left it and encoded every matrix
 // again: two encodings a block, and the later matrices fitted to inputs from the earlier ones' first encoding.
 // Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from

@@ -103,15 +103,21 @@ void set_block_keys(gguf_context * dst, const gguf_context * src, const std::str
     }
 }
 
+// A tensor's type in a block model: the replacement's, or the model's.
+ggml_type given_type(const TensorTable & model, const TensorReplacements & replace, const std::string & name) {
+    const auto r = replace.find(name);
+    return r == replace.end() ? model.find(name)->type : r->second.type;
+}
+
 // The block's matrices a block model of `weights` holds decoded to F16: its quantized 2-D ones, unless together
 // they would take more than kDecodedBlockLimit.
-template <class TypeOf>
-std::vector<std::string> decoded_to_f16(const TensorTable & model, int block, const TypeOf & type_of, BlockWeights weights) {
+std::vector<std::string> decoded_to_f16(const TensorTable & model, int block, const TensorReplacements & replace,
+                                        BlockWeights weights) {
     std::vector<std::string> quantized;
     uint64_t f16_bytes = 0;
     for (const std::string & name : model.names()) {
         if (weights == BlockWeights::f16 && block_of(name) == block && ggml_n_dims(model.find(name)) == 2 &&
-            ggml_is_quantized(type_of(name))) {
+            ggml_is_quantized(given_type(model, replace, name))) {
             quantized.push_back(name);
             f16_bytes += (uint64_t) ggml_nelements(model.find(name)) * sizeof(ggml_fp16_t);
         }
@@ -189,10 +195,7 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     const int64_t embd_ne[2] = {n_embd, 1};
     add("", "token_embd.weight", GGML_TYPE_F32, embd_ne, 2);
     const std::string prefix = "blk." + std::to_string(block) + ".";
-    const auto type_of = [&](const std::string & name) {
-        const auto r = replace.find(name);
-        return r == replace.end() ? model.find(name)->type : r->second.type;
-    };
+    const auto type_of = [&](const std::string & name) { return given_type(model, replace, name); };
     // a tensor's bytes in the type it is given in: the replacement's, or read from the model
     std::vector<uint8_t> read;
     const auto bytes_of = [&](const std::string & name) -> const std::vector<uint8_t> & {
@@ -210,7 +213,7 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
     };
     // --sequential's quantized stream on the CPU: the quantized matrices decoded to F16 up front (BlockWeights)
     std::map<std::string, std::vector<uint8_t>> decoded;
-    for (const std::string & name : decoded_to_f16(model, block, type_of, weights)) {
+    for (const std::string & name : decoded_to_f16(model, block, replace, weights)) {
         std::vector<uint8_t> half = f16_of(type_of(name), bytes_of(name), ggml_nelements(model.find(name)));
         if (!half.empty()) {
             decoded[name] = std::move(half);
@@ -248,17 +251,13 @@ void write_block_model(const TensorTable & model, TensorIo & io, int block, cons
 
 TensorBytes block_model_tensor(const TensorTable & model, TensorIo & io, int block, const TensorReplacements & replace,
                                const std::string & name, BlockWeights weights) {
-    const auto type_of = [&](const std::string & n) {
-        const auto r = replace.find(n);
-        return r == replace.end() ? model.find(n)->type : r->second.type;
-    };
     const ggml_tensor * t = model.find(name);
     if (!t || block_of(name) != block) {
         throw Error(model.path() + ": no tensor " + name + " in block " + std::to_string(block));
     }
     const auto r = replace.find(name);
-    TensorBytes given{type_of(name), r != replace.end() ? r->second.bytes : io.read(name, 0, ggml_nbytes(t))};
-    const std::vector<std::string> decoded = decoded_to_f16(model, block, type_of, weights);
+    TensorBytes given{given_type(model, replace, name), r != replace.end() ? r->second.bytes : io.read(name, 0, ggml_nbytes(t))};
+    const std::vector<std::string> decoded = decoded_to_f16(model, block, replace, weights);
     if (std::find(decoded.begin(), decoded.end(), name) != decoded.end()) {
         std::vector<uint8_t> half = f16_of(given.type, given.bytes, ggml_nelements(t));
         if (!half.empty()) {

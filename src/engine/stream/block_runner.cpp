@@ -9,12 +9,6 @@
 
 namespace imx::engine {
 
-namespace {
-
-constexpr const char * kBlockOutput = "l_out-0";
-
-}  // namespace
-
 BlockRunner::BlockRunner(const std::string & block_file, uint32_t chunk_tokens, int threads, int n_gpu_layers,
                          ggml_backend_sched_eval_callback inner, void * inner_data)
     : path_(block_file), tokens_(chunk_tokens), inner_(inner), inner_data_(inner_data) {
@@ -34,7 +28,7 @@ BlockRunner::~BlockRunner() { llama_batch_free(batch_); }
 
 bool BlockRunner::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<BlockRunner *>(user_data);
-    const bool output = std::strcmp(t->name, kBlockOutput) == 0;
+    const bool output = std::strcmp(t->name, kBlockOutputNode) == 0;
     if (ask) {  // the inner callback sees the output node asked about too (BlockTailFinder reads its shape)
         const bool inner_wants = self->inner_ && self->inner_(t, true, self->inner_data_);
         return output || inner_wants;
@@ -76,7 +70,7 @@ bool BlockRunner::run(const std::vector<float> & in, std::vector<float> & out, u
         return false;
     }
     if (!got_out_) {
-        throw Error(path_ + ": the graph has no node " + kBlockOutput + " (chunk " + std::to_string(chunk) +
+        throw Error(path_ + ": the graph has no node " + kBlockOutputNode + " (chunk " + std::to_string(chunk) +
                     "): this architecture names its blocks' outputs otherwise");
     }
     return true;

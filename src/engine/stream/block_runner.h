@@ -18,6 +18,9 @@
 
 namespace imx::engine {
 
+// The graph node of a block model's output (llama.cpp's "l_out" of block 0): where a run stops.
+inline constexpr const char * kBlockOutputNode = "l_out-0";
+
 class BlockRunner {
 public:
     BlockRunner(const std::string & block_file, uint32_t chunk_tokens, int threads, int n_gpu_layers,

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "engine/collect/graph_nodes.h"
+#include "engine/stream/block_runner.h"
 #include "engine/stream/hidden_states.h"
 
 #include "ggml-backend.h"
@@ -16,8 +17,6 @@ namespace imx::engine {
 
 namespace {
 
-constexpr const char * kBlockOutput = "l_out-0";
-
 bool plain_rows(const ggml_tensor * t) {
     return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && t->ne[2] == 1 && t->ne[3] == 1 && t->name[0] != '\0';
 }
@@ -26,7 +25,7 @@ bool plain_rows(const ggml_tensor * t) {
 
 bool BlockTailFinder::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<BlockTailFinder *>(user_data);
-    if (!ask || self->seen_output_ || std::strcmp(t->name, kBlockOutput) != 0) {
+    if (!ask || self->seen_output_ || std::strcmp(t->name, kBlockOutputNode) != 0) {
         return false;
     }
     self->seen_output_ = true;  // the first graph's; later ones are the same block
