@@ -85,9 +85,7 @@ std::string pattern_of(const std::vector<std::string> & weights) {
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded, const std::vector<std::string> & stage,
-                                 TailRecorder * tail) {
-    const ScratchFile quant_file(s.scratch + ".qblock.gguf");
-    write_block_model(model, io, b, quantized, quant_file.path(), s.weights);
+                                 BlockReplay * replay, size_t stage_index) {
     TargetInputs float_inputs;
     float_inputs.stop_after_last_input(false);
     float_inputs.record_outputs_of(kBlockOutputMatrices);
@@ -107,12 +105,23 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
         quant_cov.expect_weights({stage.begin(), stage.end()});
     }
     quant_cov.cross_with(&float_inputs);
+    // the quantized stream: the part of the block's graph that is new replayed, else a run of the block model
+    std::unique_ptr<GraphReplay> quant_replay =
+        replay ? replay->stage(stage_index, model, io, b, quantized, s.threads, ActivationCollector::eval_callback, &quant_cov)
+               : nullptr;
     EvalChain chain;
     chain.add(ActivationCollector::eval_callback, &quant_cov);
-    if (tail) {
-        chain.add(TailRecorder::eval_callback, tail);
+    if (replay && !quant_replay) {
+        chain.add(BlockReplay::eval_callback, replay);
     }
-    BlockRunner quant_runner(quant_file.path(), s.chunk_size, s.threads, s.n_gpu_layers, EvalChain::callback, &chain);
+    std::unique_ptr<ScratchFile> quant_file;
+    std::unique_ptr<BlockRunner> quant_runner;
+    if (!quant_replay) {
+        quant_file = std::make_unique<ScratchFile>(s.scratch + ".qblock.gguf");
+        write_block_model(model, io, b, quantized, quant_file->path(), s.weights);
+        quant_runner = std::make_unique<BlockRunner>(quant_file->path(), s.chunk_size, s.threads, s.n_gpu_layers,
+                                                     EvalChain::callback, &chain);
+    }
     std::vector<float> in, out;
     for (size_t c = 0; c < hq.chunks(); ++c) {
         if (s.before_chunk) {
@@ -128,10 +137,10 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
         }
         hq.read(c, in);
         quant_cov.begin_chunk((uint32_t) c);
-        if (tail) {
-            tail->begin_chunk(c);
+        if (replay) {
+            replay->begin_chunk(c);
         }
-        const bool whole = quant_runner.run(in, out, (uint32_t) c);
+        const bool whole = quant_replay ? quant_replay->run(in, out, c) : quant_runner->run(in, out, (uint32_t) c);
         if ((!whole && stage.empty()) || !quant_cov.error().empty()) {
             throw Error(model.path() + ": " + quant_cov.error() + " (block " + std::to_string(b) +
                         ", the quantized stream, chunk " + std::to_string(c) + ")");
@@ -146,7 +155,7 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
 }
 
 void record_float_block(const TensorTable & model, TensorIo & io, int b, const HiddenStates & h, HiddenStates & next,
-                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, BlockTailFinder & tail,
+                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, BlockGraph & graph,
                         ActivationCollector * sums) {
     const ScratchFile block_file(s.scratch + ".block.gguf");
     // as given: the type search collects its blocks with `collect`'s runner and expects these sums to the byte
@@ -160,7 +169,7 @@ void record_float_block(const TensorTable & model, TensorIo & io, int b, const H
     }
     chain.add(TargetInputs::eval_callback, &inputs);
     chain.add(BlockStages::eval_callback, &stages);
-    chain.add(BlockTailFinder::eval_callback, &tail);
+    chain.add(BlockGraph::eval_callback, &graph);
     BlockRunner runner(block_file.path(), s.chunk_size, s.threads, s.n_gpu_layers, EvalChain::callback, &chain);
     std::vector<float> in, out;
     for (size_t c = 0; c < h.chunks(); ++c) {
@@ -205,43 +214,40 @@ void run_block(const TensorTable & model, TensorIo & io, int b, const TensorRepl
     }
 }
 
-std::unique_ptr<TailRecorder> tail_recorder(const BlockTail & tail, const std::vector<std::string> & stage,
-                                            bool last_stage, const HiddenStates & hq, const BlockPassSettings & s) {
-    if (tail.weight.empty() || !last_stage || s.weights != BlockWeights::f16 ||  // f16: the CPU (fastest_block_weights)
-        std::find(stage.begin(), stage.end(), tail.weight) == stage.end()) {
-        return nullptr;
-    }
+std::unique_ptr<BlockReplay> block_replay(const BlockGraph & graph, const std::vector<std::vector<std::string>> & stages,
+                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change) {
     std::vector<size_t> tokens;
-    for (size_t c = 0; c < hq.chunks(); ++c) {
-        tokens.push_back(hq.floats(c) / (size_t) tail.width);
+    const int out = graph.output();
+    if (out >= 0) {
+        const auto n_embd = (size_t) graph.tensors()[(size_t) out].copy.ne[0];
+        for (size_t c = 0; c < hq.chunks(); ++c) {
+            tokens.push_back(hq.floats(c) / n_embd);
+        }
     }
-    return std::make_unique<TailRecorder>(tail, s.scratch, tokens);
+    // f16: the CPU (fastest_block_weights), where the replays multiply as the graph does
+    return std::make_unique<BlockReplay>(graph, stages, tokens, s.scratch, s.weights == BlockWeights::f16 && !norms_change);
 }
 
 void finish_quantized_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
                             const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s,
-                            const TailRecorder * tail) {
-    if (tail && tail->complete()) {
-        // the graph's name of the weight (blk.0.*) as the model names it
-        const std::string name = "blk." + std::to_string(b) + tail->tail().weight.substr(5);
-        const TensorBytes w = block_model_tensor(model, io, b, tensors, name, s.weights);
-        // types the CPU multiplies in place (no repacked layout, as k-quants may get): the graph's own product
-        if (w.type == GGML_TYPE_F16 || w.type == GGML_TYPE_F32) {
-            std::vector<float> y;
-            for (size_t c = 0; c < in.chunks(); ++c) {
-                if (s.before_chunk) {
-                    s.before_chunk(c);
-                }
-                tail->output(c, w, s.threads, y);
-                out.write(c, y.data());
-                if (s.after_chunk) {
-                    s.after_chunk(c);
-                }
-            }
-            return;
+                            BlockReplay * replay) {
+    const std::unique_ptr<GraphReplay> r = replay ? replay->output(model, io, b, tensors, s.threads) : nullptr;
+    if (!r) {
+        run_block(model, io, b, tensors, in, out, s);
+        return;
+    }
+    std::vector<float> x, y;
+    for (size_t c = 0; c < in.chunks(); ++c) {
+        if (s.before_chunk) {
+            s.before_chunk(c);
+        }
+        in.read(c, x);
+        r->run(x, y, c);
+        out.write(c, y.data());
+        if (s.after_chunk) {
+            s.after_chunk(c);
         }
     }
-    run_block(model, io, b, tensors, in, out, s);
 }
 
 std::vector<SequentialLayerReport> sequential_reencode(const std::string & model, const std::string & quantized,
@@ -295,9 +301,9 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
         auto t0 = std::chrono::steady_clock::now();
         InputTape tape(base + ".inputs");
         BlockStages order;
-        BlockTailFinder tail;
+        BlockGraph graph;
         HiddenStates & next = h.output();  // (each call of output() starts a new file)
-        record_float_block(table, io, layer, h.input(), next, bp, tape, order, tail);
+        record_float_block(table, io, layer, h.input(), next, bp, tape, order, graph);
         report.seconds_collect = seconds_since(t0);
         // stage by stage (as the block-by-block --sequential: engine/encode/stream_quantize.cpp), each matrix
         // against the inputs the matrices before it give it, as re-encoded in this pass
@@ -311,20 +317,19 @@ std::vector<SequentialLayerReport> sequential_reencode(const std::string & model
             }
         }
         const std::vector<std::vector<std::string>> stages = order.stages(changed);
-        std::unique_ptr<TailRecorder> recorder;
+        const std::unique_ptr<BlockReplay> replay = block_replay(graph, stages, hq.input(), bp, false);
         for (size_t k = 0; k < stages.size(); ++k) {
             t0 = std::chrono::steady_clock::now();
             tape.rewind();
-            recorder = tail_recorder(tail.tail(), stages[k], k + 1 == stages.size(), hq.input(), bp);
             const Imatrix shifted = shifted_block_statistics(table, io, layer, block_tensors(quantized, layer), h.input(),
-                                                             hq.input(), next, bp, &tape, stages[k], recorder.get());
+                                                             hq.input(), next, bp, &tape, stages[k], replay.get(), k);
             report.seconds_collect += seconds_since(t0);
             std::vector<HessianTensorReport> r = hessian_reencode(model, quantized, shifted, o, [](int, int) {});
             report.tensors.insert(report.tensors.end(), r.begin(), r.end());
         }
         t0 = std::chrono::steady_clock::now();
         finish_quantized_block(table, io, layer, block_tensors(quantized, layer), hq.input(), hq.output(), bp,
-                               recorder.get());
+                               replay.get());
         report.seconds_collect += seconds_since(t0);
         reports.push_back(std::move(report));
         h.advance();

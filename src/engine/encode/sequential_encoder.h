@@ -11,8 +11,9 @@
 // The passes go block by block (engine/stream): both streams' hidden states are kept between blocks. A block
 // runs over the text in float once (its matmul inputs recorded), then over the quantized stream once per stage
 // of its matrices (engine/stream/block_stages.h: each stage encoded again after the stages its inputs depend on,
-// as re-encoded here), then once as re-encoded to give the next block's quantized input (a dense block: only its
-// last product, from the last stage's run: engine/stream/block_tail.h) — O(L) block passes where
+// as re-encoded here), then once as re-encoded to give the next block's quantized input — where a stage or that
+// last pass needs only what earlier runs computed and kept, that part of the block's graph alone is replayed
+// (engine/stream/block_replay.h: in a dense block all but the attn_output stage) — O(L) block passes where
 // running both models from their first layer for every layer took L²/2. Architectures the block runner is not
 // written for keep that whole-model loop (every matrix of layer l at once).
 #pragma once
@@ -23,7 +24,7 @@
 #include "engine/collect/activation_collector.h"
 #include "engine/stream/block_model.h"
 #include "engine/stream/block_stages.h"
-#include "engine/stream/block_tail.h"
+#include "engine/stream/block_replay.h"
 #include "engine/stream/hidden_states.h"
 #include "engine/stream/input_tape.h"
 
@@ -78,30 +79,31 @@ struct BlockPassSettings {
 // from there: the float block is not run again, h is not read and `next` not written. With `stage` (weights as the
 // block model names them, blk.0.*), the statistics of those weights alone, and each run of the quantized block
 // ends where their inputs are computed (the first chunk after the last of them: ActivationCollector::stop_at_inputs).
-// With `tail`, the block's tail inputs (block_tail.h) recorded on the way.
+// With `replay`, stage number `stage_index` of its plan: the part of the block's graph that is new replayed
+// (block_replay.h), or a run of the block that keeps what later stages replay from.
 Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & quantized,
                                  const HiddenStates & h, const HiddenStates & hq, HiddenStates & next,
                                  const BlockPassSettings & s, InputTape * recorded = nullptr,
-                                 const std::vector<std::string> & stage = {}, TailRecorder * tail = nullptr);
+                                 const std::vector<std::string> & stage = {}, BlockReplay * replay = nullptr,
+                                 size_t stage_index = 0);
 
 // --sequential's step 1: the float block b over h, its output into `next`, its matmul inputs recorded chunk by chunk
 // into `tape` (for kBlockOutputMatrices their outputs Y instead), the order its matrices depend on one another in
-// into `stages` and its tail into `tail` (from the first chunk's graph), and its sums into `sums` where given.
+// into `stages` and its graph into `graph` (from the first chunk's), and its sums into `sums` where given.
 void record_float_block(const TensorTable & model, TensorIo & io, int b, const HiddenStates & h, HiddenStates & next,
-                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, BlockTailFinder & tail,
+                        const BlockPassSettings & s, InputTape & tape, BlockStages & stages, BlockGraph & graph,
                         ActivationCollector * sums = nullptr);
 
-// A recorder of the block's tail for the run of `stage` where that is the last stage and ends with the tail's
-// weight, and the quantized stream runs on the CPU (where the tail's product is computed); else none.
-std::unique_ptr<TailRecorder> tail_recorder(const BlockTail & tail, const std::vector<std::string> & stage,
-                                            bool last_stage, const HiddenStates & hq, const BlockPassSettings & s);
+// The replays of block b's `stages` over the quantized stream hq (block_replay.h): none where it runs on a GPU
+// (block models as given) or where `norms_change` (a stage's run then changes what earlier ones computed).
+std::unique_ptr<BlockReplay> block_replay(const BlockGraph & graph, const std::vector<std::vector<std::string>> & stages,
+                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change);
 
-// --sequential's step 3: block b with `tensors` over `in`, its output into `out` — from `tail` where it recorded
-// every chunk and the block model holds the tail's weight in a type ggml multiplies as the graph does (F16, F32),
-// else by a run of the block.
+// --sequential's step 3: block b with `tensors` over `in`, its output into `out` — replayed from what the stages'
+// runs kept (a dense block: its last product and the residual) where `replay` can, else by a run of the block.
 void finish_quantized_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,
                             const HiddenStates & in, HiddenStates & out, const BlockPassSettings & s,
-                            const TailRecorder * tail);
+                            BlockReplay * replay);
 
 // Block b with `tensors` over `in`, its output into `out`.
 void run_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

@@ -413,8 +413,9 @@ TensorReplacements BlockQuantizer::encoded_block(int b, const std::set<std::stri
 //      of the stages before encoded and the rest in float, each run ending where the stage's inputs are made: their
 //      X̃ᵀX̃ and X̃ᵀX (X̃ᵀY for ffn_down) → the stage encoded toward its shifted targets — so every matrix is fitted
 //      to the inputs the file gives it, and encoded once;
-//   3. the final block over h̃ → h̃_{b+1} (a dense block: only its last product, from the last stage's run:
-//      engine/stream/block_tail.h).
+//   3. the final block over h̃ → h̃_{b+1}.
+//   Where a run of 2. or 3. needs only what earlier runs computed (a dense block: all but attn_output's stage), the
+//   part of the block's graph that is new is replayed from the values they kept (engine/stream/block_replay.h).
 // (Before, step 2 ran the whole block as a first Hessian encoding from XᵀX left it and encoded every matrix
 // again: two encodings a block, and the later matrices fitted to inputs from the earlier ones' first encoding.
 // Tried and not kept — cheaper, measured on held-out calibration text: the inputs within the block taken from
@@ -434,12 +435,12 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     Imatrix first;  // step 1's sums
     InputTape float_inputs(scratch_base_ + ".inputs");
     BlockStages order;
-    BlockTailFinder tail;
+    BlockGraph graph;
     {
         // --sequential encodes from the quantized stream's covariances alone: none of the float stream's
         ActivationCollector col(o_.chunk_size, false, false, threads_, 0);
         col.stop_after_last_weight(false);
-        record_float_block(table_, io_, b, h, next, bp, float_inputs, order, tail, &col);
+        record_float_block(table_, io_, b, h, next, bp, float_inputs, order, graph, &col);
         add_block(first, std::move(col.data()), b);
     }
     for (const auto & [name, ts] : first.tensors) {
@@ -475,13 +476,13 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
     plan_progress(b, stages.size());
     res_.sequential_stages = std::max(res_.sequential_stages, (int) stages.size());
-    std::unique_ptr<TailRecorder> recorder;  // the last stage's: the block's output without a run of it
+    const std::unique_ptr<BlockReplay> replay = block_replay(graph, stages, hq, bp, o_.refit_norms);
     for (const std::vector<std::string> & stage : stages) {
         const TensorReplacements done = encoded_block(b, pending);
         const auto t1 = std::chrono::steady_clock::now();
         float_inputs.rewind();
-        recorder = tail_recorder(tail.tail(), stage, &stage == &stages.back(), hq, bp);
-        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, stage, recorder.get());
+        Imatrix shifted = shifted_block_statistics(table_, io_, b, done, h, hq, next, bp, &float_inputs, stage, replay.get(),
+                                                   (size_t) (&stage - stages.data()));
         res_.seconds_passes += seconds_since(t1);
         const size_t first_report = res_.sequential_reports.size();
         encode_again(shifted, true);
@@ -505,7 +506,7 @@ void BlockQuantizer::pass_sequential(int b, const HiddenStates & h, const Hidden
     }
 
     const auto t2 = std::chrono::steady_clock::now();
-    finish_quantized_block(table_, io_, b, encoded_block(b), hq, next_q, bp, recorder.get());
+    finish_quantized_block(table_, io_, b, encoded_block(b), hq, next_q, bp, replay.get());
     res_.seconds_passes += seconds_since(t2);
 }
 
