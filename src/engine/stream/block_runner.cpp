@@ -29,7 +29,7 @@ BlockRunner::~BlockRunner() { llama_batch_free(batch_); }
 bool BlockRunner::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<BlockRunner *>(user_data);
     const bool output = std::strcmp(t->name, kBlockOutputNode) == 0;
-    if (ask) {  // the inner callback sees the output node asked about too (BlockTailFinder reads its shape)
+    if (ask) {  // the inner callback sees the output node asked about too (BlockGraph copies it)
         const bool inner_wants = self->inner_ && self->inner_(t, true, self->inner_data_);
         return output || inner_wants;
     }
