@@ -5,7 +5,6 @@
 #include "engine/collect/graph_nodes.h"
 #include "engine/stream/block_runner.h"
 
-#include "ggml-alloc.h"
 #include "ggml-cpu.h"
 
 #include <algorithm>
