@@ -92,7 +92,7 @@ public:
     BlockReplay & operator=(const BlockReplay &) = delete;
 
     // Stage k's replay with the block's tensors as `tensors` gives them (else the float model's), or null: run the
-    // block, with keeper(k) in its eval callback chain.
+    // block, with eval_callback below in its chain (it then keeps what stage k's run keeps in the plan).
     std::unique_ptr<GraphReplay> stage(size_t k, const TensorTable & model, TensorIo & io, int b,
                                        const TensorReplacements & tensors, int threads,
                                        ggml_backend_sched_eval_callback inner, void * inner_data);
