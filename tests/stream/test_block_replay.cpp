@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -88,6 +89,7 @@ struct ReplayCase {
     std::vector<bool> stages_replayed;  // by the plan
     bool              output_replayed;
     int               runtime_replays;  // parts replayed, the output included
+    uint64_t          kept_in_memory = kKeptInMemory;  // 0: every kept value through a scratch file
 };
 
 void PrintTo(const ReplayCase & c, std::ostream * os) { *os << c.model; }
@@ -122,7 +124,7 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
         encoded.insert(name);
     }
     const std::vector<std::vector<std::string>> stages = order.stages(encoded);
-    const std::unique_ptr<BlockReplay> replay = block_replay(graph, stages, *s.hq, bp, false);
+    const std::unique_ptr<BlockReplay> replay = block_replay(graph, stages, *s.hq, bp, false, rc.kept_in_memory);
     ASSERT_EQ(replay->plan().stages.size(), rc.stages_replayed.size());
     for (size_t k = 0; k < stages.size(); ++k) {
         EXPECT_EQ(replay->plan().stages[k].has_value(), rc.stages_replayed[k]) << "stage " << k << ": " << stages[k][0];
@@ -143,6 +145,11 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
         EXPECT_TRUE(same_statistics(replayed, ran, why)) << "stage " << k << ": " << why;
         EXPECT_FALSE(ran.tensors.empty());
     }
+    bool node_files = false;  // the kept values' scratch files, beside bp.scratch
+    for (const auto & e : std::filesystem::directory_iterator(dir)) {
+        node_files = node_files || e.path().filename().string().find(".node") != std::string::npos;
+    }
+    EXPECT_EQ(node_files, rc.kept_in_memory == 0);
     const size_t width = (size_t) embedding_length(model);
     HiddenStates by_replay(dir + "/by-replay", s.tokens, width), by_run(dir + "/by-run", s.tokens, width);
     finish_quantized_block(model, io, 0, repl, *s.hq, by_replay, bp, replay.get());
@@ -160,14 +167,14 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
     EXPECT_EQ(replay->replayed(), rc.runtime_replays);
 }
 
-// A dense block: q/k/v (from the first norm), gate/up (from attention's output), down and the output replay;
+// A dense block (its kept values in scratch files): q/k/v (from the first norm), gate/up (from attention's output), down and the output replay;
 // attn_output's input is attention, which reads the KV cache. MLA (deepseek3-tiny's dense block 0, stages
 // q_a/kv_a_mqa; q_b; k_b; v_b; attn_output; gate/up; down): all but v_b's (its input is attention's) — attn_output's
 // from v_b's run's attention output, through v_b's product — and at run time not the two whose parts multiply the
 // per-head k_b or v_b, which block models keep in their own type (Q4_0 here; only 2-D matrices become F16). A MoE
 // block's experts are 3-D too: of its planned parts only q/k/v's replays.
 INSTANTIATE_TEST_SUITE_P(Blocks, BlockReplayOf,
-                         ::testing::Values(ReplayCase{"qwen3", {true, false, true, true}, true, 4},
+                         ::testing::Values(ReplayCase{"qwen3", {true, false, true, true}, true, 4, 0},
                                            ReplayCase{"deepseek3-tiny", {true, true, true, false, true, true, true}, true, 5},
                                            ReplayCase{"qwen3moe-tiny", {true, false, true, true}, true, 1}),
                          [](const auto & info) {

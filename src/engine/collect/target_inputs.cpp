@@ -6,6 +6,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace imx::engine {
@@ -119,6 +120,14 @@ template <class T> void get_vector(std::FILE * f, const std::string & path, std:
     get(f, path, v.data(), n * sizeof(T));
 }
 
+template <class T> void skip_vector(std::FILE * f, const std::string & path) {
+    uint64_t n = 0;
+    get(f, path, &n, sizeof n);
+    if (n && std::fseek(f, (long) (n * sizeof(T)), SEEK_CUR) != 0) {
+        throw Error(path + ": the recorded inputs end early");
+    }
+}
+
 }  // namespace
 
 // Per input: the names of the weights reading it, its shape, its rows, its expert ids.
@@ -169,6 +178,12 @@ void TargetInputs::load(std::FILE * f, const std::string & path) {
         auto in = std::make_shared<Input>();
         get(f, path, in->ne, sizeof in->ne);
         get(f, path, &in->n_used, sizeof in->n_used);
+        // an input none of whose readers `only` takes is stepped over (a stage's pass reads its own inputs)
+        if (std::none_of(readers.begin(), readers.end(), [&](const std::string & r) { return std::regex_search(r, only_); })) {
+            skip_vector<float>(f, path);
+            skip_vector<int32_t>(f, path);
+            continue;
+        }
         get_vector(f, path, in->rows);
         get_vector(f, path, in->ids);
         for (const std::string & name : readers) {
@@ -182,8 +197,13 @@ void TargetInputs::load(std::FILE * f, const std::string & path) {
         get_vector(f, path, name);
         auto out = std::make_shared<Input>();
         get(f, path, out->ne, sizeof out->ne);
+        const std::string weight(name.begin(), name.end());
+        if (!std::regex_search(weight, only_)) {
+            skip_vector<float>(f, path);
+            continue;
+        }
         get_vector(f, path, out->rows);
-        outputs_[std::string(name.begin(), name.end())] = out;
+        outputs_[weight] = out;
     }
 }
 

@@ -42,7 +42,8 @@ public:
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
     // Also the output head's input (collect --process-output).
     void record_output_head(bool on) { output_head_ = on; }
-    // Only the inputs of weights matching (empty: all); the pass stops after the last of them (as the collector).
+    // Only the inputs of weights matching (empty: all); the pass stops after the last of them (as the collector),
+    // and load() steps over the others.
     void only(const std::string & regex) { only_ = std::regex(regex.empty() ? std::string(".*") : regex); }
     // Weights matching `regex` whose matmul is a plain 2-D one (MUL_MAT, one matrix) with fewer rows than
     // columns have their output recorded instead of their input; each must be its input's only reader (the

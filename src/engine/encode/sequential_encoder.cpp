@@ -91,6 +91,9 @@ Imatrix shifted_block_statistics(const TensorTable & model, TensorIo & io, int b
     float_inputs.record_outputs_of(kBlockOutputMatrices);
     std::unique_ptr<ScratchFile> float_file;
     std::unique_ptr<BlockRunner> float_runner;
+    if (recorded && !stage.empty()) {
+        float_inputs.only(pattern_of(stage));  // the tape holds every stage's inputs: this stage's are read
+    }
     if (!recorded) {
         float_file = std::make_unique<ScratchFile>(s.scratch + ".block.gguf");
         write_block_model(model, io, b, {}, float_file->path());
@@ -215,7 +218,8 @@ void run_block(const TensorTable & model, TensorIo & io, int b, const TensorRepl
 }
 
 std::unique_ptr<BlockReplay> block_replay(const BlockGraph & graph, const std::vector<std::vector<std::string>> & stages,
-                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change) {
+                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change,
+                                          uint64_t kept_in_memory) {
     std::vector<size_t> tokens;
     const int out = graph.output();
     if (out >= 0) {
@@ -225,7 +229,8 @@ std::unique_ptr<BlockReplay> block_replay(const BlockGraph & graph, const std::v
         }
     }
     // f16: the CPU (fastest_block_weights), where the replays multiply as the graph does
-    return std::make_unique<BlockReplay>(graph, stages, tokens, s.scratch, s.weights == BlockWeights::f16 && !norms_change);
+    return std::make_unique<BlockReplay>(graph, stages, tokens, s.scratch, s.weights == BlockWeights::f16 && !norms_change,
+                                         kept_in_memory);
 }
 
 void finish_quantized_block(const TensorTable & model, TensorIo & io, int b, const TensorReplacements & tensors,

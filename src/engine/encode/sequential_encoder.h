@@ -95,9 +95,11 @@ void record_float_block(const TensorTable & model, TensorIo & io, int b, const H
                         ActivationCollector * sums = nullptr);
 
 // The replays of block b's `stages` over the quantized stream hq (block_replay.h): none where it runs on a GPU
-// (block models as given) or where `norms_change` (a stage's run then changes what earlier ones computed).
+// (block models as given) or where `norms_change` (a stage's run then changes what earlier ones computed). Kept
+// values past `kept_in_memory` bytes go to scratch files.
 std::unique_ptr<BlockReplay> block_replay(const BlockGraph & graph, const std::vector<std::vector<std::string>> & stages,
-                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change);
+                                          const HiddenStates & hq, const BlockPassSettings & s, bool norms_change,
+                                          uint64_t kept_in_memory = kKeptInMemory);
 
 // --sequential's step 3: block b with `tensors` over `in`, its output into `out` — replayed from what the stages'
 // runs kept (a dense block: its last product and the residual) where `replay` can, else by a run of the block.

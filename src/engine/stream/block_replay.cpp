@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <numeric>
+#include <optional>
 #include <set>
 
 namespace imx::engine {
@@ -237,18 +239,43 @@ ReplayPlan plan_replays(const BlockGraph & g, const std::vector<std::vector<std:
 
 // ---- the values kept ----
 
+// A node's values over every chunk: in memory while the block's kept values fit, else in a scratch file.
 struct BlockReplay::Kept {
-    ScratchFile  file;
-    HiddenStates states;
-    size_t       got = 0;  // chunks, in order
-    bool         broken = false;
-    Kept(const std::string & path, const std::vector<size_t> & tokens, size_t width)
-        : file(path), states(file.path(), tokens, width) {}
+    size_t                       width;
+    std::vector<float>           values;  // tokens × width, chunk after chunk
+    std::unique_ptr<ScratchFile> file;
+    std::optional<HiddenStates>  states;
+    size_t                       got = 0;  // chunks, in order
+    bool                         broken = false;
+    Kept(const std::string & path, const std::vector<size_t> & tokens, size_t w, bool in_memory) : width(w) {
+        if (in_memory) {
+            values.resize(std::accumulate(tokens.begin(), tokens.end(), size_t{0}) * width);
+        } else {
+            file = std::make_unique<ScratchFile>(path);
+            states.emplace(file->path(), tokens, width);
+        }
+    }
+    // Every chunk has as many tokens here (replays need it): chunk c's values start at c · its size.
+    void write(size_t chunk, const float * data, size_t n) {
+        if (states) {
+            states->write(chunk, data);
+        } else {
+            std::memcpy(values.data() + chunk * n, data, n * sizeof(float));
+        }
+    }
+    void read(size_t chunk, float * out, size_t n) const {
+        if (states) {
+            states->read(chunk, out, n);
+        } else {
+            std::memcpy(out, values.data() + chunk * n, n * sizeof(float));
+        }
+    }
 };
 
 BlockReplay::BlockReplay(const BlockGraph & g, const std::vector<std::vector<std::string>> & stages,
-                         const std::vector<size_t> & tokens, const std::string & scratch, bool cpu_f16)
-    : graph_(g), tokens_(tokens), scratch_(scratch) {
+                         const std::vector<size_t> & tokens, const std::string & scratch, bool cpu_f16,
+                         uint64_t kept_in_memory)
+    : graph_(g), tokens_(tokens), scratch_(scratch), kept_memory_(kept_in_memory) {
     const bool even = !tokens.empty() && std::all_of(tokens.begin(), tokens.end(), [&](size_t n) { return n == tokens[0]; });
     if (cpu_f16 && even && g.output() >= 0) {
         plan_ = plan_replays(g, stages);
@@ -276,7 +303,11 @@ void BlockReplay::keep(int node, size_t chunk, const ggml_tensor * t) {
     auto it = kept_.find(node);
     if (it == kept_.end()) {
         const size_t width = (size_t) ggml_nelements(&c) / tokens_[0];
-        it = kept_.emplace(node, std::make_unique<Kept>(scratch_ + ".node" + std::to_string(node), tokens_, width)).first;
+        const uint64_t bytes = std::accumulate(tokens_.begin(), tokens_.end(), uint64_t{0}) * width * sizeof(float);
+        const bool in_memory = kept_in_memory_ + bytes <= kept_memory_;
+        kept_in_memory_ += in_memory ? bytes : 0;
+        it = kept_.emplace(node, std::make_unique<Kept>(scratch_ + ".node" + std::to_string(node), tokens_, width,
+                                                        in_memory)).first;
     }
     Kept & k = *it->second;
     if (k.broken || chunk != k.got || t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || !ggml_are_same_shape(t, &c) ||
@@ -284,12 +315,13 @@ void BlockReplay::keep(int node, size_t chunk, const ggml_tensor * t) {
         k.broken = true;  // not the node the float graph had: the stages that read it run the block
         return;
     }
+    const size_t n = (size_t) ggml_nelements(t);
     if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
-        std::vector<float> host((size_t) ggml_nelements(t));
+        std::vector<float> host(n);
         ggml_backend_tensor_get(t, host.data(), 0, ggml_nbytes(t));
-        k.states.write(chunk, host.data());
+        k.write(chunk, host.data(), n);
     } else {
-        k.states.write(chunk, static_cast<const float *>(t->data));
+        k.write(chunk, static_cast<const float *>(t->data), n);
     }
     ++k.got;
 }
@@ -350,7 +382,6 @@ struct GraphReplay::Tensors {
     ggml_cgraph *                        graph = nullptr;
     ggml_cplan                           plan{};
     std::vector<uint8_t>                 work;
-    std::vector<float>                   scratch;
     ~Tensors() {
         if (values) {
             ggml_backend_buffer_free(values);
@@ -502,12 +533,12 @@ bool GraphReplay::run(const std::vector<float> & in, std::vector<float> & out, s
         std::memcpy(t.input->data, in.data(), ggml_nbytes(t.input));
     }
     for (int i : part_->kept) {
-        owner_->kept_.at(i)->states.read(chunk, t.scratch);
+        const BlockReplay::Kept & k = *owner_->kept_.at(i);
         ggml_tensor * n = t.of.at(i);
-        if (t.scratch.size() * sizeof(float) != ggml_nbytes(n)) {
+        if ((size_t) ggml_nelements(n) != owner_->tokens_[chunk] * k.width) {
             throw Error(std::string(n->name) + ": kept values of chunk " + std::to_string(chunk) + " differ in size");
         }
-        std::memcpy(n->data, t.scratch.data(), ggml_nbytes(n));
+        k.read(chunk, static_cast<float *>(n->data), (size_t) ggml_nelements(n));
     }
     if (!part_->compute.empty() && ggml_graph_compute(t.graph, &t.plan) != GGML_STATUS_SUCCESS) {
         throw Error("ggml could not compute the block's graph again (chunk " + std::to_string(chunk) + ")");

@@ -79,14 +79,21 @@ ReplayPlan plan_replays(const BlockGraph & g, const std::vector<std::vector<std:
 
 class GraphReplay;
 
-// One block's replays over the quantized stream: the plan, the kept values (scratch files beside `scratch`,
-// removed with this, or on a signal), and the eval callback that keeps them from a run of the block.
+// Kept values held in memory a block (≈ 400 MB at the Qwen3-1.7B shape with 16 chunks: the scratch files' write
+// and read-back go); past it, in scratch files (a long text's).
+constexpr uint64_t kKeptInMemory = 1ull << 30;
+
+// One block's replays over the quantized stream: the plan, the kept values (in memory up to 1 GiB a block, past
+// it in scratch files beside `scratch`, removed with this, or on a signal), and the eval callback that keeps
+// them from a run of the block.
 class BlockReplay {
 public:
     // `tokens`: of each chunk of the quantized stream. Replays only where every chunk has the first one's length
     // (the graph's shapes are the first chunk's) and `cpu_f16` (the quantized stream's block models in F16 on the CPU).
+    // `kept_in_memory`: bytes of kept values held in memory; the nodes past it go to scratch files.
     BlockReplay(const BlockGraph & g, const std::vector<std::vector<std::string>> & stages,
-                const std::vector<size_t> & tokens, const std::string & scratch, bool cpu_f16);
+                const std::vector<size_t> & tokens, const std::string & scratch, bool cpu_f16,
+                uint64_t kept_in_memory = kKeptInMemory);
     ~BlockReplay();
     BlockReplay(const BlockReplay &) = delete;
     BlockReplay & operator=(const BlockReplay &) = delete;
@@ -122,6 +129,8 @@ private:
     std::vector<size_t>                tokens_;
     std::string                        scratch_;
     std::map<int, std::unique_ptr<Kept>> kept_;
+    uint64_t                           kept_memory_;         // bytes of kept values that may be held in memory
+    uint64_t                           kept_in_memory_ = 0;  // and held
     std::map<int, int>                 position_of_;  // node → its place among the nodes the scheduler asks about
     // a run of the block: the nodes it keeps (by position), and where this chunk's asks are
     std::map<int, int> keeping_at_;

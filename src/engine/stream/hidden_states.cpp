@@ -73,9 +73,12 @@ void HiddenStates::write(size_t chunk, const float * data) {
 
 void HiddenStates::read(size_t chunk, std::vector<float> & out) const {
     out.resize(floats(chunk));
-    const size_t n = out.size() * sizeof(float);
+    read(chunk, out.data(), out.size());
+}
+
+void HiddenStates::read(size_t chunk, float * out, size_t n) const {
     const off_t at = (off_t) (offsets_[chunk] * n_embd_ * sizeof(float));
-    if (!read_all_at(fd_, out.data(), n, (uint64_t) at)) {
+    if (n != floats(chunk) || !read_all_at(fd_, out, n * sizeof(float), (uint64_t) at)) {
         throw Error(path_ + ": cannot read the hidden states of chunk " + std::to_string(chunk));
     }
 }

@@ -24,6 +24,7 @@ public:
 
     void write(size_t chunk, const float * data);
     void read(size_t chunk, std::vector<float> & out) const;
+    void read(size_t chunk, float * out, size_t n) const;  // n: floats(chunk), checked
     void sync() const;  // on disk (a checkpoint refers to it)
     const std::string & path() const { return path_; }
     size_t chunks() const { return offsets_.size() - 1; }
