@@ -149,10 +149,16 @@ TEST(OutputCross, TheFloatOutputsGiveTheSameShiftedTargets) {
         std::copy_n(w.data() + picked[k] * n, n, some.data() + k * n);
     }
     shift_targets(rounder, sb, some.data(), (int64_t) picked.size(), picked.data());
+    // to 0.1% of the row's largest shift: the solves round by the row's sums, not by one value's shift (OpenBLAS's
+    // Haswell kernels on 3 rows and on all of them differed by 1.3e-6 on a value its shift moved by 1.2e-3)
     for (size_t k = 0; k < picked.size(); ++k) {
+        double row_shift = 0;
         for (int64_t j = 0; j < n; ++j) {
-            const float want = tb[(size_t) (picked[k] * n + j)], moved = want - w[(size_t) (picked[k] * n + j)];
-            ASSERT_NEAR(some[k * n + j], want, 1e-3 * std::fabs(moved) + 1e-6 * std::fabs(want)) << "row " << picked[k];
+            row_shift = std::max(row_shift, (double) std::fabs(tb[(size_t) (picked[k] * n + j)] - w[(size_t) (picked[k] * n + j)]));
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const float want = tb[(size_t) (picked[k] * n + j)];
+            ASSERT_NEAR(some[k * n + j], want, 1e-3 * row_shift + 1e-6 * std::fabs(want)) << "row " << picked[k];
         }
     }
 }
