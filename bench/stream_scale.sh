@@ -54,7 +54,7 @@ run() {  # NAME CMD...: prints a table row with wall time and peak RSS
 }
 
 echo "# $shape ($(du -h "$model" | cut -f1) F16), $chunks chunks of 512 of calibration.txt, $type, -t $threads, $(date -u +%F), imx $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "(not a checkout)")$([ "$drop" = 1 ] && echo ", page cache dropped before each step")"
-# imx's OpenBLAS kernels move its times by 15-20% (OPENBLAS_CORETYPE, docs/scale.md); upstream's do not use OpenBLAS
+# imx's OpenBLAS kernels move its times by 12-20% (OPENBLAS_CORETYPE, docs/scale.md); upstream does not use OpenBLAS
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, $("$build/imx" --version | grep -o 'OpenBLAS kernels: [A-Za-z0-9]*')"
 echo
 echo "| shape | step | wall s | peak RSS MiB |"

@@ -167,8 +167,8 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
     EXPECT_EQ(replay->replayed(), rc.runtime_replays);
 }
 
-// A dense block (its kept values in scratch files): q/k/v (from the first norm), gate/up (from attention's output), down and the output replay;
-// attn_output's input is attention, which reads the KV cache. MLA (deepseek3-tiny's dense block 0, stages
+// A dense block (its kept values in scratch files): q/k/v (from the first norm), gate/up (from attention's
+// output), down and the output replay; attn_output's input is attention, which reads the KV cache. MLA (deepseek3-tiny's dense block 0, stages
 // q_a/kv_a_mqa; q_b; k_b; v_b; attn_output; gate/up; down): all but v_b's (its input is attention's) — attn_output's
 // from v_b's run's attention output, through v_b's product — and at run time not the two whose parts multiply the
 // per-head k_b or v_b, which block models keep in their own type (Q4_0 here; only 2-D matrices become F16). A MoE
