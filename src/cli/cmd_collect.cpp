@@ -176,6 +176,9 @@ Run add_collect(CLI::App & app) {
     app.add_flag("--covariance-pooled-experts", c.covariance_pool_experts,
                  "keep one XᵀX per expert input, pooled over its experts (quantize scales it by each expert's own "
                  "imatrix); the default where per-expert matrices do not fit the budget");
+    app.add_flag("--gate-weights,!--no-gate-weights", c.gate_weights,
+                 "with --covariance: each token's row of an expert's XᵀX weighted by its gate weight for that expert, "
+                 "squared, as its output is (default; the sums, the imatrix, stay unweighted)");
     app.add_option("--target-model", c.target_model,
                    "with --covariance, -m being a quantization of this model: also X̃ᵀX of -m's inputs against this "
                    "model's over the same tokens, so that quantize --method hessian fits each layer to this model's "
@@ -277,6 +280,9 @@ Run add_collect(CLI::App & app) {
             } catch (const std::regex_error & e) {
                 throw Error("--covariance-tensors '" + c.covariance_tensors + "': bad regular expression (" + e.what() + ")");
             }
+        }
+        if (!c.gate_weights && !o->covariance) {
+            throw Error("--no-gate-weights goes with --covariance (it changes the expert covariances only)");
         }
         if (!c.target_model.empty()) {
             if (!o->covariance) {

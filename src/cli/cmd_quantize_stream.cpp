@@ -164,6 +164,7 @@ Imatrix collect_for_target(QuantizeCommand & o, engine::BlockErrors * block_erro
     c.n_gpu_layers = o.n_gpu_layers;
     c.max_chunks = o.collect_chunks;
     c.verbose = o.verbose;
+    c.gate_weights = o.gate_weights;
     // block by block where the runner takes the architecture (the model read once); the search reads every
     // tensor's covariance after the collection (errors, probes, output), so they are all held at once and the
     // budget is for all of them: by default the memory this machine has free, less 4 GiB for the rest of the run

@@ -37,7 +37,7 @@ engine::TargetOptions target_options(const QuantizeCommand & o, const Imatrix & 
     t.ctx = o.ctx;
     t.chunks = o.chunks;
     t.cache_dir = o.cache_dir;
-    t.cache_key = "prior " + o.prior_target + " " + o.prior_weight_text;
+    t.cache_key = "prior " + o.prior_target + " " + o.prior_weight_text + (o.gate_weights ? " gates" : "");
     const bool by_blocks = search_by_blocks(o);
     if (by_blocks) {
         // collected here block by block, each block's errors measured before the run's numbers exist: the key

@@ -82,6 +82,13 @@ void merge_all_experts(Imatrix & into, const Imatrix & other, const std::string 
 }  // namespace
 
 std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const std::string & what) {
+    if (!into.covariances.empty() && !other.covariances.empty() &&
+        into.meta.experts_gate_weighted != other.meta.experts_gate_weighted) {
+        throw Error(what + ": its expert covariances are " + (other.meta.experts_gate_weighted ? "" : "not ") +
+                    "weighted by the router's gates, those of the files before it are" +
+                    (into.meta.experts_gate_weighted ? "" : " not") + " (collect both with or both without "
+                    "--no-gate-weights)");
+    }
     if (!into.meta.covariance_tensors.empty() && !other.meta.covariance_tensors.empty()) {
         join_covariances(into, other, what);
         if (into.all_experts.empty()) {  // the same run: the same statistics where both hold them

@@ -42,6 +42,9 @@ struct ImatrixMeta {
     // imx collect --covariance-tensors REGEX: the covariances held are those of inputs matching it (KV
     // imx.in_cov.tensors); runs over the same chunks with other sets join into one file by imx merge.
     std::string              covariance_tensors{};
+    // the expert covariances weight each token by its gate weight squared (KV imx.in_cov.gate_weighted; files
+    // before it: unweighted). Files that differ here do not merge.
+    bool                     experts_gate_weighted = false;
 };
 
 enum class ImatrixFormat { gguf, legacy };

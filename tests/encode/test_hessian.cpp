@@ -55,7 +55,10 @@ std::string collected(const std::string & model, const std::string & name, const
 
 TEST(CollectCovariance, DiagonalIsTheImatrixAndReadersShareOneInput) {
     for (const std::string model : {"qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"}) {
-        const Imatrix im = load_imatrix(collected(model, model + "-cov3.gguf", "--chunks 3 --covariance"));
+        // experts' tokens unweighted: the diagonal is then Σx² everywhere (weighted: the next test)
+        const Imatrix im = load_imatrix(collected(model, model + "-cov3-unweighted.gguf",
+                                                  "--chunks 3 --covariance --no-gate-weights"));
+        EXPECT_FALSE(im.meta.experts_gate_weighted);
         const Imatrix plain = load_imatrix(collected(model, model + "-plain3.gguf", "--chunks 3"));
         ASSERT_FALSE(im.covariances.empty()) << model;
         // the sums and counts are those of a run without covariance
@@ -91,6 +94,58 @@ TEST(CollectCovariance, DiagonalIsTheImatrixAndReadersShareOneInput) {
         EXPECT_EQ(per_head > 0, model.starts_with("deepseek")) << model;
         RecordProperty(model + "_inputs", std::to_string(im.covariances.size()) + " for " + std::to_string(readers));
     }
+}
+
+// By default an expert's XᵀX weights each token by its gate weight squared (its output enters the layer's as g·E(x)).
+// qwen3moe-tiny routes each token to 2 experts with weights normalised to sum to 1, so g₁² + g₂² ∈ [½, 1]: summed
+// over the experts, the gate/up input's weighted diagonal is between a quarter and a half of the sums (which count
+// the token once per expert), below a half unless every token went to one expert alone — and g, not g², would
+// give exactly a half. Dense inputs are untouched; the file says which it holds, and the two kinds do not merge.
+TEST(CollectCovariance, ExpertTokensAreWeightedByTheirGatesSquared) {
+    const std::string model = "qwen3moe-tiny.gguf";
+    const std::string weighted_file = collected(model, model + "-cov3.gguf", "--chunks 3 --covariance");
+    const std::string plain_file = collected(model, model + "-cov3-unweighted.gguf", "--chunks 3 --covariance --no-gate-weights");
+    const Imatrix weighted = load_imatrix(weighted_file), plain = load_imatrix(plain_file);
+    EXPECT_TRUE(weighted.meta.experts_gate_weighted);
+    ASSERT_EQ(weighted.covariances.size(), plain.covariances.size());
+    int experts_inputs = 0;
+    for (const Covariance & c : weighted.covariances) {
+        const Covariance * p = plain.covariance_of(c.readers[0]);
+        ASSERT_NE(p, nullptr);
+        EXPECT_EQ(c.counts, p->counts) << c.readers[0];
+        if (c.n_mat == 1) {
+            EXPECT_EQ(c.values, p->values) << c.readers[0] << ": a dense input is not weighted";
+            continue;
+        }
+        if (c.readers[0].find("ffn_down_exps") != std::string::npos) {
+            continue;  // down reads each expert's own activations: no bound across experts
+        }
+        ++experts_inputs;
+        const TensorStats & ts = weighted.tensors.at(c.readers[0]);
+        double mean_ratio = 0;
+        for (int64_t j = 0; j < c.n_cols; ++j) {
+            double diag = 0, sums = 0;
+            for (int64_t m = 0; m < c.n_mat; ++m) {
+                diag += c.values[(m * c.n_cols + j) * c.block + (j - c.block_start(j))];
+                sums += ts.sums[m * c.n_cols + j];
+            }
+            ASSERT_GE(diag, 0.25 * sums * (1 - 1e-5)) << c.readers[0] << " column " << j;
+            ASSERT_LE(diag, 0.5 * sums * (1 + 1e-5)) << c.readers[0] << " column " << j;
+            mean_ratio += diag / sums / (double) c.n_cols;
+        }
+        EXPECT_LT(mean_ratio, 0.49) << c.readers[0] << ": weighted by g², not by g";
+        RecordProperty(c.readers[0] + "_ratio", std::to_string(mean_ratio));
+    }
+    EXPECT_EQ(experts_inputs, 4) << "the gate/up input of 4 MoE layers";
+
+    const std::string d = work_dir("hessian-gate-merge");
+    const RunResult r = run(imx_bin() + " merge " + weighted_file + " " + plain_file + " -o " + d + "/m.gguf");
+    EXPECT_EQ(r.exit_code, 2) << tail(r.output);
+    EXPECT_NE(r.output.find("weighted by the router's gates"), std::string::npos) << tail(r.output);
+    EXPECT_FALSE(fs::exists(d + "/m.gguf"));
+    const RunResult flag = run(collect_cmd(model, d + "/x.gguf", "--chunks 1 --no-gate-weights"));
+    EXPECT_EQ(flag.exit_code, 2) << tail(flag.output);
+    EXPECT_NE(flag.output.find("--no-gate-weights goes with --covariance"), std::string::npos) << tail(flag.output);
 }
 
 TEST(CollectCovariance, BudgetKeepsDiagonalBlocksOfTheWholeMatrix) {

@@ -356,6 +356,13 @@ Value make_u32(uint32_t x) {
     return v;
 }
 
+Value make_bool(bool x) {
+    Value v;
+    v.type = Type::boolean;
+    v.raw = {(uint8_t) (x ? 1 : 0)};
+    return v;
+}
+
 Value make_u32_array(const std::vector<uint32_t> & x) {
     Value v;
     v.type = Type::array;

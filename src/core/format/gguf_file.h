@@ -83,6 +83,7 @@ void serialize(const File & file, const std::function<void(std::span<const uint8
 Value make_string(const std::string & s);
 Value make_string_array(const std::vector<std::string> & v);
 Value make_u32(uint32_t v);
+Value make_bool(bool v);
 Value make_u32_array(const std::vector<uint32_t> & v);
 
 }  // namespace imx::gguf

@@ -38,7 +38,8 @@ const std::string  kAllSumsSuffix = ".in_sum2_all";
 const std::string  kAllTokensSuffix = ".tokens_all";
 const char * const kKeyShardCount = "imx.shard.count";
 const char * const kKeyShardParts = "imx.shard.parts";
-const char * const kKeyCovTensors = "imx.in_cov.tensors";  // collect --covariance-tensors: the subset held
+const char * const kKeyCovTensors = "imx.in_cov.tensors";
+const char * const kKeyCovGateWeighted = "imx.in_cov.gate_weighted";  // bool: the expert covariances weight by g²  // collect --covariance-tensors: the subset held
 const char * const kKeyCovReaders = "imx.in_cov.readers";
 
 
@@ -271,6 +272,12 @@ Imatrix decode_gguf(std::span<const uint8_t> bytes, const std::string & source) 
             throw Error(source + ": " + kKeyCovTensors + " must be a string");
         }
         im.meta.covariance_tensors = ct->strings[0];
+    }
+    if (const gguf::Value * gw = f.find(kKeyCovGateWeighted)) {
+        if (gw->type != gguf::Type::boolean || gw->raw.size() != 1) {
+            throw Error(source + ": " + kKeyCovGateWeighted + " must be a bool");
+        }
+        im.meta.experts_gate_weighted = gw->raw[0] != 0;
     }
     im.meta.shard_count = read_u32(f.find(kKeyShardCount), kKeyShardCount, source);
     if (im.meta.shard_count > 0) {
@@ -552,6 +559,9 @@ gguf::File imatrix_gguf(const Imatrix & im) {
     }
     if (!im.meta.covariance_tensors.empty()) {
         f.kvs.push_back({kKeyCovTensors, gguf::make_string(im.meta.covariance_tensors)});
+    }
+    if (!im.covariances.empty() && im.meta.experts_gate_weighted) {
+        f.kvs.push_back({kKeyCovGateWeighted, gguf::make_bool(true)});
     }
     return f;
 }

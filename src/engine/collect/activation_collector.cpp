@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -43,6 +45,9 @@ const float * target_expert_row(const TargetInputs::Input & in, int64_t e, int64
 
 bool ActivationCollector::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * self = static_cast<ActivationCollector *>(user_data);
+    if (ask) {
+        self->note_gate_weights(t);
+    }
     if (self->early_) {
         return ask ? self->ask_early(t) : self->collect_early();
     }
@@ -75,7 +80,7 @@ void ActivationCollector::learn(const ggml_tensor * t) {
         const auto it = position_.find(x);
         return it == position_.end() ? -1 : it->second;
     };
-    PlannedMatmul p{*t, at(t->src[1]), -1, at(t), t->src[1]->name, ""};
+    PlannedMatmul p{*t, at(t->src[1]), -1, at(t), -1, t->src[1]->name, ""};
     const ggml_tensor * w = t->src[0];
     // the weight must outlive this graph: the model's own tensor, not a view made for it
     plan_ok_ = plan_ok_ && p.input >= 0 && p.self >= 0 && w->op == GGML_OP_NONE && !w->view_src;
@@ -83,6 +88,7 @@ void ActivationCollector::learn(const ggml_tensor * t) {
         p.ids = at(t->src[2]);
         p.ids_name = t->src[2]->name;
         plan_ok_ = plan_ok_ && p.ids >= 0;
+        p.gate = gate_node_ ? at(gate_node_) : -1;  // computed by the stop, so that later chunks weight alike
     }
     planned_.push_back(std::move(p));
 }
@@ -90,7 +96,7 @@ void ActivationCollector::learn(const ggml_tensor * t) {
 void ActivationCollector::plan_early_stop() {
     int first = std::numeric_limits<int>::max();
     for (const PlannedMatmul & p : planned_) {
-        stop_at_ = std::max({stop_at_, p.input, p.ids});
+        stop_at_ = std::max({stop_at_, p.input, p.ids, p.gate});
         first = std::min(first, p.self);
     }
     early_ = stop_at_inputs_ && stop_after_last_ && plan_ok_ && !planned_.empty() && stop_at_ < first;
@@ -460,13 +466,17 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
     // pooled over experts: every routed token (slot) into the one matrix
     const int64_t n_used = t->src[2]->ne[0], n_tokens = t->src[2]->ne[1];
     std::vector<const float *> rows, target_rows;
+    std::vector<float> scales;
+    const std::vector<float> * gates = gate_weights_for(name, n_used * n_tokens);
     for (int64_t e = 0; e < c.n_mat; ++e) {
         rows.clear();
         target_rows.clear();
+        scales.clear();
         for (int64_t tok = 0; tok < n_tokens; ++tok) {
             for (int64_t k = 0; k < n_used; ++k) {
                 if (pooled || ids_host_[tok * n_used + k] == e) {
                     rows.push_back((const float *) (data + (k % x->ne[1]) * x->nb[1] + tok * x->nb[2]));
+                    scales.push_back(gates ? std::fabs((*gates)[tok * n_used + k]) : 1.0f);
                     if (target) {
                         target_rows.push_back(target_expert_row(*target, e, tok, rows.back()));
                     }
@@ -476,18 +486,59 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
         const int64_t n_rows = (int64_t) rows.size();
         rows_.resize(n_cols * n_rows);
         for (int64_t r = 0; r < n_rows; ++r) {
-            std::copy_n(rows[r], n_cols, rows_.data() + r * n_cols);
+            float * out = rows_.data() + r * n_cols;
+            for (int64_t j = 0; j < n_cols; ++j) {
+                out[j] = rows[r][j] * scales[r];
+            }
         }
         c.add(e, rows_.data(), n_rows, n_cols);
         if (target) {
             target_rows_.resize(n_cols * n_rows);
             for (int64_t r = 0; r < n_rows; ++r) {
-                std::copy_n(target_rows[r], n_cols, target_rows_.data() + r * n_cols);
+                float * out = target_rows_.data() + r * n_cols;
+                for (int64_t j = 0; j < n_cols; ++j) {
+                    out[j] = target_rows[r][j] * scales[r];
+                }
             }
             c.add_cross(e, rows_.data(), target_rows_.data(), n_rows, n_cols);
         }
         c.counts[e] += n_rows;
     }
+}
+
+namespace {
+bool weight_by_gates = true;
+}
+
+void ActivationCollector::weight_experts_by_gates(bool on) { weight_by_gates = on; }
+bool ActivationCollector::experts_weighted_by_gates() { return weight_by_gates; }
+
+void ActivationCollector::note_gate_weights(const ggml_tensor * t) {
+    if (is_expert_gate_weights(t->name)) {
+        gate_node_ = t;
+    } else if (is_expert_weighted_input(t->name)) {
+        gate_node_ = nullptr;  // the weights multiplied the experts' input (Llama 4): that input carries them already
+    }
+}
+
+const std::vector<float> * ActivationCollector::gate_weights_for(const std::string & name, int64_t n) {
+    if (!weight_by_gates || !gate_node_ || ggml_nelements(gate_node_) != n || gate_node_->type != GGML_TYPE_F32 ||
+        !ggml_is_contiguous(gate_node_)) {
+        return nullptr;
+    }
+    // the node's layer ("ffn_moe_weights_norm-3") must be the weight's: a graph whose gate weights were not shown
+    // (a run stopped before them) may still hold an earlier layer's
+    const std::string node = gate_node_->name;
+    if (name.rfind("blk." + node.substr(node.rfind('-') + 1) + ".", 0) != 0) {
+        return nullptr;
+    }
+    gate_values_.resize((size_t) n);
+    if (!gate_node_->buffer || ggml_backend_buffer_is_host(gate_node_->buffer)) {  // a replay's tensors have no buffer
+        std::memcpy(gate_values_.data(), gate_node_->data, (size_t) n * sizeof(float));
+    } else {
+        ggml_backend_tensor_get(gate_node_, gate_values_.data(), 0, (size_t) n * sizeof(float));
+    }
+    return &gate_values_;
 }
 
 const TargetInputs::Input & ActivationCollector::target_input(const std::string & name, const ggml_tensor * x) const {

@@ -49,6 +49,13 @@ public:
           covariance_budget_(covariance_budget),
           covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
 
+    // Expert covariances weighted by the router (default on; `--no-gate-weights`): an expert's output enters the layer's
+    // as g·E(x), g the token's gate weight for it, so its matrices' output error on that token counts g² times —
+    // each token's row is scaled by |g| before XᵀX (the cross terms alike). The sums (the imatrix) stay unweighted,
+    // as upstream's. Process-wide: every collector of a run weights alike.
+    static void weight_experts_by_gates(bool on);
+    static bool experts_weighted_by_gates();
+
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
 
@@ -84,6 +91,7 @@ public:
     // Called before each chunk's forward pass: lets errors name the chunk they happened in.
     void begin_chunk(uint32_t chunk) {
         first_chunk_ = chunk;
+        gate_node_ = nullptr;
         tokens_this_batch_.clear();
         last_ = {};  // tensors of the next graph may reuse this one's addresses
         last_covariance_ = -1;
@@ -155,6 +163,11 @@ private:
     // The target model's input of `name`, checked against this model's input x; throws imx::Error naming it.
     const TargetInputs::Input & target_input(const std::string & name, const ggml_tensor * x) const;
     int covariance_index(const ggml_tensor * t, const std::string & name);
+    // The graph's gate weights node, noted when asked about (its values are read when an expert matmul of its
+    // layer is collected: it lives until the experts' outputs are weighted, after them).
+    void note_gate_weights(const ggml_tensor * t);
+    // The gate weights of the MoE layer of expert weight `name`, n = n_used · n_tokens; null where not weighted.
+    const std::vector<float> * gate_weights_for(const std::string & name, int64_t n);
     // --all-experts: the statistics of expert weight `name` (t: its MUL_MAT_ID; data: the input of gate/up in
     // host memory, null for down); false if non-finite.
     bool add_all_experts(const ggml_tensor * t, const std::string & name, const char * data);
@@ -192,6 +205,8 @@ private:
     std::map<std::string, int>     covariance_index_;     // weight → data_.covariances index, -1: none kept
     int                            last_covariance_ = -1;  // of the last collected input
     std::vector<float>             rows_;                 // one matrix's input rows, gathered (experts, heads)
+    const ggml_tensor *            gate_node_ = nullptr;  // this graph's last gate weights node (note_gate_weights)
+    std::vector<float>             gate_values_;
     const TargetInputs *           target_ = nullptr;     // --target-model
     std::vector<float>             target_rows_;          // the target model's rows of the same tokens
     std::unique_ptr<AllExpertsPass> all_experts_;          // null unless --all-experts
@@ -201,7 +216,7 @@ private:
     // shape) and the positions of its input and routing among the nodes asked about (-1: none)
     struct PlannedMatmul {
         ggml_tensor node;
-        int         input = -1, ids = -1, self = -1;
+        int         input = -1, ids = -1, self = -1, gate = -1;
         std::string input_name, ids_name;
     };
     bool                              stop_at_inputs_ = false;

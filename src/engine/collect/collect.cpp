@@ -49,6 +49,7 @@ std::string collect_fingerprint(const CollectOptions & o, const std::vector<Chun
            (o.covariance_budget ? " covariance_budget=" + std::to_string(o.covariance_budget) +
                                       (o.covariance_blocks ? " blocks" : "") +
                                       (o.covariance_pool_experts ? " pooled" : "") +
+                                      (o.gate_weights ? " gates" : "") +
                                       (o.covariance_tensors.empty() ? "" : " only=" + o.covariance_tensors) : "");
 }
 
@@ -139,6 +140,7 @@ ImatrixMeta collect_meta(const CollectOptions & o, uint32_t n_chunks) {
     ImatrixMeta meta{.datasets = {o.text_file}, .chunk_count = n_chunks, .chunk_size = o.chunk_size};
     if (o.covariance_budget > 0) {
         meta.covariance_tensors = o.covariance_tensors;
+        meta.experts_gate_weighted = o.gate_weights;
     }
     if (o.shard_count > 0) {
         meta.shard_count = o.shard_count;
@@ -168,6 +170,7 @@ CollectResult collect(const CollectOptions & o, const std::function<void(const C
 
     const int threads = o.threads > 0 ? o.threads : (int) std::max(1u, std::thread::hardware_concurrency());
     set_linear_algebra_threads(threads);  // covariance products
+    ActivationCollector::weight_experts_by_gates(o.gate_weights);
     ActivationCollector collector(o.chunk_size, o.device_sums, o.host_sums, threads, o.covariance_budget,
                                   o.covariance_blocks, o.covariance_pool_experts);
     collector.collect_output_head(o.process_output);

@@ -29,6 +29,14 @@ std::string collected_weight(const ggml_tensor * t, bool output_head, const std:
     return name;
 }
 
+bool is_expert_gate_weights(const char * node_name) {
+    return std::strncmp(node_name, "ffn_moe_weights", 15) == 0 && !std::strstr(node_name, "_sum") && !std::strchr(node_name, '(');
+}
+
+bool is_expert_weighted_input(const char * node_name) {
+    return std::strncmp(node_name, "ffn_moe_weighted", 16) == 0;
+}
+
 void read_expert_ids(const ggml_tensor * ids, std::vector<char> & scratch, std::vector<int32_t> & out) {
     scratch.resize(ggml_nbytes(ids));
     ggml_backend_tensor_get(ids, scratch.data(), 0, scratch.size());

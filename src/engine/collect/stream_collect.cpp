@@ -43,6 +43,7 @@ void refuse_whole_model_options(const CollectOptions & o) {
 
 CollectResult collect_by_blocks(const CollectOptions & o, const std::function<void(const CollectProgress &)> & progress) {
     refuse_whole_model_options(o);
+    ActivationCollector::weight_experts_by_gates(o.gate_weights);
     if (o.chunk_size < 16) {
         throw Error("chunk size -c " + std::to_string(o.chunk_size) + " is too small (at least 16 tokens)");
     }

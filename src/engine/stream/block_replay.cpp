@@ -153,6 +153,7 @@ ReplayPlan plan_replays(const BlockGraph & g, const std::vector<std::vector<std:
     for (int k = 0; k <= n_stages; ++k) {
         const bool output = k == n_stages;
         std::vector<int> roots;  // what the part computes: the inputs of stage k's matmuls, or the block's output
+        std::set<int> gates;
         if (output) {
             if (g.output() < 0) {
                 break;
@@ -162,6 +163,16 @@ ReplayPlan plan_replays(const BlockGraph & g, const std::vector<std::vector<std:
             for (int t : targets[(size_t) k]) {
                 for (int s : srcs_of(t)) {
                     roots.push_back(s);
+                }
+            }
+            // expert matmuls: the gate weights too, which the collector reads with their inputs (ActivationCollector::
+            // weight_experts_by_gates), computed or kept
+            const bool experts = std::any_of(targets[(size_t) k].begin(), targets[(size_t) k].end(),
+                                             [&](int t) { return ts[(size_t) t].copy.op == GGML_OP_MUL_MAT_ID; });
+            for (size_t i = 0; experts && i < ts.size(); ++i) {
+                if (ts[i].kind == Kind::node && is_expert_gate_weights(ts[i].copy.name)) {
+                    roots.push_back((int) i);
+                    gates.insert((int) i);
                 }
             }
         }
@@ -201,6 +212,7 @@ ReplayPlan plan_replays(const BlockGraph & g, const std::vector<std::vector<std:
             std::set<int> shown(compute);
             if (!output) {
                 shown.insert(targets[(size_t) k].begin(), targets[(size_t) k].end());
+                shown.insert(gates.begin(), gates.end());  // kept ones too: their values are loaded before the asks
             }
             part.shown.assign(shown.begin(), shown.end());
             for (int i : kept) {
