@@ -193,12 +193,11 @@ Run add_quantize(CLI::App & app) {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--hessian-tensors", o->hessian.tensors,
                    "hessian: re-encode only tensors whose name matches this regex (others stay diagonal)");
-    app.add_flag("--gate-weights", o->gate_weights_on,
+    app.add_flag("--gate-weights", o->gate_weights,
                  "hessian, with -f: the expert covariances this run collects weight each token by its gate weight "
-                 "for the expert, squared, as the layer's output does (default with a type: lower KLD on held-out "
-                 "text on both shared models; not with --target-size, where it moved the search's bits from the "
-                 "experts and lost on WikiText-2 — docs/hessian.md)");
-    app.add_flag("--no-gate-weights", o->gate_weights_off, "hessian, with -f: expert covariances unweighted");
+                 "for the expert, squared, as the layer's output does (off by default: with a type 1-4% lower KLD "
+                 "on held-out calibration text, but with --sequential or --target-size higher on WikiText-2, "
+                 "docs/hessian.md)");
     app.add_flag("--hessian-per-head,!--no-hessian-per-head", o->hessian.per_head,
                  "hessian: re-encode per-head 3-D weights (MLA attn_k_b/attn_v_b) too (default; lower KLD on "
                  "deepseek3-tiny's held-out calibration text at Q2_K, IQ2_XXS, Q3_K_S)");
@@ -348,17 +347,10 @@ Run add_quantize(CLI::App & app) {
             throw Error("--sequential goes with --method hessian and -f TEXT (the calibration text run through the "
                         "quantized layers)");
         }
-        if (o->gate_weights_on || o->gate_weights_off) {
-            const std::string flag = o->gate_weights_on ? "--gate-weights" : "--no-gate-weights";
-            if (o->gate_weights_on && o->gate_weights_off) {
-                throw Error("give --gate-weights or --no-gate-weights, not both");
-            }
-            if (o->method != "hessian" || o->text.empty() || (!o->imatrix.empty() && !o->sequential)) {
-                throw Error(flag + " goes with --method hessian and -f TEXT (it changes the expert covariances this run "
-                            "collects; an --imatrix file's were weighted or not when collected)");
-            }
+        if (o->gate_weights && (o->method != "hessian" || o->text.empty() || (!o->imatrix.empty() && !o->sequential))) {
+            throw Error("--gate-weights goes with --method hessian and -f TEXT (it changes the expert covariances this "
+                        "run collects; an --imatrix file's were weighted or not when collected: imx collect --gate-weights)");
         }
-        o->gate_weights = o->gate_weights_on || (!o->gate_weights_off && !target);
         engine::ActivationCollector::weight_experts_by_gates(o->gate_weights);
         if ((target || o->sequential) && !std::filesystem::is_regular_file(o->text)) {
             throw Error(o->text + ": no such file");

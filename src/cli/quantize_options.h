@@ -41,11 +41,8 @@ struct QuantizeCommand {
     bool                    resume = false;
     std::string             save_imatrix;              // also write the collected imatrix
     bool                    refit_norms = false;       // --refit-norms
-    // expert covariances collected here weighted by the router's gates (ActivationCollector::weight_experts_by_gates):
-    // --gate-weights / --no-gate-weights, else on with a type and off with --target-size (measured: docs/hessian.md)
-    bool                    gate_weights_on = false;
-    bool                    gate_weights_off = false;
-    bool                    gate_weights = true;       // what this run does
+    // --gate-weights: expert covariances collected here weighted by the router (ActivationCollector)
+    bool                    gate_weights = false;
     double                  block_budget_mib = 8192;   // --covariance-budget: one block's covariances
     bool                    block_budget_given = false;
     int                     n_gpu_layers = 99;

@@ -87,7 +87,7 @@ std::vector<std::string> merge_into(Imatrix & into, const Imatrix & other, const
         throw Error(what + ": its expert covariances are " + (other.meta.experts_gate_weighted ? "" : "not ") +
                     "weighted by the router's gates, those of the files before it are" +
                     (into.meta.experts_gate_weighted ? "" : " not") + " (collect both with or both without "
-                    "--no-gate-weights)");
+                    "--gate-weights)");
     }
     if (!into.meta.covariance_tensors.empty() && !other.meta.covariance_tensors.empty()) {
         join_covariances(into, other, what);

@@ -55,9 +55,8 @@ std::string collected(const std::string & model, const std::string & name, const
 
 TEST(CollectCovariance, DiagonalIsTheImatrixAndReadersShareOneInput) {
     for (const std::string model : {"qwen3moe-tiny.gguf", "deepseek3-tiny.gguf"}) {
-        // experts' tokens unweighted: the diagonal is then Σx² everywhere (weighted: the next test)
-        const Imatrix im = load_imatrix(collected(model, model + "-cov3-unweighted.gguf",
-                                                  "--chunks 3 --covariance --no-gate-weights"));
+        // experts' tokens unweighted (the default): the diagonal is Σx² everywhere (--gate-weights: the next test)
+        const Imatrix im = load_imatrix(collected(model, model + "-cov3.gguf", "--chunks 3 --covariance"));
         EXPECT_FALSE(im.meta.experts_gate_weighted);
         const Imatrix plain = load_imatrix(collected(model, model + "-plain3.gguf", "--chunks 3"));
         ASSERT_FALSE(im.covariances.empty()) << model;
@@ -96,15 +95,15 @@ TEST(CollectCovariance, DiagonalIsTheImatrixAndReadersShareOneInput) {
     }
 }
 
-// By default an expert's XᵀX weights each token by its gate weight squared (its output enters the layer's as g·E(x)).
+// --gate-weights: an expert's XᵀX weights each token by its gate weight squared (its output enters the layer's as g·E(x)).
 // qwen3moe-tiny routes each token to 2 experts with weights normalised to sum to 1, so g₁² + g₂² ∈ [½, 1]: summed
 // over the experts, the gate/up input's weighted diagonal is between a quarter and a half of the sums (which count
 // the token once per expert), below a half unless every token went to one expert alone — and g, not g², would
 // give exactly a half. Dense inputs are untouched; the file says which it holds, and the two kinds do not merge.
 TEST(CollectCovariance, ExpertTokensAreWeightedByTheirGatesSquared) {
     const std::string model = "qwen3moe-tiny.gguf";
-    const std::string weighted_file = collected(model, model + "-cov3.gguf", "--chunks 3 --covariance");
-    const std::string plain_file = collected(model, model + "-cov3-unweighted.gguf", "--chunks 3 --covariance --no-gate-weights");
+    const std::string weighted_file = collected(model, model + "-cov3-gates.gguf", "--chunks 3 --covariance --gate-weights");
+    const std::string plain_file = collected(model, model + "-cov3.gguf", "--chunks 3 --covariance");
     const Imatrix weighted = load_imatrix(weighted_file), plain = load_imatrix(plain_file);
     EXPECT_TRUE(weighted.meta.experts_gate_weighted);
     ASSERT_EQ(weighted.covariances.size(), plain.covariances.size());
@@ -143,9 +142,9 @@ TEST(CollectCovariance, ExpertTokensAreWeightedByTheirGatesSquared) {
     EXPECT_EQ(r.exit_code, 2) << tail(r.output);
     EXPECT_NE(r.output.find("weighted by the router's gates"), std::string::npos) << tail(r.output);
     EXPECT_FALSE(fs::exists(d + "/m.gguf"));
-    const RunResult flag = run(collect_cmd(model, d + "/x.gguf", "--chunks 1 --no-gate-weights"));
+    const RunResult flag = run(collect_cmd(model, d + "/x.gguf", "--chunks 1 --gate-weights"));
     EXPECT_EQ(flag.exit_code, 2) << tail(flag.output);
-    EXPECT_NE(flag.output.find("--no-gate-weights goes with --covariance"), std::string::npos) << tail(flag.output);
+    EXPECT_NE(flag.output.find("--gate-weights goes with --covariance"), std::string::npos) << tail(flag.output);
 }
 
 TEST(CollectCovariance, BudgetKeepsDiagonalBlocksOfTheWholeMatrix) {

@@ -131,12 +131,12 @@ TEST(TargetSize, ImpossibleTargetsAndBadInputsFailBeforeAnyWork) {
     EXPECT_EQ(no_text.exit_code, 2);
     EXPECT_NE(no_text.output.find("need -f TEXT"), std::string::npos) << no_text.output;
     // an imatrix file's covariances were weighted (or not) when collected: nothing here to turn off
-    for (const std::string args : {"--method hessian --no-gate-weights Q2_K", "--no-gate-weights -f x.txt Q2_K",
+    for (const std::string args : {"--method hessian --gate-weights Q2_K", "--gate-weights -f x.txt Q2_K",
                                    "--method hessian --gate-weights --target-size 16 -f x.txt"}) {
         const RunResult gates = run("cd " + dir + " && " + imx_bin() + " quantize -m " + shared("models/" + kModel) +
                                     " --imatrix im.gguf -o out.gguf " + args);
         EXPECT_EQ(gates.exit_code, 2) << args << tail(gates.output);
-        EXPECT_NE(gates.output.find("gate-weights goes with --method hessian and -f TEXT"), std::string::npos)
+        EXPECT_NE(gates.output.find("--gate-weights goes with --method hessian and -f TEXT"), std::string::npos)
             << gates.output;
         EXPECT_FALSE(file_exists(dir + "/out.gguf"));
     }

@@ -135,6 +135,10 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
                               false)->plan().output.has_value());
     EXPECT_FALSE(block_replay(graph, stages, *s.hq, bp, true)->plan().output.has_value());
 
+    // with --gate-weights: a stage of expert matmuls replays (or runs to) the router's gate weights with its inputs,
+    // so both ways weight its covariances, and alike
+    ActivationCollector::weight_experts_by_gates(true);
+    int weighted_stages = 0;
     for (size_t k = 0; k < stages.size(); ++k) {  // in order: each keeps what the later ones replay from
         tape.rewind();
         const Imatrix replayed = shifted_block_statistics(model, io, 0, repl, *s.h, *s.hq, *s.next, bp, &tape, stages[k],
@@ -144,7 +148,17 @@ TEST_P(BlockReplayOf, StagesAndOutputAreTheBlockRunsOwn) {
         std::string why;
         EXPECT_TRUE(same_statistics(replayed, ran, why)) << "stage " << k << ": " << why;
         EXPECT_FALSE(ran.tensors.empty());
+        if (std::any_of(stages[k].begin(), stages[k].end(), [](const std::string & w) { return w.find("_exps") != std::string::npos; })) {
+            ActivationCollector::weight_experts_by_gates(false);
+            tape.rewind();
+            const Imatrix plain = shifted_block_statistics(model, io, 0, repl, *s.h, *s.hq, *s.next, bp, &tape, stages[k]);
+            ActivationCollector::weight_experts_by_gates(true);
+            EXPECT_FALSE(same_statistics(plain, ran, why)) << "stage " << k << ": the experts' covariances are weighted";
+            ++weighted_stages;
+        }
     }
+    ActivationCollector::weight_experts_by_gates(false);
+    EXPECT_EQ(weighted_stages, rc.model == "qwen3moe-tiny" ? 2 : 0) << "gate/up and down (deepseek3-tiny's block 0 is dense)";
     bool node_files = false;  // the kept values' scratch files, beside bp.scratch
     for (const auto & e : std::filesystem::directory_iterator(dir)) {
         node_files = node_files || e.path().filename().string().find(".node") != std::string::npos;

@@ -51,21 +51,17 @@ TEST_P(StreamQuantize, HessianMatchesTheTwoStepPath) {
     const std::string dir = fresh_dir("stream-hessian-" + GetParam());
     const std::string model = shared("models/" + GetParam());
     // with the head's input too: the block runner re-encodes an untied head (output.weight) after the last block
-    // unweighted expert covariances (--no-gate-weights, both paths): the untied head's diagonal error differs between
-    // the two paths by 6% (measured before the gate weights too: 5.965 two-step, 6.319 here), 0.1% of the
-    // unweighted total, which the bound below was set for; weighted, the experts' errors are smaller and it is 0.13%.
-    // (Both paths collect the weighted covariances alike: StreamCollect.SameBytesAsTheWholeModelRun.)
     const RunResult c = run(imx_bin() + " collect -m " + model + " -f " + shared("data/calibration.txt") +
-                            " --chunks 4 -t 2 --covariance --no-gate-weights --process-output -o " + dir + "/cov.gguf 2>&1");
+                            " --chunks 4 -t 2 --covariance --process-output -o " + dir + "/cov.gguf 2>&1");
     ASSERT_EQ(c.exit_code, 0) << tail(c.output);
     const RunResult two = run("(" + imx_bin() + " quantize -m " + model + " --imatrix " + dir + "/cov.gguf -o " + dir +
                               "/two.gguf Q2_K --method hessian -t 2 --json 2>/dev/null)");
     // qwen3moe-tiny's head is tied to token_embd, which the block runner re-encodes with the lookup's own error
     // beside the head's (engine/stream/head_statistics.h) and the two-step path cannot: the blocks compared here
     const bool tied = GetParam() == "qwen3moe-tiny.gguf";
-    const RunResult st = run(quantize_cmd(model, dir + "/stream.gguf", std::string("Q2_K --method hessian --chunks 4 --no-gate-weights") +
+    const RunResult st = run(quantize_cmd(model, dir + "/stream.gguf", std::string("Q2_K --method hessian --chunks 4") +
                                                                        (tied ? " --hessian-tensors '^blk'" : "")));
-    const RunResult tie = tied ? run(quantize_cmd(model, dir + "/tied.gguf", "Q2_K --method hessian --chunks 4 --no-gate-weights")) : st;
+    const RunResult tie = tied ? run(quantize_cmd(model, dir + "/tied.gguf", "Q2_K --method hessian --chunks 4")) : st;
     ASSERT_EQ(tie.exit_code, 0) << tail(tie.output);
     const auto h = nlohmann::json::parse(tie.output);
     ASSERT_TRUE(h.contains("output_head")) << h.dump();

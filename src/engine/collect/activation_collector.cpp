@@ -507,7 +507,7 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
 }
 
 namespace {
-bool weight_by_gates = true;
+bool weight_by_gates = false;
 }
 
 void ActivationCollector::weight_experts_by_gates(bool on) { weight_by_gates = on; }

@@ -49,10 +49,10 @@ public:
           covariance_budget_(covariance_budget),
           covariance_blocks_only_(covariance_blocks_only), covariance_pool_experts_(covariance_pool_experts) {}
 
-    // Expert covariances weighted by the router (default on; `--no-gate-weights`): an expert's output enters the layer's
-    // as g·E(x), g the token's gate weight for it, so its matrices' output error on that token counts g² times —
-    // each token's row is scaled by |g| before XᵀX (the cross terms alike). The sums (the imatrix) stay unweighted,
-    // as upstream's. Process-wide: every collector of a run weights alike.
+    // Expert covariances weighted by the router (`--gate-weights`; off by default: measured, docs/hessian.md): an
+    // expert's output enters the layer's as g·E(x), g the token's gate weight for it, so its matrices' output error
+    // on that token counts g² times — each token's row is scaled by |g| before XᵀX (the cross terms alike). The sums
+    // (the imatrix) stay unweighted, as upstream's. Process-wide: every collector of a run weights alike.
     static void weight_experts_by_gates(bool on);
     static bool experts_weighted_by_gates();
 

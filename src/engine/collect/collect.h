@@ -43,7 +43,7 @@ struct CollectOptions {
     bool        covariance_blocks = false;  // --covariance-blocks: 256-column blocks wherever possible
     bool        covariance_pool_experts = false;  // --covariance-pooled-experts: one XᵀX per expert input
     std::string covariance_tensors;       // --covariance-tensors: only inputs whose first reader matches
-    bool        gate_weights = true;      // expert covariances weighted by the router (ActivationCollector::weight_experts_by_gates)
+    bool        gate_weights = false;     // --gate-weights: expert covariances weighted by the router (ActivationCollector)
     bool        all_experts = false;      // --all-experts: every expert's inputs over all tokens too (AllExpertsPass)
     bool        process_output = false;   // --process-output: also the output head (output.weight), as upstream
     // by blocks, with process_output: a head tied to token_embd too, under token_embd.weight (for quantize's
