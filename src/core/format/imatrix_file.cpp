@@ -38,8 +38,8 @@ const std::string  kAllSumsSuffix = ".in_sum2_all";
 const std::string  kAllTokensSuffix = ".tokens_all";
 const char * const kKeyShardCount = "imx.shard.count";
 const char * const kKeyShardParts = "imx.shard.parts";
-const char * const kKeyCovTensors = "imx.in_cov.tensors";
-const char * const kKeyCovGateWeighted = "imx.in_cov.gate_weighted";  // bool: the expert covariances weight by g²  // collect --covariance-tensors: the subset held
+const char * const kKeyCovTensors = "imx.in_cov.tensors";  // collect --covariance-tensors: the subset held
+const char * const kKeyCovGateWeighted = "imx.in_cov.gate_weighted";  // collect --gate-weights: experts' tokens by g²
 const char * const kKeyCovReaders = "imx.in_cov.readers";
 
 

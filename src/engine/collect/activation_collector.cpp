@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -511,7 +509,6 @@ bool weight_by_gates = false;
 }
 
 void ActivationCollector::weight_experts_by_gates(bool on) { weight_by_gates = on; }
-bool ActivationCollector::experts_weighted_by_gates() { return weight_by_gates; }
 
 void ActivationCollector::note_gate_weights(const ggml_tensor * t) {
     if (is_expert_gate_weights(t->name)) {

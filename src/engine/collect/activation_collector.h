@@ -54,7 +54,6 @@ public:
     // on that token counts g² times — each token's row is scaled by |g| before XᵀX (the cross terms alike). The sums
     // (the imatrix) stay unweighted, as upstream's. Process-wide: every collector of a run weights alike.
     static void weight_experts_by_gates(bool on);
-    static bool experts_weighted_by_gates();
 
     // The ggml_backend_sched_eval_callback: user_data is the collector.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
