@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <thread>
 #include <unistd.h>
 
 using namespace imx::test;
@@ -85,11 +87,27 @@ TEST(Outputs, FullDiskNamesTheOutputAndLeavesNothing) {
     EXPECT_EQ(r.output.substr(r.output.find("rc=2\n") + 5), "") << "left behind in the full folder";
 }
 
+// The output's temporary once the quantizer writes into it: before that, the folder check (prepare_output) creates
+// and removes an empty file of the very same name, and a signal aimed at that one finds nothing to remove (a
+// fresh-clone CI run under load caught it once: "imx: terminated" alone).
+static std::string wait_for_written_temporary(const std::string & prefix) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline) {
+        const std::string f = wait_for_file(prefix);
+        std::error_code ec;
+        if (!f.empty() && fs::file_size(f, ec) > 0 && !ec) {
+            return f;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return "";
+}
+
 // SIGTERM in the middle of a quantization removes the temporary output, says so, and exits 143.
 TEST(Outputs, SigtermRemovesTheTemporaryOutput) {
     const std::string d = fresh_dir("outputs-sigterm");
     const Background b = start(imx_bin() + " quantize -m " + kModel + " -o " + d + "/out.gguf Q8_0 -t 1", d + "/log");
-    const std::string tmp = wait_for_file(d + "/out.gguf.tmp-");
+    const std::string tmp = wait_for_written_temporary(d + "/out.gguf.tmp-");
     ASSERT_FALSE(tmp.empty()) << "no temporary output appeared";
     ::kill(b.pid, SIGTERM);
     const RunResult r = finish(b);
@@ -102,7 +120,7 @@ TEST(Outputs, SigtermRemovesTheTemporaryOutput) {
 TEST(Outputs, NextRunRemovesTheTemporaryOfAKilledRun) {
     const std::string d = fresh_dir("outputs-kill9");
     const Background b = start(imx_bin() + " quantize -m " + kModel + " -o " + d + "/out.gguf Q8_0 -t 1", d + "/log");
-    const std::string tmp = wait_for_file(d + "/out.gguf.tmp-");
+    const std::string tmp = wait_for_written_temporary(d + "/out.gguf.tmp-");
     ASSERT_FALSE(tmp.empty());
     ::kill(b.pid, SIGKILL);
     EXPECT_EQ(finish(b).exit_code, 128 + SIGKILL);
