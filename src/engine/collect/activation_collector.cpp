@@ -482,22 +482,19 @@ void ActivationCollector::add_covariance(const ggml_tensor * t, const std::strin
             }
         }
         const int64_t n_rows = (int64_t) rows.size();
-        rows_.resize(n_cols * n_rows);
-        for (int64_t r = 0; r < n_rows; ++r) {
-            float * out = rows_.data() + r * n_cols;
-            for (int64_t j = 0; j < n_cols; ++j) {
-                out[j] = rows[r][j] * scales[r];
-            }
-        }
-        c.add(e, rows_.data(), n_rows, n_cols);
-        if (target) {
-            target_rows_.resize(n_cols * n_rows);
+        // the rows side by side, each times its token's |g| (1 unweighted): this model's, and the target's alike
+        const auto gather = [&](const std::vector<const float *> & from, std::vector<float> & to) {
+            to.resize(n_cols * n_rows);
             for (int64_t r = 0; r < n_rows; ++r) {
-                float * out = target_rows_.data() + r * n_cols;
                 for (int64_t j = 0; j < n_cols; ++j) {
-                    out[j] = target_rows[r][j] * scales[r];
+                    to[r * n_cols + j] = from[r][j] * scales[r];
                 }
             }
+        };
+        gather(rows, rows_);
+        c.add(e, rows_.data(), n_rows, n_cols);
+        if (target) {
+            gather(target_rows, target_rows_);
             c.add_cross(e, rows_.data(), target_rows_.data(), n_rows, n_cols);
         }
         c.counts[e] += n_rows;
